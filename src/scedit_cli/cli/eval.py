@@ -1,0 +1,17 @@
+"""`scedit eval` (not built yet)."""
+
+from __future__ import annotations
+
+import typer
+
+from . import app
+from ._notbuilt import not_built
+
+
+@app.command(
+    "eval",
+    help="NOT BUILT YET: exits with an error.",
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+)
+def eval_command(ctx: typer.Context) -> None:
+    not_built("eval", "planned")

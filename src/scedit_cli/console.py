@@ -1,0 +1,49 @@
+"""Terminal output shared by every command: rich on a terminal, plain in CI.
+
+Progress bars and tables go to stderr so that `--json` output on stdout stays
+machine-readable; bars disappear when stderr is not a terminal.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+err_console = Console(stderr=True)
+out_console = Console()
+
+
+def progress(*extra_columns: Any, transient: bool = False) -> Progress:
+    """A rich progress bar that steps aside when stderr is not a terminal."""
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        *extra_columns,
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=err_console,
+        transient=transient,
+        disable=not err_console.is_terminal,
+    )
+
+
+def print_json(data: Any) -> None:
+    """Write `data` as JSON on stdout (one document, no rich markup)."""
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+    sys.stdout.flush()
+
+
+def info(message: str) -> None:
+    err_console.print(message, highlight=False)

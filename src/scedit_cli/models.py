@@ -1,0 +1,132 @@
+"""Loading a Stable Diffusion base model: diffusers folder, single file, or hub id.
+
+Everything goes through diffusers' own loaders. A hub id works offline when it
+is in the HF cache (HF_HUB_OFFLINE=1 or no network); otherwise the error says
+how to get it. SD 1.5, SD 2.1 (epsilon or v-prediction, read from the
+scheduler config) and SDXL (two text encoders, added time conditions) are
+recognised from the components, not from names.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import SceditError
+
+DTYPES = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16, "float16": torch.float16,
+          "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
+
+
+def parse_dtype(name: str | torch.dtype | None) -> torch.dtype | None:
+    if name is None or isinstance(name, torch.dtype):
+        return name
+    if name not in DTYPES:
+        raise SceditError(f"unknown dtype {name!r}; choose one of fp32, fp16, bf16")
+    return DTYPES[name]
+
+
+@dataclass
+class BaseModel:
+    """The loaded pipeline plus the facts training and sampling need about it."""
+
+    pipeline: Any
+    source: str
+    is_sdxl: bool
+    prediction_type: str
+    vae_scale_factor: int
+
+    @property
+    def unet(self):
+        return self.pipeline.unet
+
+    @property
+    def vae(self):
+        return self.pipeline.vae
+
+    @property
+    def text_encoders(self) -> list:
+        encs = [self.pipeline.text_encoder]
+        if getattr(self.pipeline, "text_encoder_2", None) is not None:
+            encs.append(self.pipeline.text_encoder_2)
+        return [e for e in encs if e is not None]
+
+    @property
+    def tokenizers(self) -> list:
+        toks = [self.pipeline.tokenizer]
+        if getattr(self.pipeline, "tokenizer_2", None) is not None:
+            toks.append(self.pipeline.tokenizer_2)
+        return [t for t in toks if t is not None]
+
+    @property
+    def scheduler(self):
+        return self.pipeline.scheduler
+
+
+def _is_single_file(path: Path) -> bool:
+    return path.suffix in (".safetensors", ".ckpt") and path.is_file()
+
+
+def _single_file_is_sdxl(path: Path) -> bool:
+    if path.suffix != ".safetensors":
+        return False
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        return any(k.startswith("conditioner.embedders.1") for k in f.keys())
+
+
+def load_pipeline(source: str, dtype: str | torch.dtype | None = None, config: str | None = None):
+    """A diffusers pipeline from a folder, a single `.safetensors` checkpoint, or a hub id."""
+    from diffusers import DiffusionPipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
+
+    torch_dtype = parse_dtype(dtype)
+    kwargs: dict[str, Any] = {}
+    if torch_dtype is not None:
+        kwargs["torch_dtype"] = torch_dtype
+    path = Path(source).expanduser()
+    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+    try:
+        if path.is_dir():
+            if not (path / "model_index.json").is_file():
+                raise SceditError(
+                    f"{path}: not a diffusers pipeline folder (no model_index.json); pass a folder saved with "
+                    "save_pretrained, a .safetensors checkpoint, or a hub id"
+                )
+            return DiffusionPipeline.from_pretrained(str(path), safety_checker=None, **kwargs)
+        if _is_single_file(path):
+            if path.suffix == ".ckpt":
+                raise SceditError(f"{path}: .ckpt (pickle) checkpoints are not loaded; convert it to .safetensors")
+            cls = StableDiffusionXLPipeline if _single_file_is_sdxl(path) else StableDiffusionPipeline
+            if config is not None:
+                kwargs["config"] = config
+            return cls.from_single_file(str(path), local_files_only=offline, **kwargs)
+        if path.suffix in (".safetensors", ".ckpt") or source.startswith((".", "/", "~")):
+            raise SceditError(f"{source}: model file or folder not found")
+        return DiffusionPipeline.from_pretrained(source, local_files_only=offline, safety_checker=None, **kwargs)
+    except SceditError:
+        raise
+    except (OSError, ValueError, EnvironmentError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        hint = (
+            "it is not in the local HF cache and the hub is offline: run `huggingface-cli download "
+            f"{source}` on a machine with internet, or pass a local diffusers folder"
+            if not path.exists()
+            else "check that the file/folder is a complete Stable Diffusion checkpoint"
+        )
+        raise SceditError(f"cannot load base model {source!r} ({first[:200]}); {hint}") from None
+
+
+def load_base(source: str, dtype: str | torch.dtype | None = None, config: str | None = None) -> BaseModel:
+    pipe = load_pipeline(source, dtype=dtype, config=config)
+    if not hasattr(pipe, "unet") or not hasattr(pipe, "vae"):
+        raise SceditError(f"{source}: pipeline {type(pipe).__name__} has no U-Net/VAE; SCEdit needs a Stable Diffusion model")
+    is_sdxl = getattr(pipe, "text_encoder_2", None) is not None or \
+        getattr(pipe.unet.config, "addition_embed_type", None) == "text_time"
+    prediction_type = getattr(pipe.scheduler.config, "prediction_type", "epsilon")
+    factor = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
+    return BaseModel(pipe, source, is_sdxl, prediction_type, factor)

@@ -1,0 +1,87 @@
+"""What every skip tuner shares: its config, the layout it was built for, and `delta`."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from ..errors import SceditError
+from .layout import SkipLayout
+from .ops import OPS
+
+
+@dataclass
+class TunerConfig:
+    """Hyperparameters shared by SC- and CSC-Tuners.
+
+    `skips` are paper indices j (the j-th decoder layer, fed by encoder skip
+    N-1-j); None tunes every skip.
+    """
+
+    method: ClassVar[str] = ""
+    ratio: float = 1.0
+    op: str = "linear"
+    skips: list[int] | None = None
+
+    def validate(self, layout: SkipLayout) -> None:
+        if self.ratio <= 0:
+            raise SceditError(f"tuner ratio must be > 0, got {self.ratio}")
+        if self.op not in OPS:
+            raise SceditError(f"unknown tuner op {self.op!r}; choose one of {', '.join(OPS)}")
+        for j in self.skips or []:
+            if not 0 <= j < layout.num_skips:
+                raise SceditError(
+                    f"skip index {j} out of range: this U-Net has {layout.num_skips} skips (0..{layout.num_skips - 1})"
+                )
+
+    def decoder_indices(self, layout: SkipLayout) -> list[int]:
+        return sorted(set(self.skips)) if self.skips is not None else list(range(layout.num_skips))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "TunerConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise SceditError(
+                f"unknown {cls.method} tuner setting(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(known))}"
+            )
+        return cls(**data)
+
+
+class SkipTuner(nn.Module):
+    """Base of SC- and CSC-Tuners: one OP per tuned skip, keyed by paper index j."""
+
+    config: TunerConfig
+    layout: SkipLayout
+    method: ClassVar[str] = ""
+
+    def __init__(self, config: TunerConfig, layout: SkipLayout):
+        super().__init__()
+        config.validate(layout)
+        self.config = config
+        self.layout = layout
+        # encoder skip index -> paper (decoder) index j, for the tuned skips only.
+        self.encoder_to_decoder = {layout.decoder_to_encoder(j): j for j in config.decoder_indices(layout)}
+
+    def tuned_encoder_skips(self) -> list[int]:
+        return sorted(self.encoder_to_decoder)
+
+    def delta(self, skip: int, x: torch.Tensor) -> torch.Tensor | None:
+        """The edit to add to skip `skip` (encoder index), or None where untuned."""
+        raise NotImplementedError
+
+    @property
+    def trainable_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+def run_op(op: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Run a tuner OP in its own dtype (tuners stay fp32 beside a half-precision base)."""
+    dtype = next(op.parameters()).dtype
+    return op(x.to(dtype)).to(x.dtype)

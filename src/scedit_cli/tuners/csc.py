@@ -1,0 +1,156 @@
+"""CSC-Tuner (paper Eq. 6-7): condition-aware tuners fed by a dense hint cascade.
+
+A condition image (B, 3, H, W) is encoded once per sample: the pre-hint encoder
+brings it to the latent size, then one `SiLU -> conv` level per tuned skip
+produces `c_j` with exactly that skip's shape. The tuner edit on skip j is
+`T_j(x + s·c_j) + s·c_j` (s: the condition scale); with several conditions the
+editor sums these with weights alpha (Eq. 7).
+
+The hint features depend on neither the latent nor the timestep, so they are
+computed once by `set_condition` and reused by every denoising step and by both
+halves of classifier-free guidance (the official code recomputes them per step).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from ..errors import SceditError
+from .base import SkipTuner, TunerConfig, run_op
+from .layout import SkipLayout
+from .ops import build_op
+
+# ControlNet-style pre-hint encoder: channels after each 3x3 conv. The convs
+# that reduce resolution are the ones that change channel count (16->32,
+# 32->96, 96->256); with a smaller `hint_downscale` the last ones keep stride 1.
+PRE_HINT_CHANNELS = (16, 16, 32, 32, 96, 96, 256)
+_STRIDE_POSITIONS = (2, 4, 6)
+
+
+@dataclass
+class CSCTunerConfig(TunerConfig):
+    """CSC-Tuner settings. `hint_kernel` is the dense-cascade kernel k (paper: 1 or 3).
+
+    `hint_downscale` is the VAE's downscale factor (8 for Stable Diffusion): the
+    pre-hint encoder maps the pixel-size condition to the latent size.
+    """
+
+    method: ClassVar[str] = "csc"
+    hint_kernel: int = 3
+    hint_downscale: int = 8
+    condition: str = "canny"
+    in_channels: int = 3
+
+    def validate(self, layout: SkipLayout) -> None:
+        super().validate(layout)
+        if self.hint_kernel < 1 or self.hint_kernel % 2 == 0:
+            raise SceditError(f"hint_kernel must be an odd number >= 1, got {self.hint_kernel}")
+        if self.hint_downscale not in (1, 2, 4, 8):
+            raise SceditError(f"hint_downscale must be 1, 2, 4 or 8 (the VAE factor), got {self.hint_downscale}")
+        if self.in_channels < 1:
+            raise SceditError(f"in_channels must be >= 1, got {self.in_channels}")
+
+
+def _pre_hint(in_channels: int, downscale: int) -> nn.Sequential:
+    n_strided = int(math.log2(downscale))
+    strided = set(_STRIDE_POSITIONS[:n_strided])
+    layers: list[nn.Module] = []
+    c_in = in_channels
+    for i, c_out in enumerate(PRE_HINT_CHANNELS):
+        if i:
+            layers.append(nn.SiLU())
+        layers.append(nn.Conv2d(c_in, c_out, 3, padding=1, stride=2 if i in strided else 1))
+        c_in = c_out
+    return nn.Sequential(*layers)
+
+
+class HintEncoder(nn.Module):
+    """Pre-hint encoder + dense hint cascade; output i has tuned skip i's shape."""
+
+    def __init__(self, config: CSCTunerConfig, layout: SkipLayout, skips: list[int]):
+        super().__init__()
+        self.skips = skips  # encoder indices, ascending
+        self.pre_hint_blocks = _pre_hint(config.in_channels, config.hint_downscale)
+        k = config.hint_kernel
+        levels = []
+        c_in, scale = PRE_HINT_CHANNELS[-1], 1
+        for s in skips:
+            stride = layout.downscale[s] // scale
+            conv = nn.Conv2d(c_in, layout.channels[s], k, stride=stride, padding=k // 2)
+            nn.init.zeros_(conv.weight)  # zero convolution: no effect before training
+            nn.init.zeros_(conv.bias)
+            levels.append(nn.Sequential(nn.SiLU(), conv))
+            c_in, scale = layout.channels[s], layout.downscale[s]
+        self.dense_hint_blocks = nn.ModuleList(levels)
+
+    def forward(self, cond: torch.Tensor) -> dict[int, torch.Tensor]:
+        dtype = self.pre_hint_blocks[0].weight.dtype
+        h = self.pre_hint_blocks(cond.to(dtype))
+        out = {}
+        for s, block in zip(self.skips, self.dense_hint_blocks):
+            h = block(h)
+            out[s] = h
+        return out
+
+
+class CSCTuner(SkipTuner):
+    method: ClassVar[str] = "csc"
+
+    def __init__(self, config: CSCTunerConfig, layout: SkipLayout):
+        super().__init__(config, layout)
+        self.hint = HintEncoder(config, layout, self.tuned_encoder_skips())
+        self.tuners = nn.ModuleDict(
+            {
+                str(j): build_op(config.op, layout.channels[enc], config.ratio)
+                for enc, j in sorted(self.encoder_to_decoder.items(), key=lambda kv: kv[1])
+            }
+        )
+        self.scale = 1.0
+        self._hints: dict[int, torch.Tensor] | None = None
+
+    def encode_condition(self, cond: torch.Tensor) -> dict[int, torch.Tensor]:
+        """Hint features for a batch of condition images (B, C, H, W) in [-1, 1] or [0, 1]."""
+        if cond.ndim != 4 or cond.shape[1] != self.config.in_channels:
+            raise SceditError(
+                f"{self.config.condition} condition must be a (B, {self.config.in_channels}, H, W) tensor, "
+                f"got shape {tuple(cond.shape)}"
+            )
+        return self.hint(cond)
+
+    def set_condition(self, cond: torch.Tensor | None) -> None:
+        """Encode `cond` once; every later U-Net call reuses the features."""
+        self._hints = None if cond is None else self.encode_condition(cond)
+
+    def set_hints(self, hints: dict[int, torch.Tensor] | None) -> None:
+        """Use precomputed hint features (from `encode_condition`)."""
+        self._hints = hints
+
+    def delta(self, skip, x):
+        j = self.encoder_to_decoder.get(skip)
+        if j is None:
+            return None
+        if self._hints is None:
+            raise SceditError(
+                f"CSC-Tuner for {self.config.condition!r} has no condition image: call set_condition() "
+                "(or pass --control) before running the U-Net"
+            )
+        c = self._hints[skip]
+        if c.shape[0] != x.shape[0]:
+            # Classifier-free guidance runs [uncond, cond] in one batch: tile the features.
+            if x.shape[0] % c.shape[0]:
+                raise SceditError(
+                    f"condition batch {c.shape[0]} does not divide the U-Net batch {x.shape[0]}"
+                )
+            c = c.repeat(x.shape[0] // c.shape[0], *([1] * (c.ndim - 1)))
+        if c.shape[-2:] != x.shape[-2:]:
+            raise SceditError(
+                f"condition features {tuple(c.shape[-2:])} do not match skip {skip} of size {tuple(x.shape[-2:])}: "
+                "the condition image must have the same pixel size as the generated image"
+            )
+        c = self.scale * c.to(x.dtype)
+        return run_op(self.tuners[str(j)], x + c) + c

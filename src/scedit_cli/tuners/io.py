@@ -1,0 +1,125 @@
+"""Tuner files: safetensors weights + a small JSON config, like peft's adapter files.
+
+A tuner is saved as a folder holding `tuner.safetensors` and `tuner_config.json`.
+The config is also embedded in the safetensors metadata, so a lone
+`.safetensors` file loads too. Nothing is ever pickled.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+
+from .. import __version__
+from ..errors import SceditError
+from ..fsutil import atomic_path, write_json_atomic
+from .base import SkipTuner
+from .layout import SkipLayout
+from .registry import TUNER_TYPES, build_tuner
+
+WEIGHTS_NAME = "tuner.safetensors"
+CONFIG_NAME = "tuner_config.json"
+FORMAT_VERSION = 1
+
+
+def tuner_config_dict(tuner: SkipTuner, base: str | None = None, extra: dict | None = None) -> dict:
+    return {
+        "format": "scedit-tuner",
+        "format_version": FORMAT_VERSION,
+        "method": tuner.method,
+        "config": tuner.config.to_dict(),
+        "layout": tuner.layout.to_dict(),
+        "base_model": base,
+        "scedit_version": __version__,
+        "trainable_parameters": tuner.trainable_parameters,
+        **(extra or {}),
+    }
+
+
+def save_tuner(tuner: SkipTuner, path: str | Path, base: str | None = None, extra: dict | None = None) -> Path:
+    """Write `tuner` to the folder `path` (atomically, file by file). Returns the folder."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    meta = tuner_config_dict(tuner, base, extra)
+    state = {k: v.detach().to("cpu").contiguous() for k, v in tuner.state_dict().items()}
+    with atomic_path(path / WEIGHTS_NAME) as tmp:
+        save_file(state, str(tmp), metadata={"scedit": json.dumps(meta)})
+    write_json_atomic(path / CONFIG_NAME, meta)
+    return path
+
+
+def _read_meta(path: Path) -> tuple[dict, Path]:
+    if path.is_dir():
+        weights = path / WEIGHTS_NAME
+        cfg = path / CONFIG_NAME
+        if not weights.is_file():
+            raise SceditError(f"{path}: no {WEIGHTS_NAME} in this folder; is it a scedit tuner folder?")
+        if cfg.is_file():
+            try:
+                return json.loads(cfg.read_text()), weights
+            except json.JSONDecodeError as e:
+                raise SceditError(f"{cfg}: not valid JSON ({e.msg} at line {e.lineno}); re-save the tuner") from None
+        path = weights
+    if not path.is_file():
+        raise SceditError(f"{path}: tuner file not found; pass a tuner folder or its {WEIGHTS_NAME}")
+    try:
+        with safe_open(str(path), "pt") as f:
+            raw = (f.metadata() or {}).get("scedit")
+    except Exception as e:  # safetensors raises several exception types
+        raise SceditError(f"{path}: not a readable safetensors file ({e}); tuners are saved with `scedit train`") from None
+    if raw is None:
+        raise SceditError(
+            f"{path}: safetensors file without scedit metadata; official SCEdit checkpoints must be converted "
+            "first with `scedit convert`"
+        )
+    return json.loads(raw), path
+
+
+def load_tuner(path: str | Path, unet: torch.nn.Module | None = None, device="cpu") -> SkipTuner:
+    """Load a tuner file; with `unet`, refuse it unless its skip layout matches."""
+    path = Path(path)
+    meta, weights = _read_meta(path)
+    if meta.get("format") != "scedit-tuner":
+        raise SceditError(f"{path}: not a scedit tuner config (missing format: scedit-tuner)")
+    method = meta.get("method")
+    if method not in TUNER_TYPES:
+        raise SceditError(f"{path}: unknown tuner method {method!r}; this scedit knows {', '.join(TUNER_TYPES)}")
+    try:
+        layout = SkipLayout.from_dict(meta["layout"])
+    except (KeyError, TypeError) as e:
+        raise SceditError(f"{path}: tuner config has no valid `layout` ({e}); re-save the tuner") from None
+    if unet is not None:
+        actual = SkipLayout.from_unet(unet)
+        if actual != layout:
+            raise SceditError(
+                f"{path}: tuner was trained on a U-Net with {layout.num_skips} skips, channels "
+                f"{list(layout.channels)} (layout {layout.fingerprint()}), but this U-Net has "
+                f"{actual.num_skips} skips, channels {list(actual.channels)} (layout {actual.fingerprint()}): "
+                f"use the base model it was trained on ({meta.get('base_model') or 'unknown'})"
+            )
+    tuner = build_tuner(method, meta["config"], layout)
+    try:
+        state = load_file(str(weights), device=str(device))
+    except Exception as e:
+        raise SceditError(f"{weights}: cannot read weights ({e})") from None
+    expected = tuner.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise SceditError(
+            f"{weights}: weights do not match the config (missing {missing[:3]}, unexpected {unexpected[:3]}); "
+            "the file is damaged or was edited"
+        )
+    for k, v in state.items():
+        if v.shape != expected[k].shape:
+            raise SceditError(
+                f"{weights}: tensor {k} has shape {tuple(v.shape)}, config implies {tuple(expected[k].shape)}"
+            )
+    tuner.load_state_dict(state)
+    tuner.to(device)
+    tuner.file_meta = meta
+    return tuner

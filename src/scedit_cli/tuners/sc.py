@@ -1,0 +1,38 @@
+"""SC-Tuner (paper Eq. 5): `O_j(x) = x + T_j(x)` on each tuned skip connection."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+from torch import nn
+
+from .base import SkipTuner, TunerConfig, run_op
+from .layout import SkipLayout
+from .ops import build_op
+
+
+@dataclass
+class SCTunerConfig(TunerConfig):
+    """SC-Tuner settings. Defaults are the paper's: Linear OP, ratio 1, all skips."""
+
+    method: ClassVar[str] = "sc"
+
+
+class SCTuner(SkipTuner):
+    method: ClassVar[str] = "sc"
+
+    def __init__(self, config: SCTunerConfig, layout: SkipLayout):
+        super().__init__(config, layout)
+        self.tuners = nn.ModuleDict(
+            {
+                str(j): build_op(config.op, layout.channels[enc], config.ratio)
+                for enc, j in sorted(self.encoder_to_decoder.items(), key=lambda kv: kv[1])
+            }
+        )
+
+    def delta(self, skip, x):
+        j = self.encoder_to_decoder.get(skip)
+        if j is None:
+            return None
+        return run_op(self.tuners[str(j)], x)

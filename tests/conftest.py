@@ -1,0 +1,30 @@
+"""Shared test setup: offline hub, tiny real diffusers architectures, CPU only."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from tiny_models import tiny_unet_config, make_tiny_unet  # noqa: E402,F401
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture
+def tiny_unet():
+    """A tiny SD-1.5-shaped U-Net (4 down blocks -> 12 skips), random weights."""
+    return make_tiny_unet("sd15")
+
+
+@pytest.fixture
+def tiny_sdxl_unet():
+    """A tiny SDXL-shaped U-Net (3 down blocks -> 9 skips, text_time added conditions)."""
+    return make_tiny_unet("sdxl")
