@@ -22,7 +22,7 @@ EXACT, CLOSEST, MISSING = "exact", "closest", "not implemented"
 # ControlNet-XS' size is a free choice; this ratio is the closest to the paper's 55.30M.
 CONTROLNET_XS_SIZE_RATIO = 0.21
 # ControlLoRA = condition encoder + LoRA; this rank (default targets) is the closest to 21.52M.
-CONTROLLORA_RANK = 56
+CONTROLLORA_RANK = 55
 
 
 @dataclass

@@ -30,6 +30,14 @@ def _root(
     debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors."),
 ) -> None:
     _state["debug"] = debug or bool(os.environ.get("SCEDIT_DEBUG"))
+    if not _state["debug"]:
+        # diffusers/transformers log advice meant for library authors; our own
+        # messages say what a user needs to know.
+        from diffusers.utils import logging as diffusers_logging
+        from transformers.utils import logging as transformers_logging
+
+        diffusers_logging.set_verbosity_error()
+        transformers_logging.set_verbosity_error()
 
 
 def _register() -> None:

@@ -27,16 +27,22 @@ def params_command(
         table = Table(title="Trainable parameters (M): scedit vs the paper")
         for col in ("table", "setting", "base", "scedit", "paper", "diff", "status"):
             table.add_column(col, justify="right" if col in ("scedit", "paper", "diff") else "left")
+        notes = []
         for r in rows:
             status = {"exact": "[green]match[/]" if r.ok else "[red]MISMATCH[/]",
                       "closest": "[yellow]closest[/]", "not implemented": "[dim]not implemented[/]"}[r.kind]
+            if r.kind != "exact":
+                notes.append(f"{r.table} {r.setting}: {r.note}")
+                status += f" ({len(notes)})"
             table.add_row(
                 r.table, r.setting, r.base,
                 "-" if r.params is None else f"{r.params_m:.2f}",
                 f"{r.paper_m:.2f}",
                 "-" if r.diff_m is None else f"{r.diff_m:+.2f}",
-                status + (f" [dim]{r.note}[/]" if r.note and r.kind != "exact" else ""),
+                status,
             )
         out_console.print(table)
+        for i, note in enumerate(notes, 1):
+            out_console.print(f"({i}) {note}", highlight=False)
     if not all(r.ok for r in rows):
         raise typer.Exit(1)
