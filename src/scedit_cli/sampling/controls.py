@@ -1,0 +1,119 @@
+"""Condition images for CSC-Tuners: `--control NAME:IMAGE[:SCALE]` and `--control-map ...`.
+
+`--control canny:photo.jpg` computes the condition map from a raw image with
+the same code `scedit prepare` uses (`scedit_cli.conditions.compute_condition`,
+inference settings, e.g. canny 100/200); `--control-map canny:edges.png` takes
+a ready-made map as it is. Either way the image is brought to the output size
+the way training images are (resize the short side, centre crop) before the
+map is computed, and the map becomes a (1, C, H, W) float tensor in [0, 1]
+(torchvision's ToTensor convention, as the official code feeds its hints).
+The user's files are only read, never changed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from ..errors import SceditError
+
+
+@dataclass(frozen=True)
+class ControlSpec:
+    """One condition image: which condition, which file, its scale/weight, and whether it is a map already."""
+
+    name: str
+    path: Path
+    scale: float = 1.0
+    is_map: bool = False
+    params: tuple = field(default=())
+
+    def describe(self) -> dict:
+        return {"condition": self.name, "image": str(self.path), "scale": self.scale,
+                "input": "map" if self.is_map else "image"}
+
+
+def parse_control(text: str, is_map: bool = False, option: str = "--control") -> ControlSpec:
+    """Parse `NAME:PATH` or `NAME:PATH:SCALE`."""
+    if ":" not in text:
+        raise SceditError(f"{option} {text!r}: expected NAME:IMAGE or NAME:IMAGE:SCALE, e.g. canny:photo.jpg:0.8")
+    name, rest = text.split(":", 1)
+    scale = 1.0
+    if ":" in rest:
+        head, tail = rest.rsplit(":", 1)
+        try:
+            scale = float(tail)
+            rest = head
+        except ValueError:
+            pass  # the colon belongs to the path
+    name = name.strip()
+    if not name or not rest:
+        raise SceditError(f"{option} {text!r}: expected NAME:IMAGE or NAME:IMAGE:SCALE, e.g. canny:photo.jpg:0.8")
+    if not np.isfinite(scale):
+        raise SceditError(f"{option} {text!r}: scale must be a finite number, got {scale}")
+    return ControlSpec(name, Path(rest).expanduser(), scale, is_map)
+
+
+def known_condition_names() -> list[str]:
+    from ..conditions import CONDITIONS
+
+    return list(CONDITIONS)
+
+
+def open_image(path: Path, what: str = "control image") -> Image.Image:
+    if not path.is_file():
+        raise SceditError(f"{path}: {what} not found")
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return im.copy()
+    except (UnidentifiedImageError, OSError, ValueError) as e:
+        raise SceditError(f"{path}: cannot read {what} ({e}); give a PNG or JPEG file") from None
+
+
+def fit_to(image: Image.Image, width: int, height: int, resample=Image.BICUBIC) -> Image.Image:
+    """Resize so the image covers (width, height), then centre-crop to it (training's transform)."""
+    if image.size == (width, height):
+        return image
+    w, h = image.size
+    s = max(width / w, height / h)
+    nw, nh = max(width, round(w * s)), max(height, round(h * s))
+    image = image.resize((nw, nh), resample)
+    left, top = (nw - width) // 2, (nh - height) // 2
+    return image.crop((left, top, left + width, top + height))
+
+
+def load_control_map(spec: ControlSpec, width: int, height: int, weights: str | Path | None = None) -> Image.Image:
+    """The condition map for `spec` at the output size (RGB)."""
+    image = open_image(spec.path)
+    if spec.is_map:
+        return fit_to(image.convert("RGB"), width, height, Image.BILINEAR)
+    from ..conditions import compute_condition
+
+    raw = fit_to(image.convert("RGB"), width, height, Image.BICUBIC)
+    cond = compute_condition(spec.name, raw, weights=weights, params=dict(spec.params) or None)
+    return cond.convert("RGB")
+
+
+def map_to_tensor(image: Image.Image, channels: int = 3) -> torch.Tensor:
+    """(1, C, H, W) float32 in [0, 1]."""
+    image = image.convert("RGB" if channels == 3 else "L")
+    arr = np.asarray(image, dtype=np.float32) / 255.0
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
+    if arr.shape[2] != channels:
+        raise SceditError(f"condition map has {arr.shape[2]} channels, the tuner expects {channels}")
+    return torch.from_numpy(arr).permute(2, 0, 1).unsqueeze(0).contiguous()
+
+
+def file_digest(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()[:16]

@@ -1,0 +1,41 @@
+"""Contact sheets: many images in one PNG, for a quick look at a run."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from PIL import Image
+
+from ..fsutil import atomic_path
+
+
+def contact_sheet(images: list[Image.Image], cols: int | None = None, cell: int = 256, pad: int = 2,
+                  background=(255, 255, 255)) -> Image.Image:
+    """Lay `images` out in a grid, `cols` wide (default: square-ish); each scaled to fit `cell` px."""
+    if not images:
+        raise ValueError("contact_sheet needs at least one image")
+    n = len(images)
+    cols = max(1, min(cols or math.ceil(math.sqrt(n)), n))
+    rows = math.ceil(n / cols)
+    w0, h0 = images[0].size
+    s = min(1.0, cell / max(w0, h0))
+    cw, ch = max(1, round(w0 * s)), max(1, round(h0 * s))
+    sheet = Image.new("RGB", (cols * cw + (cols + 1) * pad, rows * ch + (rows + 1) * pad), background)
+    for i, im in enumerate(images):
+        r, c = divmod(i, cols)
+        if im.size != (cw, ch):
+            im = im.resize((cw, ch), Image.BICUBIC)
+        sheet.paste(im.convert("RGB"), (pad + c * (cw + pad), pad + r * (ch + pad)))
+    return sheet
+
+
+def write_contact_sheet(paths: list[Path], out: Path, cols: int | None = None, cell: int = 256) -> Path:
+    images = []
+    for p in paths:
+        with Image.open(p) as im:
+            images.append(im.convert("RGB"))
+    sheet = contact_sheet(images, cols=cols, cell=cell)
+    with atomic_path(out) as tmp:
+        sheet.save(tmp, format="PNG")
+    return out
