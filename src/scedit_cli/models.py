@@ -66,6 +66,24 @@ class BaseModel:
     def scheduler(self):
         return self.pipeline.scheduler
 
+    @property
+    def is_meta(self) -> bool:
+        p = next(self.unet.parameters(), None)
+        return p is not None and p.device.type == "meta"
+
+    @classmethod
+    def from_unet(cls, unet, *, is_sdxl: bool | None = None, prediction_type: str = "epsilon",
+                  vae_scale_factor: int = 8, source: str = "unet") -> "BaseModel":
+        """A U-Net-only base (no VAE, no text encoders): for --dry-run on the meta device and
+        for timing training steps on random latents and embeddings."""
+        from types import SimpleNamespace
+
+        if is_sdxl is None:
+            is_sdxl = getattr(unet.config, "addition_embed_type", None) == "text_time"
+        pipe = SimpleNamespace(unet=unet, vae=None, text_encoder=None, text_encoder_2=None, tokenizer=None,
+                               tokenizer_2=None, scheduler=None)
+        return cls(pipe, source, is_sdxl, prediction_type, vae_scale_factor)
+
 
 def _is_single_file(path: Path) -> bool:
     return path.suffix in (".safetensors", ".ckpt") and path.is_file()

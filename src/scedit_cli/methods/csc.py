@@ -1,0 +1,91 @@
+"""`csc`: CSC-Tuners fed by condition images (controllable generation, paper Sec. 3.3).
+
+One CSC-Tuner per condition; with several conditions they are trained together
+and combined with weights alpha (Eq. 7, default equal weights summing to 1).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import SceditError
+from ..tuners import CSCTuner, CSCTunerConfig, SkipLayout, attach, save_tuner
+from .base import ConditionalConfig, Method, condition_channels
+
+
+@dataclass
+class CSCConfig(ConditionalConfig):
+    """hint_kernel: dense-cascade kernel k (paper 1 or 3); weights: alpha per condition (sum 1)."""
+
+    ratio: float = 1.0
+    op: str = "linear"
+    skips: list[int] | None = None
+    hint_kernel: int = 3
+    weights: list[float] | None = None
+
+
+class CSCMethod(Method):
+    name = "csc"
+    Config = CSCConfig
+    max_conditions = 8
+
+    def validate(self) -> None:
+        super().validate()
+        w = self.config.weights
+        if w is not None:
+            if len(w) != len(self.conditions):
+                raise SceditError(
+                    f"method.weights has {len(w)} value(s) for {len(self.conditions)} condition(s); give one alpha per condition"
+                )
+            if abs(sum(w) - 1.0) > 1e-6:
+                raise SceditError(f"method.weights must sum to 1 (paper Eq. 7), got {sum(w)}")
+
+    def setup(self, base) -> None:
+        super().setup(base)
+        layout = SkipLayout.from_unet(base.unet)
+        self.tuners = [
+            CSCTuner(
+                CSCTunerConfig(
+                    ratio=self.config.ratio, op=self.config.op, skips=self.config.skips,
+                    hint_kernel=self.config.hint_kernel, hint_downscale=base.vae_scale_factor,
+                    condition=cond, in_channels=condition_channels(cond),
+                ),
+                layout,
+            )
+            for cond in self.conditions
+        ]
+        n = len(self.tuners)
+        self.weights = list(self.config.weights) if self.config.weights is not None else [1.0 / n] * n
+        self.editor = attach(base.unet, self.tuners, self.weights)
+
+    def trainable_modules(self):
+        return list(self.tuners)
+
+    def named_trainable_parameters(self):
+        if len(self.tuners) == 1:
+            return list(self.tuners[0].named_parameters())
+        return [(f"{c}.{n}", p) for c, t in zip(self.conditions, self.tuners) for n, p in t.named_parameters()]
+
+    def predict(self, sample, timestep, encoder_hidden_states, added_cond_kwargs=None, conditions=None):
+        if not conditions or len(conditions) != len(self.tuners):
+            raise SceditError(
+                f"method 'csc' needs {len(self.tuners)} condition image(s) ({', '.join(self.conditions)}), "
+                f"got {0 if not conditions else len(conditions)}"
+            )
+        for tuner, cond in zip(self.tuners, conditions):
+            tuner.set_condition(cond)
+        try:
+            return self._unet(self.unet, sample, timestep, encoder_hidden_states, added_cond_kwargs)
+        finally:
+            for tuner in self.tuners:
+                tuner.set_hints(None)
+
+    def save(self, output_dir, base_source=None, extra=None):
+        out = Path(output_dir)
+        if len(self.tuners) == 1:
+            return [save_tuner(self.tuners[0], out / "tuner", base=base_source, extra=extra)]
+        return [
+            save_tuner(t, out / f"tuner-{c}", base=base_source, extra={**(extra or {}), "alpha": w})
+            for c, t, w in zip(self.conditions, self.tuners, self.weights)
+        ]

@@ -1,0 +1,41 @@
+"""`sc`: SC-Tuners on the skip connections (text-to-image, paper Sec. 3.2)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..tuners import SCTuner, SCTunerConfig, SkipLayout, attach, save_tuner
+from .base import Method, MethodConfig
+
+
+@dataclass
+class SCConfig(MethodConfig):
+    """ratio: hidden = C / ratio; op: linear | conv1x1 | conv3x3; skips: paper indices j (None = all)."""
+
+    ratio: float = 1.0
+    op: str = "linear"
+    skips: list[int] | None = None
+
+
+class SCMethod(Method):
+    name = "sc"
+    Config = SCConfig
+
+    def setup(self, base) -> None:
+        super().setup(base)
+        layout = SkipLayout.from_unet(base.unet)
+        self.tuner = SCTuner(SCTunerConfig(ratio=self.config.ratio, op=self.config.op, skips=self.config.skips), layout)
+        self.editor = attach(base.unet, self.tuner)
+
+    def trainable_modules(self):
+        return [self.tuner]
+
+    def named_trainable_parameters(self):
+        return list(self.tuner.named_parameters())
+
+    def predict(self, sample, timestep, encoder_hidden_states, added_cond_kwargs=None, conditions=None):
+        return self._unet(self.unet, sample, timestep, encoder_hidden_states, added_cond_kwargs)
+
+    def save(self, output_dir, base_source=None, extra=None):
+        return [save_tuner(self.tuner, Path(output_dir) / "tuner", base=base_source, extra=extra)]
