@@ -137,6 +137,12 @@ def resolve_device(device: str | None) -> torch.device:
 def load_model(model: str | BaseModel, device: str | None = "auto", dtype: str | None = None) -> BaseModel:
     if isinstance(model, BaseModel):
         return model
+    # Our own progress bar reports the run; the loaders' bars would only clutter stderr.
+    from diffusers.utils import logging as dlogging
+    from transformers.utils import logging as tlogging
+
+    dlogging.disable_progress_bar()
+    tlogging.disable_progress_bar()
     dev = resolve_device(device)
     if dtype is None:
         dtype = "fp16" if dev.type == "cuda" else "fp32"
@@ -166,6 +172,16 @@ def load_tuners(paths: Sequence[str | Path | SkipTuner], base: BaseModel) -> lis
             "pass one tuner per condition (so each --control finds its tuner)"
         )
     return tuners
+
+
+def check_inputs(tuners: Sequence, controls: Sequence[ControlSpec]) -> None:
+    """Fail on missing tuner and control files before the (slow) base model loads."""
+    for t in tuners:
+        if not isinstance(t, SkipTuner) and not Path(t).exists():
+            raise SceditError(f"{t}: tuner file not found; pass a tuner folder or its tuner.safetensors")
+    for c in controls:
+        if not c.path.is_file():
+            raise SceditError(f"{c.path}: control image not found (--control {c.name}:{c.path})")
 
 
 def _tuner_record(t: SkipTuner) -> dict:
@@ -447,6 +463,7 @@ def sample(
     settings = settings or SampleSettings()
     settings.validate()
     prompts = _as_prompts(prompts)
+    check_inputs(tuners, controls)
     base = load_model(model, device, dtype)
     loaded = load_tuners(tuners, base)
     binding = bind_controls(loaded, controls)
@@ -502,6 +519,7 @@ def compose(
     prompts = _as_prompts(prompts)
     if not controls:
         raise SceditError("compose needs at least one --control (or --control-map)")
+    check_inputs(tuners, controls)
     base = load_model(model, device, dtype)
     loaded = load_tuners(tuners, base)
     binding = bind_controls(loaded, controls, allow_repeats=sweep is None)
