@@ -102,12 +102,15 @@ def load_control_map(spec: ControlSpec, width: int, height: int, weights: str | 
 
 def map_to_tensor(image: Image.Image, channels: int = 3) -> torch.Tensor:
     """(1, C, H, W) float32 in [0, 1]."""
+    if channels not in (1, 3):
+        raise SceditError(
+            f"this CSC-Tuner takes {channels}-channel conditions (a cut-out plus its mask, as inpaint/outpaint "
+            "tuners do); `scedit sample` feeds 1- or 3-channel maps only in this version"
+        )
     image = image.convert("RGB" if channels == 3 else "L")
     arr = np.asarray(image, dtype=np.float32) / 255.0
     if arr.ndim == 2:
         arr = arr[:, :, None]
-    if arr.shape[2] != channels:
-        raise SceditError(f"condition map has {arr.shape[2]} channels, the tuner expects {channels}")
     return torch.from_numpy(arr).permute(2, 0, 1).unsqueeze(0).contiguous()
 
 

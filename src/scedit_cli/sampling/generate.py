@@ -134,15 +134,19 @@ def resolve_device(device: str | None) -> torch.device:
     return dev
 
 
-def load_model(model: str | BaseModel, device: str | None = "auto", dtype: str | None = None) -> BaseModel:
-    if isinstance(model, BaseModel):
-        return model
-    # Our own progress bar reports the run; the loaders' bars would only clutter stderr.
+def quiet_loaders() -> None:
+    """Our own progress bar reports the run; the loaders' bars would only clutter stderr."""
     from diffusers.utils import logging as dlogging
     from transformers.utils import logging as tlogging
 
     dlogging.disable_progress_bar()
     tlogging.disable_progress_bar()
+
+
+def load_model(model: str | BaseModel, device: str | None = "auto", dtype: str | None = None) -> BaseModel:
+    if isinstance(model, BaseModel):
+        return model
+    quiet_loaders()
     dev = resolve_device(device)
     if dtype is None:
         dtype = "fp16" if dev.type == "cuda" else "fp32"
