@@ -25,6 +25,7 @@ journal, and the last shard to finish merges them into metadata.jsonl.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import itertools
 import json
 import multiprocessing
 import os
@@ -163,22 +164,24 @@ def _run_pool(ctx: JobContext, tasks: Iterator[Task], workers: int, on_entry: Ca
         return
     # spawn, not fork: the parent may hold torch/OpenMP state that a forked child would deadlock on.
     pool = cf.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=init_worker, initargs=(ctx,))
-    limit = workers * 8  # bounded in-flight work: 600k records never sit in memory at once
+    chunk = 4  # records per submit: amortises pickling/IPC, small enough to keep the journal close behind
+    limit = workers * 4  # bounded in-flight chunks: 600k records never sit in memory at once
     inflight: set[cf.Future] = set()
     try:
         exhausted = False
         while True:
             while not exhausted and len(inflight) < limit:
-                t = next(tasks, None)
-                if t is None:
+                batch = list(itertools.islice(tasks, chunk))
+                if len(batch) < chunk:
                     exhausted = True
-                else:
-                    inflight.add(pool.submit(process_in_worker, t))
+                if batch:
+                    inflight.add(pool.submit(process_in_worker, batch))
             if not inflight:
                 break
             finished, inflight = cf.wait(inflight, return_when=cf.FIRST_COMPLETED)
             for f in finished:
-                on_entry(f.result())
+                for entry in f.result():
+                    on_entry(entry)
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
 
