@@ -1,0 +1,1 @@
+"""Metrics: FID, controllability, training memory and step time."""
