@@ -32,12 +32,10 @@ def _root(
     _state["debug"] = debug or bool(os.environ.get("SCEDIT_DEBUG"))
     if not _state["debug"]:
         # diffusers/transformers log advice meant for library authors; our own
-        # messages say what a user needs to know.
-        from diffusers.utils import logging as diffusers_logging
-        from transformers.utils import logging as transformers_logging
-
-        diffusers_logging.set_verbosity_error()
-        transformers_logging.set_verbosity_error()
+        # messages say what a user needs to know. Set through their environment
+        # variables so that commands which never import them start fast.
+        os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 
 def _register() -> None:
