@@ -1,17 +1,53 @@
-"""`scedit train` (not built yet)."""
+"""`scedit train RECIPE.toml [--set key=value ...] [--resume latest|PATH] [--dry-run] [--json]`."""
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import typer
 
+from ..console import info, print_json
 from . import app
-from ._notbuilt import not_built
 
 
-@app.command(
-    "train",
-    help="NOT BUILT YET: exits with an error.",
-    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
-)
-def train_command(ctx: typer.Context) -> None:
-    not_built("train", "planned")
+@app.command("train")
+def train_command(
+    recipe: Path = typer.Argument(..., help="Training recipe (TOML); see recipes/ for the paper's runs."),
+    set_: list[str] = typer.Option([], "--set", help="Override a recipe key: --set train.max_steps=500 (repeatable)."),
+    resume: str = typer.Option(None, "--resume", help="'latest' or a checkpoint folder to continue from."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Build everything (meta device if the model is not here), "
+                                 "print the plan, train nothing."),
+    json_out: bool = typer.Option(False, "--json", help="Print the result (or the plan) as JSON on stdout."),
+) -> None:
+    """Train a tuner or a baseline as a recipe says (one command per experiment of the paper)."""
+    from ..training import train
+
+    result = train(recipe, overrides=list(set_), resume=resume, dry_run=dry_run)
+    if dry_run:
+        plan = result.plan
+        if json_out:
+            print_json(plan)
+        else:
+            info(f"recipe      {plan['recipe']}")
+            info(f"method      {plan['method']}")
+            info(f"model       {plan['model']}  ({plan['model_built_from']}, prediction {plan['prediction_type']})")
+            info(f"trainable   {plan['trainable_parameters']:,} parameters ({plan['trainable_parameters_m']}M)")
+            size = plan["dataset_size"]
+            info(f"dataset     {plan['data']}: " + (f"{size:,} rows" if size is not None else "NOT AVAILABLE"))
+            info(f"steps       {plan['steps']:,} x batch {plan['batch_size']} "
+                 f"({plan['processes']} process(es) x accumulation {plan['gradient_accumulation_steps']})")
+            info(f"output      {plan['output_dir']}")
+        if "dataset_error" in plan:
+            info(f"warning: {plan['dataset_error']}")
+        return
+    if json_out:
+        print_json(result.summary())
+    elif result.outputs:
+        info(f"trained {result.steps} steps, loss {result.first_loss:.4f} -> {result.final_loss:.4f}; "
+             f"wrote {', '.join(result.outputs)}")
+    if result.skipped:
+        info(f"skipped {result.skipped} unreadable sample(s), e.g. {result.skipped_examples[0]}")
+    if result.interrupted:
+        info(f"interrupted at step {result.steps}; checkpoint saved, continue with --resume latest")
+        sys.exit(130)

@@ -1,0 +1,369 @@
+"""Training data through `datasets`: loading, transforms, caption dropout, condition maps.
+
+Sources: a folder with `metadata.jsonl` (what `scedit prepare` writes; paths in
+it are relative to the folder), a folder of `*.parquet` / `*.jsonl` files, a
+single `.parquet` / `.jsonl` / `.json` / `.csv` file, or a hub dataset name
+(loaded offline from the HF cache when there is no network). Image cells may
+be paths (relative to the dataset's folder), `datasets.Image` values, or raw
+bytes. Nothing here writes to the input.
+
+Every random choice (crop, flip, caption dropout, random condition settings)
+comes from a generator seeded by (seed, stream position), so a sample depends
+only on where it falls in the training stream: whatever the worker count,
+process count or resume point. An unreadable image is skipped and counted,
+never a crash.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, ImageFile
+
+from .errors import SceditError
+from .methods.base import condition_channels
+
+MASKED_CONDITIONS = ("inpaint", "outpaint")  # fed as cut-out + mask
+NEAREST_CONDITIONS = ("seg", "segmentation", "pose")  # label colours must not blend
+VALIDATION_OFFSET = 1 << 40  # stream positions for validation samples, apart from training ones
+
+
+class BadSample(Exception):
+    """An unreadable image or an unusable row: the sample is skipped and counted."""
+
+
+@dataclass
+class LoadedDataset:
+    dataset: Any  # datasets.Dataset
+    base_dir: Path | None  # where relative image paths resolve
+    description: str
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+
+def _load_dataset_files(kind: str, files: list[Path], desc: str):
+    import datasets
+
+    try:
+        return datasets.load_dataset(kind, data_files=[str(f) for f in files], split="train")
+    except Exception as e:  # datasets raises many kinds (ArrowInvalid, DatasetGenerationError, ...)
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise SceditError(f"{desc}: cannot read the dataset ({first}); check the file format") from None
+
+
+_KINDS = {".parquet": "parquet", ".jsonl": "json", ".json": "json", ".csv": "csv"}
+
+
+def load_source(source: str, split: str = "train") -> LoadedDataset:
+    """The raw `datasets.Dataset` behind a data source (see the module docstring)."""
+    import datasets
+
+    if not source:
+        raise SceditError("data.source is empty; set it to a dataset folder, file or hub name")
+    path = Path(source).expanduser()
+    if path.is_dir():
+        meta = path / "metadata.jsonl"
+        if meta.is_file():
+            return LoadedDataset(_load_dataset_files("json", [meta], str(meta)), path, str(path))
+        for ext in (".parquet", ".jsonl"):
+            files = sorted(path.glob(f"*{ext}")) or sorted(path.glob(f"*/*{ext}"))
+            if files:
+                return LoadedDataset(_load_dataset_files(_KINDS[ext], files, str(path)), path, str(path))
+        raise SceditError(
+            f"{path}: no metadata.jsonl, *.parquet or *.jsonl in this folder; make one with `scedit prepare` "
+            "or point data.source at the dataset file"
+        )
+    if path.is_file():
+        kind = _KINDS.get(path.suffix.lower())
+        if kind is None:
+            raise SceditError(f"{path}: unsupported dataset file type {path.suffix!r}; use .parquet, .jsonl, .json or .csv")
+        return LoadedDataset(_load_dataset_files(kind, [path], str(path)), path.parent, str(path))
+    if source.startswith((".", "/", "~")) or path.suffix.lower() in _KINDS:
+        raise SceditError(f"{source}: dataset not found; check data.source (relative paths start at the recipe's folder)")
+    try:
+        ds = datasets.load_dataset(source, split=split)
+    except Exception as e:
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise SceditError(
+            f"dataset {source!r} split {split!r} could not be loaded ({first}); it is neither a local path nor a "
+            "hub dataset in the HF cache: download it with `huggingface-cli download --repo-type dataset "
+            f"{source}` on a machine with internet, or set data.source to a local folder"
+        ) from None
+    return LoadedDataset(ds, None, source)
+
+
+def condition_column(cfg, name: str) -> str:
+    return cfg.condition_columns.get(name, name)
+
+
+def load_training_data(cfg, conditions: list[str], seed: int = 0) -> "TrainDataset":
+    """Load `cfg.source` (a `DataSection`) and check its columns for `conditions`."""
+    loaded = load_source(cfg.source, cfg.split)
+    ds = loaded.dataset
+    cols = list(ds.column_names)
+    where = loaded.description
+
+    def need(col: str, key: str):
+        if col not in cols:
+            raise SceditError(
+                f"{where}: no column {col!r} (columns: {', '.join(cols)}); set {key} to the right column"
+            )
+
+    need(cfg.image_column, "data.image_column")
+    need(cfg.text_column, "data.text_column")
+    for cond in conditions:
+        col = condition_column(cfg, cond)
+        if cfg.compute_conditions:
+            continue
+        if col not in cols:
+            raise SceditError(
+                f"{where}: no column {col!r} for condition {cond!r} (columns: {', '.join(cols)}); "
+                f"make the maps with `scedit prepare`, set data.condition_columns.{cond} to the right column, "
+                "or set data.compute_conditions = true to compute them on the fly"
+            )
+        if cond in MASKED_CONDITIONS and f"{col}_mask" not in cols:
+            raise SceditError(
+                f"{where}: condition {cond!r} needs the cut-out column {col!r} and the mask column {col + '_mask'!r} "
+                f"(columns: {', '.join(cols)}); make them with `scedit prepare` or set data.compute_conditions = true"
+            )
+    if cfg.compute_conditions and conditions:
+        from .conditions import get_spec
+
+        for cond in conditions:
+            get_spec(cond)  # unknown condition -> one-line error naming the known ones
+    # Decode images ourselves, so that a corrupt one is skipped rather than fatal.
+    import datasets
+
+    for col, feat in ds.features.items():
+        if isinstance(feat, datasets.Image):
+            ds = ds.cast_column(col, datasets.Image(decode=False))
+    if cfg.max_samples and len(ds) > cfg.max_samples:
+        ds = ds.select(range(cfg.max_samples))
+    if len(ds) == 0:
+        raise SceditError(f"{where}: the dataset is empty")
+    return TrainDataset(LoadedDataset(ds, loaded.base_dir, where), cfg, conditions, seed)
+
+
+def _open_image(value, base_dir: Path | None) -> tuple[Image.Image, str]:
+    """(image, description) from a dataset cell; raises BadSample."""
+    desc = "<bytes>"
+    try:
+        if isinstance(value, Image.Image):
+            return value, "<image>"
+        if isinstance(value, dict):
+            if value.get("bytes"):
+                desc = value.get("path") or "<bytes>"
+                value = value["bytes"]
+            elif value.get("path"):
+                value = value["path"]
+            else:
+                raise BadSample("empty image cell")
+        if isinstance(value, (bytes, bytearray)):
+            img = Image.open(io.BytesIO(value))
+        elif isinstance(value, str):
+            p = Path(value).expanduser()
+            if not p.is_absolute() and base_dir is not None:
+                p = base_dir / p
+            desc = str(p)
+            if not p.is_file():
+                raise BadSample(f"{p}: file not found")
+            img = Image.open(p)
+        elif value is None:
+            raise BadSample("no image in this row")
+        else:
+            raise BadSample(f"unsupported image cell of type {type(value).__name__}")
+        img.load()
+        return img, desc
+    except BadSample:
+        raise
+    except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError...
+        raise BadSample(f"{desc}: unreadable image ({type(e).__name__}: {str(e)[:80]})") from None
+
+
+def _resize_crop(img: Image.Image, size: int, center: bool, rng: np.random.Generator, resample) -> tuple:
+    w, h = img.size
+    scale = size / min(w, h)
+    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+    img = img.resize((nw, nh), resample=resample)
+    if center:
+        left, top = (nw - size) // 2, (nh - size) // 2
+    else:
+        left, top = int(rng.integers(0, nw - size + 1)), int(rng.integers(0, nh - size + 1))
+    return img.crop((left, top, left + size, top + size)), (top, left), (nw, nh)
+
+
+def _to_tensor(img: Image.Image, channels: int) -> torch.Tensor:
+    arr = np.asarray(img, dtype=np.float32) / 255.0
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
+    t = torch.from_numpy(arr.copy()).permute(2, 0, 1)
+    return t[:channels]
+
+
+class TrainDataset(torch.utils.data.Dataset):
+    """Map-style dataset whose keys are (stream position, row index)."""
+
+    def __init__(self, loaded: LoadedDataset, cfg, conditions: list[str], seed: int):
+        self.loaded = loaded
+        self.ds = loaded.dataset
+        self.cfg = cfg
+        self.conditions = list(conditions)
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    @property
+    def description(self) -> str:
+        return self.loaded.description
+
+    def __getitem__(self, key):
+        position, index = key if isinstance(key, tuple) else (key, key)
+        try:
+            return self.load(position, index, train=True)
+        except BadSample as e:
+            return {"skipped": str(e), "index": index}
+
+    def load(self, position: int, index: int, train: bool = True) -> dict:
+        cfg = self.cfg
+        row = self.ds[int(index)]
+        rng = np.random.default_rng([self.seed, int(position)])
+        text = row.get(cfg.text_column)
+        if text is None:
+            raise BadSample(f"row {index}: no text in column {cfg.text_column!r}")
+        if isinstance(text, list):  # several captions per image (e.g. COCO): one per visit
+            if not text:
+                raise BadSample(f"row {index}: empty caption list")
+            text = text[int(rng.integers(0, len(text)))] if train else text[0]
+        caption = str(text)
+        if cfg.caption_prefix:
+            caption = f"{cfg.caption_prefix} {caption}".strip()
+        if train and cfg.caption_dropout and rng.random() < cfg.caption_dropout:
+            caption = ""
+        img, _ = _open_image(row.get(cfg.image_column), self.loaded.base_dir)
+        original_size = (img.height, img.width)
+        img = img.convert("RGB")
+        R = cfg.resolution
+        crop_rng = np.random.default_rng([self.seed, int(position), 1])
+        image, crop_tl, resized = _resize_crop(img, R, cfg.center_crop, crop_rng, Image.BICUBIC)
+        flip = train and cfg.random_flip and rng.random() < 0.5
+        conds = []
+        for cond in self.conditions:
+            maps = self._condition_maps(cond, row, index, img, image, resized, crop_tl, rng)
+            tensors = [_to_tensor(m, 3 if m.mode != "L" else 1) for m in maps]
+            t = torch.cat(tensors, 0)[: condition_channels(cond)]
+            if t.shape[0] != condition_channels(cond):
+                raise BadSample(f"row {index}: condition {cond!r} has {t.shape[0]} channels, expected {condition_channels(cond)}")
+            conds.append(t.flip(-1) if flip else t)
+        pixels = _to_tensor(image, 3) * 2.0 - 1.0
+        if flip:
+            pixels = pixels.flip(-1)
+        return {"pixel_values": pixels, "caption": caption, "conditions": conds, "original_size": original_size,
+                "crop_top_left": crop_tl, "index": index}
+
+    def _condition_maps(self, cond, row, index, full_img, image, resized, crop_tl, rng) -> list[Image.Image]:
+        cfg = self.cfg
+        col = condition_column(cfg, cond)
+        masked = cond in MASKED_CONDITIONS
+        if cfg.compute_conditions:
+            from .conditions import compute_condition_maps
+
+            try:
+                maps = compute_condition_maps(cond, image, rng=rng, weights=cfg.detector_weights or None)
+            except SceditError:
+                raise
+            except Exception as e:
+                raise BadSample(f"row {index}: computing {cond!r} failed ({type(e).__name__}: {str(e)[:80]})") from None
+            keys = [cond, f"{cond}_mask"] if masked else [cond]
+            return [maps[k].convert("L" if k.endswith("_mask") else "RGB") for k in keys]
+        cols = [col, f"{col}_mask"] if masked else [col]
+        out = []
+        for c in cols:
+            m, _ = _open_image(row.get(c), self.loaded.base_dir)
+            is_mask = c.endswith("_mask")
+            m = m.convert("L" if is_mask else "RGB")
+            if m.size != full_img.size:
+                m = m.resize(full_img.size, Image.NEAREST if is_mask or cond in NEAREST_CONDITIONS else Image.BILINEAR)
+            m = m.resize(resized, Image.NEAREST if is_mask or cond in NEAREST_CONDITIONS else Image.BILINEAR)
+            top, left = crop_tl
+            out.append(m.crop((left, top, left + cfg.resolution, top + cfg.resolution)))
+        return out
+
+    def validation_items(self, count: int) -> list[dict]:
+        """The first `count` readable rows, without flip or caption dropout (for sample grids)."""
+        items = []
+        for i in range(len(self)):
+            if len(items) >= count:
+                break
+            try:
+                items.append(self.load(VALIDATION_OFFSET + i, i, train=False))
+            except BadSample:
+                continue
+        return items
+
+
+def collate(items: list[dict]) -> dict:
+    good = [it for it in items if "skipped" not in it]
+    batch = {
+        "skipped": [it["skipped"] for it in items if "skipped" in it],
+        "size": len(good),
+    }
+    if not good:
+        return batch
+    batch["pixel_values"] = torch.stack([it["pixel_values"] for it in good])
+    batch["captions"] = [it["caption"] for it in good]
+    n_cond = len(good[0]["conditions"])
+    batch["conditions"] = [torch.stack([it["conditions"][k] for it in good]) for k in range(n_cond)]
+    batch["original_sizes"] = [it["original_size"] for it in good]
+    batch["crop_top_lefts"] = [it["crop_top_left"] for it in good]
+    return batch
+
+
+class StreamSampler(torch.utils.data.Sampler):
+    """Micro-batches of (stream position, row index) for one process, from `start_step` on.
+
+    The stream is the concatenation of per-epoch permutations seeded by (seed, epoch).
+    Optimizer step s uses stream positions [s*B, (s+1)*B) (B: total batch); of
+    those, micro-step a of process r takes the slice ((a*W + r)*b, +b).
+    """
+
+    def __init__(self, n: int, seed: int, total_batch: int, accumulation: int, rank: int, world: int,
+                 start_step: int, max_steps: int):
+        per = total_batch // (accumulation * world)
+        if per * accumulation * world != total_batch:
+            raise SceditError(
+                f"train.batch_size {total_batch} is not divisible by {world} process(es) x "
+                f"{accumulation} accumulation step(s); change train.batch_size or train.gradient_accumulation_steps"
+            )
+        self.n, self.seed, self.B, self.A, self.r, self.W, self.b = n, seed, total_batch, accumulation, rank, world, per
+        self.start, self.max_steps = start_step, max_steps
+        self._perm_epoch, self._perm = -1, None
+
+    @property
+    def per_device_batch(self) -> int:
+        return self.b
+
+    def _index(self, position: int) -> int:
+        epoch, offset = divmod(position, self.n)
+        if epoch != self._perm_epoch:
+            self._perm = np.random.default_rng([self.seed, epoch, 12345]).permutation(self.n)
+            self._perm_epoch = epoch
+        return int(self._perm[offset])
+
+    def micro_batch(self, step: int, micro: int) -> list[tuple[int, int]]:
+        p0 = step * self.B + (micro * self.W + self.r) * self.b
+        return [(p, self._index(p)) for p in range(p0, p0 + self.b)]
+
+    def __iter__(self):
+        for step in range(self.start, self.max_steps):
+            for a in range(self.A):
+                yield self.micro_batch(step, a)
+
+    def __len__(self) -> int:
+        return max(0, self.max_steps - self.start) * self.A

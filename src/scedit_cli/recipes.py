@@ -1,0 +1,446 @@
+"""Training recipes: TOML files parsed into typed, strictly validated configs.
+
+    [model]       base model (diffusers folder, single .safetensors, or hub id)
+    [data]        dataset (folder with metadata.jsonl, parquet, jsonl, or hub name) and preprocessing
+    [method]      name = "sc" | "csc" | "full" | "lora" | "controlnet" | "t2i-adapter" | "controlnet-xs"
+                  | "controllora", plus that method's settings
+    [train]       optimisation (Table 4 defaults: AdamW, wd 0.01, lr 5e-5 constant)
+    [checkpoint]  every N steps, keep the last K
+    [logging]     scalars every N steps, TensorBoard, loss curve
+    [validation]  sample grid every M steps
+
+Every unknown key, wrong type or bad value is a `SceditError` naming the recipe
+file, the dotted key and the fix. `--set a.b=value` overrides any key (the value
+is parsed as TOML, falling back to a bare string). Relative paths in the file
+resolve against the recipe's folder; relative paths given with `--set`, against
+the current directory.
+"""
+
+from __future__ import annotations
+
+import difflib
+import sys
+import types
+import typing
+from dataclasses import MISSING, dataclass, field, fields
+from pathlib import Path
+from typing import Any, get_args, get_origin, get_type_hints
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+from .errors import SceditError
+
+ARCHES = ("sd15", "sd21", "sd21-base", "sdxl")
+PRECISIONS = ("no", "fp16", "bf16")
+FROZEN_DTYPES = ("auto", "fp32", "fp16", "bf16")
+PREDICTION_TYPES = ("", "epsilon", "v_prediction", "sample")
+LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
+
+
+@dataclass
+class ModelSection:
+    """source: a diffusers folder, a single .safetensors file, or a hub id (offline: from the HF cache).
+    arch: sd15 | sd21 | sd21-base | sdxl; lets --dry-run build the U-Net on the meta device when the
+    weights are not on this machine, and is checked against the loaded model.
+    frozen_dtype: dtype of the frozen weights; auto = the mixed-precision dtype on a GPU, fp32 on a CPU.
+    prediction_type: override the scheduler config's (empty: take it from the scheduler)."""
+
+    source: str = ""
+    arch: str = ""
+    single_file_config: str = ""
+    frozen_dtype: str = "auto"
+    prediction_type: str = ""
+
+
+@dataclass
+class DataSection:
+    """source: folder with metadata.jsonl (or *.parquet / *.jsonl), a .parquet/.jsonl file, or a hub dataset.
+    condition_columns: condition name -> column (default: the column named like the condition).
+    compute_conditions: compute condition maps on the fly (scedit prepare's code) instead of reading them."""
+
+    source: str = ""
+    split: str = "train"
+    image_column: str = "image"
+    text_column: str = "text"
+    condition_columns: dict[str, str] = field(default_factory=dict)
+    compute_conditions: bool = False
+    detector_weights: str = ""
+    resolution: int = 512
+    center_crop: bool = True
+    random_flip: bool = False
+    caption_dropout: float = 0.0
+    caption_prefix: str = ""
+    max_samples: int = 0
+    num_workers: int = 0
+
+
+@dataclass
+class TrainSection:
+    """batch_size is the total batch of one optimizer step (all processes x accumulation), as in Table 4."""
+
+    output_dir: str = ""
+    max_steps: int = 1000
+    batch_size: int = 1
+    gradient_accumulation_steps: int = 1
+    learning_rate: float = 5e-5
+    lr_scheduler: str = "constant"
+    lr_warmup_steps: int = 0
+    weight_decay: float = 0.01
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_epsilon: float = 1e-8
+    max_grad_norm: float = 1.0
+    mixed_precision: str = "no"
+    gradient_checkpointing: bool = False
+    seed: int = 0
+
+
+@dataclass
+class CheckpointSection:
+    every: int = 1000
+    keep_last: int = 3
+
+
+@dataclass
+class LoggingSection:
+    every: int = 10
+    tensorboard: bool = True
+    loss_curve: bool = True
+
+
+@dataclass
+class ValidationSection:
+    """every: steps between sample grids (0 = off). prompts: default the first dataset captions."""
+
+    every: int = 0
+    prompts: list[str] = field(default_factory=list)
+    num_images: int = 4
+    steps: int = 50
+    guidance_scale: float = 7.5
+    seed: int = 0
+
+
+SECTIONS: dict[str, type] = {
+    "model": ModelSection,
+    "data": DataSection,
+    "train": TrainSection,
+    "checkpoint": CheckpointSection,
+    "logging": LoggingSection,
+    "validation": ValidationSection,
+}
+REQUIRED = {("model", "source"), ("data", "source"), ("train", "output_dir"), ("method", "name")}
+TOP_LEVEL = {"description"}
+
+
+@dataclass
+class Recipe:
+    path: Path | None
+    model: ModelSection
+    data: DataSection
+    method_name: str
+    method: Any  # the method's Config dataclass
+    train: TrainSection
+    checkpoint: CheckpointSection
+    logging: LoggingSection
+    validation: ValidationSection
+    description: str = ""
+    raw: dict = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.path.stem if self.path else "recipe"
+
+    def to_dict(self) -> dict:
+        out = {"description": self.description} if self.description else {}
+        for sec in SECTIONS:
+            out[sec] = _asdict(getattr(self, sec))
+        out["method"] = {"name": self.method_name, **_asdict(self.method)}
+        return out
+
+
+def _asdict(obj) -> dict:
+    return {f.name: getattr(obj, f.name) for f in fields(obj)}
+
+
+# ---------------------------------------------------------------------------
+# type checking
+
+
+def _type_name(tp) -> str:
+    origin = get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in get_args(tp) if a is not type(None)]
+        return " or ".join(_type_name(a) for a in args)
+    if origin is list:
+        return f"a list of {_type_name(get_args(tp)[0])}s"
+    if origin is dict:
+        return f"a table of {_type_name(get_args(tp)[1])}s"
+    return {str: "string", int: "integer", float: "number", bool: "boolean (true/false)"}.get(tp, str(tp))
+
+
+def _coerce(value, tp):
+    """`value` as type `tp`, or raise TypeError."""
+    origin = get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in get_args(tp) if a is not type(None)]
+        return _coerce(value, args[0])
+    if origin is list:
+        if not isinstance(value, list):
+            raise TypeError
+        return [_coerce(v, get_args(tp)[0]) for v in value]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise TypeError
+        return {str(k): _coerce(v, get_args(tp)[1]) for k, v in value.items()}
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise TypeError
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise TypeError
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise TypeError
+        return value
+    raise TypeError
+
+
+class _Ctx:
+    def __init__(self, path: Path | None, overridden: set[str]):
+        self.path = path
+        self.overridden = overridden
+
+    def where(self, key: str) -> str:
+        src = str(self.path) if self.path else "recipe"
+        if key in self.overridden:
+            return f"{src}: --set {key}"
+        return f"{src}: {key}"
+
+    def error(self, key: str, message: str) -> SceditError:
+        return SceditError(f"{self.where(key)}: {message}")
+
+
+def _suggest(name: str, known) -> str:
+    close = difflib.get_close_matches(name, list(known), n=1)
+    return f"did you mean '{close[0]}'? " if close else ""
+
+
+def _build(cls, data: dict, section: str, ctx: _Ctx):
+    if not isinstance(data, dict):
+        raise ctx.error(section, f"must be a table ([{section}]), got {type(data).__name__}")
+    hints = get_type_hints(cls)
+    known = {f.name: f for f in fields(cls)}
+    for key in data:
+        if key not in known:
+            raise ctx.error(
+                f"{section}.{key}",
+                f"unknown key; {_suggest(key, known)}[{section}] accepts: {', '.join(known)}",
+            )
+    kwargs = {}
+    for name, f in known.items():
+        dotted = f"{section}.{name}"
+        if name not in data:
+            if (section, name) in REQUIRED:
+                raise ctx.error(dotted, f"missing; add `{name} = ...` to [{section}]")
+            if f.default is MISSING and f.default_factory is MISSING:
+                raise ctx.error(dotted, f"missing; add `{name} = ...` to [{section}]")
+            continue
+        try:
+            kwargs[name] = _coerce(data[name], hints[name])
+        except TypeError:
+            raise ctx.error(
+                dotted, f"must be {_type_name(hints[name])}, got {data[name]!r} ({type(data[name]).__name__})"
+            ) from None
+    return cls(**kwargs)
+
+
+# ---------------------------------------------------------------------------
+# overrides and paths
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    if "=" not in item:
+        raise SceditError(f"--set {item!r}: expected KEY=VALUE, e.g. --set train.max_steps=100")
+    key, _, text = item.partition("=")
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise SceditError(f"--set {item!r}: the key must be a dotted path such as train.learning_rate")
+    text = text.strip()
+    try:
+        value = tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = text  # a bare string, e.g. --set data.source=./my-data
+    return key, value
+
+
+def apply_overrides(raw: dict, overrides: list[str] | dict | None) -> set[str]:
+    """Set each dotted key in `raw` (in place); returns the keys set."""
+    items = list(overrides.items()) if isinstance(overrides, dict) else [parse_override(o) for o in overrides or []]
+    done = set()
+    for key, value in items:
+        parts = key.split(".")
+        node = raw
+        for p in parts[:-1]:
+            nxt = node.setdefault(p, {})
+            if not isinstance(nxt, dict):
+                raise SceditError(f"--set {key}: {p} is not a table")
+            node = nxt
+        node[parts[-1]] = value
+        done.add(key)
+    return done
+
+
+def _looks_like_path(s: str) -> bool:
+    return s.startswith(("./", "../", "/", "~", ".\\", "..\\")) or s.endswith(
+        (".safetensors", ".ckpt", ".parquet", ".jsonl", ".json", ".csv")
+    )
+
+
+def resolve_source(value: str, base_dir: Path) -> str:
+    """A path (absolute, or relative to `base_dir`) when it names one; otherwise a hub id, unchanged."""
+    if not value:
+        return value
+    p = Path(value).expanduser()
+    if p.is_absolute():
+        return str(p)
+    candidate = (base_dir / p)
+    if candidate.exists() or _looks_like_path(value):
+        return str(candidate.resolve())
+    return value
+
+
+def resolve_path(value: str, base_dir: Path) -> str:
+    if not value:
+        return value
+    p = Path(value).expanduser()
+    return str(p if p.is_absolute() else (base_dir / p).resolve())
+
+
+# ---------------------------------------------------------------------------
+
+
+def load_recipe(source: str | Path | dict, overrides: list[str] | dict | None = None) -> Recipe:
+    """Parse and validate a recipe file (or a dict with the same layout) with `--set` overrides."""
+    if isinstance(source, dict):
+        path, raw, base_dir = None, _deepcopy(source), Path.cwd()
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise SceditError(f"{path}: recipe file not found; pass a .toml recipe (see recipes/ for examples)")
+        try:
+            raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as e:
+            raise SceditError(f"{path}: not valid TOML ({e}); fix the syntax at that line") from None
+        except UnicodeDecodeError:
+            raise SceditError(f"{path}: not a UTF-8 text file; a recipe is a TOML file") from None
+        base_dir = path.resolve().parent
+    overridden = apply_overrides(raw, overrides)
+    ctx = _Ctx(path, overridden)
+    return _validate(raw, ctx, base_dir)
+
+
+def _deepcopy(d):
+    import copy
+
+    return copy.deepcopy(d)
+
+
+def _validate(raw: dict, ctx: _Ctx, base_dir: Path) -> Recipe:
+    from .methods import METHODS
+
+    for key in raw:
+        if key not in SECTIONS and key != "method" and key not in TOP_LEVEL:
+            raise ctx.error(key, f"unknown section or key; {_suggest(key, [*SECTIONS, 'method'])}"
+                                 f"a recipe has [model], [data], [method], [train], [checkpoint], [logging], "
+                                 "[validation] and an optional description")
+    description = raw.get("description", "")
+    if not isinstance(description, str):
+        raise ctx.error("description", "must be a string")
+    sections = {name: _build(cls, raw.get(name, {}), name, ctx) for name, cls in SECTIONS.items()}
+
+    method_raw = raw.get("method")
+    if method_raw is None:
+        raise ctx.error("method", f"missing; add a [method] table with name = one of {', '.join(METHODS)}")
+    if not isinstance(method_raw, dict):
+        raise ctx.error("method", "must be a table ([method])")
+    method_raw = dict(method_raw)
+    name = method_raw.pop("name", None)
+    if name is None:
+        raise ctx.error("method.name", f"missing; add name = one of {', '.join(METHODS)}")
+    if not isinstance(name, str) or name not in METHODS:
+        raise ctx.error("method.name", f"unknown method {name!r}; {_suggest(str(name), METHODS)}"
+                                       f"choose one of {', '.join(METHODS)}")
+    cls = METHODS[name]
+    method_cfg = _build(cls.Config, method_raw, "method", ctx)
+    try:
+        cls(method_cfg).validate()
+    except SceditError as e:
+        raise ctx.error("method", str(e)) from None
+
+    r = Recipe(ctx.path, sections["model"], sections["data"], name, method_cfg, sections["train"],
+               sections["checkpoint"], sections["logging"], sections["validation"], description, raw)
+    _check_values(r, ctx)
+
+    def base_for(key):
+        return Path.cwd() if key in ctx.overridden else base_dir
+
+    r.model.source = resolve_source(r.model.source, base_for("model.source"))
+    r.model.single_file_config = resolve_source(r.model.single_file_config, base_for("model.single_file_config"))
+    r.data.source = resolve_source(r.data.source, base_for("data.source"))
+    r.data.detector_weights = resolve_path(r.data.detector_weights, base_for("data.detector_weights"))
+    r.train.output_dir = resolve_path(r.train.output_dir, base_for("train.output_dir"))
+    return r
+
+
+def _check_values(r: Recipe, ctx: _Ctx) -> None:
+    def choice(key, value, options):
+        if value not in options:
+            shown = ", ".join(repr(o) for o in options)
+            raise ctx.error(key, f"{value!r} is not one of {shown}")
+
+    def at_least(key, value, low):
+        if value < low:
+            raise ctx.error(key, f"must be >= {low}, got {value}")
+
+    if r.model.arch:
+        choice("model.arch", r.model.arch, ARCHES)
+    choice("model.frozen_dtype", r.model.frozen_dtype, FROZEN_DTYPES)
+    choice("model.prediction_type", r.model.prediction_type, PREDICTION_TYPES)
+    choice("train.mixed_precision", r.train.mixed_precision, PRECISIONS)
+    choice("train.lr_scheduler", r.train.lr_scheduler, LR_SCHEDULERS)
+    for key in ("train.max_steps", "train.batch_size", "train.gradient_accumulation_steps", "data.resolution",
+                "validation.num_images", "validation.steps"):
+        sec, k = key.split(".")
+        at_least(key, getattr(getattr(r, sec), k), 1)
+    for key in ("train.lr_warmup_steps", "train.max_grad_norm", "train.weight_decay", "checkpoint.every",
+                "logging.every", "validation.every", "data.max_samples", "data.num_workers", "train.seed"):
+        sec, k = key.split(".")
+        at_least(key, getattr(getattr(r, sec), k), 0)
+    at_least("checkpoint.keep_last", r.checkpoint.keep_last, 1)
+    if not r.train.learning_rate > 0:
+        raise ctx.error("train.learning_rate", f"must be > 0, got {r.train.learning_rate}")
+    if not 0.0 <= r.data.caption_dropout <= 1.0:
+        raise ctx.error("data.caption_dropout", f"must be in [0, 1], got {r.data.caption_dropout}")
+    if r.train.batch_size % r.train.gradient_accumulation_steps:
+        raise ctx.error(
+            "train.gradient_accumulation_steps",
+            f"{r.train.gradient_accumulation_steps} does not divide train.batch_size {r.train.batch_size} "
+            "(batch_size is the total batch of one optimizer step)",
+        )
+    if r.model.frozen_dtype in ("fp16", "bf16") and r.train.mixed_precision == "no":
+        raise ctx.error("model.frozen_dtype", f"{r.model.frozen_dtype} frozen weights need "
+                                              "train.mixed_precision = 'fp16' or 'bf16' (or frozen_dtype = 'fp32')")
+    for cond, col in r.data.condition_columns.items():
+        if cond not in getattr(r.method, "conditions", []):
+            raise ctx.error(f"data.condition_columns.{cond}",
+                            f"method {r.method_name!r} has no condition {cond!r} "
+                            f"(its conditions: {getattr(r.method, 'conditions', []) or 'none'})")

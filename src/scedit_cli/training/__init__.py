@@ -1,0 +1,9 @@
+"""Training: the one loop (`loop.py`), checkpoints, logging and validation.
+
+    from scedit_cli.training import train
+    result = train("recipes/table1-scedit.toml", overrides=["train.max_steps=10"], resume="latest")
+"""
+
+from .loop import StepBatch, TrainResult, compute_loss, make_noise_scheduler, train, training_step
+
+__all__ = ["StepBatch", "TrainResult", "compute_loss", "make_noise_scheduler", "train", "training_step"]

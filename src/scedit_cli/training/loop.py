@@ -1,0 +1,485 @@
+"""The one training loop, for every method.
+
+Noise, timesteps, the target by prediction type (epsilon / v_prediction /
+sample), the MSE loss, accelerate (mixed precision, several processes),
+gradient accumulation, checkpoints, logging and validation are written here
+once; a `Method` only supplies its trainable modules and `predict`.
+
+Every random draw of a step (VAE posterior sample, noise, timesteps) comes from
+a generator seeded by (seed, step, process, micro-step), and the data order is
+a function of (seed, epoch): resuming from a checkpoint continues exactly as
+the uninterrupted run would have.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..errors import SceditError
+from ..models import BaseModel, parse_dtype
+from ..recipes import Recipe, load_recipe
+
+# --------------------------------------------------------------------------
+# one step, reusable on random latents (scedit bench times steps with these)
+
+
+@dataclass
+class StepBatch:
+    """What one training step consumes, already in latent / embedding space."""
+
+    latents: torch.Tensor
+    encoder_hidden_states: torch.Tensor
+    added_cond_kwargs: dict | None = None
+    conditions: list[torch.Tensor] | None = None
+
+
+def make_noise_scheduler(base: BaseModel):
+    """DDPM training scheduler from the base's scheduler config (SD's schedule when there is none)."""
+    from diffusers import DDPMScheduler
+
+    if base.scheduler is not None:
+        return DDPMScheduler.from_config(base.scheduler.config)
+    return DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                         num_train_timesteps=1000, prediction_type=base.prediction_type)
+
+
+def step_seed(seed: int, *keys: int) -> int:
+    """A 63-bit seed from (seed, step, process, micro-step): independent streams, no state to save."""
+    state = np.random.SeedSequence([seed, *keys]).generate_state(2, dtype=np.uint32)
+    return (int(state[0]) | (int(state[1]) << 32)) & ((1 << 63) - 1)
+
+
+def compute_loss(method, noise_scheduler, prediction_type: str, batch: StepBatch,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+    """Noise the latents at random timesteps and return the MSE to the prediction type's target."""
+    latents = batch.latents
+    noise = torch.randn(latents.shape, generator=generator, device=latents.device, dtype=latents.dtype)
+    n_train = noise_scheduler.config.num_train_timesteps
+    t = torch.randint(0, n_train, (latents.shape[0],), generator=generator, device=latents.device).long()
+    noisy = noise_scheduler.add_noise(latents, noise, t)
+    if prediction_type == "epsilon":
+        target = noise
+    elif prediction_type == "v_prediction":
+        target = noise_scheduler.get_velocity(latents, noise, t)
+    elif prediction_type == "sample":
+        target = latents
+    else:
+        raise SceditError(f"unknown prediction type {prediction_type!r}; use epsilon, v_prediction or sample")
+    pred = method.predict(noisy, t, batch.encoder_hidden_states, batch.added_cond_kwargs, batch.conditions)
+    return F.mse_loss(pred.float(), target.float(), reduction="mean")
+
+
+def training_step(method, base: BaseModel, batch: StepBatch, optimizer: torch.optim.Optimizer | None = None,
+                  noise_scheduler=None, generator: torch.Generator | None = None,
+                  autocast_dtype: torch.dtype | None = None, scaler=None) -> float:
+    """One forward + backward (+ optimizer step when `optimizer` is given) on ready latents/embeddings.
+
+    For timing methods on real-size random-weight U-Nets: build the base with
+    `BaseModel.from_unet(unet)`, `method.setup(base)`, then call this.
+    """
+    noise_scheduler = noise_scheduler or make_noise_scheduler(base)
+    device = batch.latents.device
+    ctx = torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else contextlib.nullcontext()
+    with ctx:
+        loss = compute_loss(method, noise_scheduler, base.prediction_type, batch, generator)
+    (scaler.scale(loss) if scaler is not None else loss).backward()
+    if optimizer is not None:
+        if scaler is not None:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    return float(loss.detach())
+
+
+# --------------------------------------------------------------------------
+
+
+@dataclass
+class TrainResult:
+    output_dir: str
+    method: str
+    steps: int
+    outputs: list[str] = field(default_factory=list)
+    first_loss: float | None = None
+    final_loss: float | None = None
+    losses: list[list[float]] = field(default_factory=list)
+    skipped: int = 0
+    skipped_examples: list[str] = field(default_factory=list)
+    checkpoints: list[str] = field(default_factory=list)
+    loss_curve: str | None = None
+    samples: list[str] = field(default_factory=list)
+    resumed_from: str | None = None
+    interrupted: bool = False
+    seconds: float = 0.0
+    plan: dict = field(default_factory=dict)
+    dry_run: bool = False
+
+    def summary(self) -> dict:
+        d = {k: v for k, v in self.__dict__.items() if k != "losses"}
+        d["loss_points"] = len(self.losses)
+        return d
+
+
+def _arch_of(base: BaseModel) -> str:
+    if base.is_sdxl:
+        return "sdxl"
+    return "sd21" if getattr(base.unet.config, "use_linear_projection", False) else "sd15"
+
+
+def _frozen_dtype(r: Recipe, device: torch.device) -> torch.dtype:
+    mp = r.train.mixed_precision
+    want = r.model.frozen_dtype
+    if want == "auto":
+        if device.type == "cpu" or mp == "no":
+            return torch.float32
+        return parse_dtype(mp)
+    dtype = parse_dtype(want)
+    if dtype != torch.float32 and device.type == "cpu":
+        raise SceditError(
+            f"model.frozen_dtype = {want!r} needs a GPU (CPU kernels do not mix half-precision weights with "
+            "fp32 activations); use frozen_dtype = 'auto' or 'fp32' on a CPU"
+        )
+    return dtype
+
+
+def _cast_frozen(modules, dtype: torch.dtype) -> None:
+    for m in modules:
+        for p in m.parameters():
+            if not p.requires_grad and p.dtype.is_floating_point and p.dtype != dtype:
+                p.data = p.data.to(dtype)
+
+
+def _unique(modules):
+    seen, out = set(), []
+    for m in modules:
+        if m is not None and id(m) not in seen:
+            seen.add(id(m))
+            out.append(m)
+    return out
+
+
+class _StopFlag:
+    """SIGINT / SIGTERM ask the loop to checkpoint and stop after the current step; a second SIGINT aborts."""
+
+    def __init__(self):
+        self.requested = False
+        self._old = {}
+
+    def __enter__(self):
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+def _all_reduce_grads(params, world: int) -> None:
+    import torch.distributed as dist
+
+    grads = []
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+        grads.append(p.grad)
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    flat /= world
+    off = 0
+    for g in grads:
+        n = g.numel()
+        g.copy_(flat[off: off + n].view_as(g))
+        off += n
+
+
+def train(recipe: str | Path | dict | Recipe, overrides: list[str] | dict | None = None, resume: str | None = None,
+          dry_run: bool = False) -> TrainResult:
+    """Train as the recipe says. `resume`: 'latest' or a checkpoint folder. `dry_run`: plan only."""
+    from ..methods import build_method
+
+    r = recipe if isinstance(recipe, Recipe) else load_recipe(recipe, overrides)
+    method = build_method(r.method_name, r.method)
+    if dry_run:
+        from .plan import dry_run_plan
+
+        plan = dry_run_plan(r, method)
+        return TrainResult(r.train.output_dir, r.method_name, r.train.max_steps, plan=plan, dry_run=True)
+    return _Trainer(r, method, resume).run()
+
+
+class _Trainer:
+    def __init__(self, r: Recipe, method, resume: str | None):
+        self.r, self.method, self.resume = r, method, resume
+
+    def run(self) -> TrainResult:
+        from accelerate import Accelerator
+        from diffusers.optimization import get_scheduler
+
+        from ..data import StreamSampler, collate, load_training_data
+        from ..models import load_base
+        from .checkpoint import find_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
+        from .logging import ProgressLog, save_grid, save_loss_curve
+        from .validation import sample_images, text_embeddings, time_ids
+
+        r, method = self.r, self.method
+        t0 = time.perf_counter()
+        out = Path(r.train.output_dir)
+        acc = Accelerator(
+            mixed_precision=r.train.mixed_precision,
+            log_with="tensorboard" if r.logging.tensorboard else None,
+            project_dir=str(out),
+        )
+        device, rank, world, main = acc.device, acc.process_index, acc.num_processes, acc.is_main_process
+        frozen = _frozen_dtype(r, device)
+        seed = r.train.seed
+
+        _quiet_loaders()
+        data = load_training_data(r.data, method.conditions, seed)  # data errors first: no model load to wait for
+        base = load_base(r.model.source, dtype=None, config=r.model.single_file_config or None)
+        if r.model.arch and r.model.arch.replace("-base", "") != _arch_of(base):
+            raise SceditError(
+                f"{r.path or 'recipe'}: model.arch = {r.model.arch!r} but {r.model.source} is a {_arch_of(base)} model; "
+                "fix model.arch or model.source"
+            )
+        prediction_type = r.model.prediction_type or base.prediction_type
+        from accelerate.utils import set_seed
+
+        set_seed(seed)  # the trainable modules' initial weights (e.g. the tuners' down projections)
+        method.setup(base)
+        vae_dtype = torch.float32 if (base.is_sdxl and frozen == torch.float16) else frozen  # SDXL's VAE overflows in fp16
+        _cast_frozen(_unique([method.unet, *method.trainable_modules(), *base.text_encoders]), frozen)
+        _cast_frozen([base.vae], vae_dtype)
+        for m in _unique([method.unet, base.vae, *base.text_encoders, *method.trainable_modules()]):
+            m.to(device)
+        for p in method.trainable_parameters():
+            if p.dtype != torch.float32:
+                p.data = p.data.float()
+        if r.train.gradient_checkpointing:
+            method.enable_gradient_checkpointing()
+        base.vae.eval()
+        for te in base.text_encoders:
+            te.eval()
+        method.train(True)
+
+        params = method.trainable_parameters()
+        if not params:
+            raise SceditError(f"method {method.name!r} has no trainable parameters with this configuration")
+        optimizer = torch.optim.AdamW(
+            params, lr=r.train.learning_rate, betas=(r.train.adam_beta1, r.train.adam_beta2),
+            weight_decay=r.train.weight_decay, eps=r.train.adam_epsilon,
+        )
+        lr_scheduler = get_scheduler(r.train.lr_scheduler, optimizer, num_warmup_steps=r.train.lr_warmup_steps,
+                                     num_training_steps=r.train.max_steps)
+        scaler = torch.amp.GradScaler(device.type) if r.train.mixed_precision == "fp16" else None
+        noise_scheduler = make_noise_scheduler(base)
+
+        result = TrainResult(str(out), method.name, r.train.max_steps)
+        history: list[list[float]] = []
+        skipped, skipped_examples = 0, []
+        start = 0
+        if self.resume:
+            ckpt = find_checkpoint(out, self.resume)
+            state = load_checkpoint(ckpt, method, optimizer, lr_scheduler, scaler, device)
+            start = int(state["step"])
+            history = [list(x) for x in state.get("history", [])]
+            skipped = int(state.get("skipped", 0))
+            skipped_examples = list(state.get("skipped_examples", []))
+            if state.get("batch_size") not in (None, r.train.batch_size):
+                raise SceditError(f"{ckpt}: written with train.batch_size {state['batch_size']}, the recipe says "
+                                  f"{r.train.batch_size}; resume with the same batch size")
+            result.resumed_from = str(ckpt)
+            if start >= r.train.max_steps:
+                raise SceditError(f"{ckpt}: already at step {start} >= train.max_steps {r.train.max_steps}; "
+                                  "raise train.max_steps to train further")
+
+        A = r.train.gradient_accumulation_steps
+        sampler = StreamSampler(len(data), seed, r.train.batch_size, A, rank, world, start, r.train.max_steps)
+        loader = torch.utils.data.DataLoader(data, batch_sampler=sampler, collate_fn=collate,
+                                             num_workers=r.data.num_workers,
+                                             persistent_workers=False)
+        if main:
+            out.mkdir(parents=True, exist_ok=True)
+            if r.logging.tensorboard:
+                acc.init_trackers("tensorboard", config=_flat_config(r))
+        autocast = acc.autocast
+        val_items = None
+
+        def ckpt_state(step):
+            return {"history": history, "skipped": skipped, "skipped_examples": skipped_examples[:20],
+                    "batch_size": r.train.batch_size, "recipe": r.to_dict(), "world_size": world}
+
+        def checkpoint(step):
+            if main and not any(s == step for s, _ in list_checkpoints(out)):
+                p = save_checkpoint(out, step, method, optimizer, lr_scheduler, scaler, ckpt_state(step),
+                                    r.checkpoint.keep_last)
+                result.checkpoints.append(str(p))
+            acc.wait_for_everyone()
+
+        def validate(step):
+            nonlocal val_items
+            if val_items is None:
+                val_items = data.validation_items(r.validation.num_images)
+            prompts = list(r.validation.prompts) or [it["caption"] for it in val_items]
+            prompts = prompts[: r.validation.num_images]
+            conds = None
+            if method.conditions:
+                if not val_items:
+                    return
+                k = len(prompts)
+                items = [val_items[i % len(val_items)] for i in range(k)]
+                conds = [torch.stack([it["conditions"][c] for it in items]) for c in range(len(method.conditions))]
+            imgs = sample_images(method, base, prompts, conds, r.data.resolution, r.validation.steps,
+                                 r.validation.guidance_scale, r.validation.seed, device, autocast)
+            rows = []
+            if conds:
+                from PIL import Image
+
+                for c in conds:
+                    rows.append([Image.fromarray((c[i][:3].permute(1, 2, 0).numpy() * 255).round().astype("uint8"))
+                                 for i in range(len(imgs))])
+            rows.append(imgs)
+            path = save_grid(rows, out / "samples" / f"step-{step:08d}.png")
+            result.samples.append(str(path))
+
+        prog = ProgressLog(r.train.max_steps, start, r.logging.every, enabled=main)
+        step = start
+        it = iter(loader)
+        with _StopFlag() as stop:
+            try:
+                while step < r.train.max_steps:
+                    loss_sum = torch.zeros(2, dtype=torch.float64, device=device)
+                    for micro in range(A):
+                        batch = next(it)
+                        for reason in batch["skipped"]:
+                            skipped += 1
+                            if len(skipped_examples) < 20:
+                                skipped_examples.append(reason)
+                        if batch["size"] == 0:
+                            continue
+                        g = torch.Generator(device).manual_seed(step_seed(seed, step, rank, micro))
+                        sb = self._step_batch(base, batch, device, g, text_embeddings, time_ids)
+                        with autocast():
+                            loss = compute_loss(method, noise_scheduler, prediction_type, sb, g)
+                        scaled = loss * (batch["size"] / (r.train.batch_size / world))
+                        (scaler.scale(scaled) if scaler is not None else scaled).backward()
+                        loss_sum += torch.tensor([loss.item() * batch["size"], batch["size"]],
+                                                 dtype=torch.float64, device=device)
+                    if world > 1:
+                        _all_reduce_grads(params, world)
+                        loss_sum = acc.reduce(loss_sum, reduction="sum")
+                    n = float(loss_sum[1])
+                    mean_loss = float(loss_sum[0]) / n if n else float("nan")
+                    if n:
+                        if scaler is not None:
+                            scaler.unscale_(optimizer)
+                        if r.train.max_grad_norm:
+                            torch.nn.utils.clip_grad_norm_(params, r.train.max_grad_norm)
+                        if scaler is not None:
+                            scaler.step(optimizer)
+                            scaler.update()
+                        else:
+                            optimizer.step()
+                    lr_scheduler.step()
+                    optimizer.zero_grad(set_to_none=True)
+                    step += 1
+                    history.append([step, mean_loss])
+                    prog.update(step, mean_loss)
+                    if r.logging.tensorboard and step % r.logging.every == 0 and not math.isnan(mean_loss):
+                        acc.log({"train/loss": mean_loss, "train/lr": lr_scheduler.get_last_lr()[0]}, step=step)
+                    if r.checkpoint.every and step % r.checkpoint.every == 0 and step < r.train.max_steps:
+                        checkpoint(step)
+                    if r.validation.every and step % r.validation.every == 0 and main:
+                        validate(step)
+                    if stop.requested:
+                        result.interrupted = True
+                        break
+            except (StopIteration, RuntimeError) as e:
+                if not stop.requested:
+                    raise
+                result.interrupted = True  # a DataLoader worker died of the same Ctrl-C
+        prog.close()
+        checkpoint(step)
+        if world > 1:
+            t = acc.reduce(torch.tensor([skipped], device=device), reduction="sum")
+            skipped = int(t.item())
+        result.steps = step
+        result.losses = history
+        vals = [v for _, v in history if not math.isnan(v)]
+        result.first_loss = vals[0] if vals else None
+        result.final_loss = vals[-1] if vals else None
+        result.skipped, result.skipped_examples = skipped, skipped_examples[:5]
+        if main:
+            if not result.interrupted:
+                extra = {"recipe": r.name, "steps": step, "prediction_type": prediction_type}
+                result.outputs = [str(p) for p in method.save(out, base_source=r.model.source, extra=extra)]
+            if r.logging.loss_curve:
+                curve = save_loss_curve(history, out / "loss.png", f"{r.name}: {method.name}")
+                result.loss_curve = str(curve) if curve else None
+        if r.logging.tensorboard and main:
+            acc.end_training()
+        acc.wait_for_everyone()
+        result.seconds = time.perf_counter() - t0
+        return result
+
+    def _step_batch(self, base, batch, device, g, text_embeddings, time_ids) -> StepBatch:
+        with torch.no_grad():
+            vae = base.vae
+            px = batch["pixel_values"].to(device=device, dtype=vae.dtype)
+            latents = vae.encode(px).latent_dist.sample(generator=g)
+            if getattr(vae.config, "shift_factor", None):
+                latents = latents - vae.config.shift_factor
+            latents = (latents * vae.config.scaling_factor).float()
+            ehs, pooled = text_embeddings(base, batch["captions"], device)
+            added = None
+            if base.is_sdxl:
+                ids = time_ids(batch["original_sizes"], batch["crop_top_lefts"], self.r.data.resolution, device,
+                               pooled.dtype)
+                added = {"text_embeds": pooled, "time_ids": ids}
+        conds = [c.to(device) for c in batch["conditions"]] if self.method.conditions else None
+        return StepBatch(latents, ehs, added, conds)
+
+
+def _quiet_loaders() -> None:
+    """The training bar is the one progress display; loaders' own bars would interleave with it."""
+    import datasets
+    from diffusers.utils import logging as dlog
+
+    dlog.disable_progress_bar()
+    datasets.disable_progress_bars()
+    try:
+        from transformers.utils import logging as tlog
+
+        tlog.disable_progress_bar()
+    except ImportError:  # pragma: no cover
+        pass
+
+
+def _flat_config(r: Recipe) -> dict:
+    flat = {}
+    for sec, vals in r.to_dict().items():
+        if isinstance(vals, dict):
+            for k, v in vals.items():
+                flat[f"{sec}.{k}"] = v if isinstance(v, (int, float, str, bool)) else str(v)
+    return flat

@@ -1,0 +1,118 @@
+"""`scedit train --dry-run`: build everything without training and report the plan.
+
+The U-Net is built on the meta device (shapes only, no memory, no download)
+from the model's own `unet/config.json` when it is here (a local folder or
+the HF cache), otherwise from `model.arch`'s published configuration, and the
+method is set up on it, so the trainable-parameter count is that of the real
+run. The dataset is opened (not decoded) to count its rows.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from ..errors import SceditError
+from ..models import BaseModel
+
+PREDICTION = {"sd15": "epsilon", "sd21": "v_prediction", "sd21-base": "epsilon", "sdxl": "epsilon"}
+
+
+def _hub_file(repo: str, filename: str) -> Path | None:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        found = try_to_load_from_cache(repo, filename)
+    except Exception:  # invalid repo id and the like: not in the cache
+        return None
+    return Path(found) if isinstance(found, str) else None
+
+
+def _configs(source: str):
+    """(unet config, scheduler config, vae config, model_index) dicts from a folder or the HF cache, or None."""
+    path = Path(source)
+    names = ("unet/config.json", "scheduler/scheduler_config.json", "vae/config.json", "model_index.json")
+    if path.is_dir():
+        files = [path / n for n in names]
+    elif path.exists() or source.startswith((".", "/", "~")):
+        return None
+    else:
+        files = [_hub_file(source, n) for n in names]
+    if not all(f is not None and f.is_file() for f in files):
+        return None
+    return [json.loads(f.read_text()) for f in files]
+
+
+def meta_base(r) -> tuple[BaseModel, str]:
+    """A U-Net-only base on the meta device, and where its configuration came from."""
+    from diffusers import UNet2DConditionModel
+
+    from ..architectures import build_unet
+
+    cfgs = _configs(r.model.source)
+    if cfgs is not None:
+        unet_cfg, sched_cfg, vae_cfg, index = cfgs
+        with torch.device("meta"):
+            unet = UNet2DConditionModel.from_config(unet_cfg)
+        is_sdxl = "text_encoder_2" in index and index["text_encoder_2"][0] is not None
+        pred = sched_cfg.get("prediction_type", "epsilon")
+        factor = 2 ** (len(vae_cfg.get("block_out_channels", [0] * 4)) - 1)
+        return BaseModel.from_unet(unet, is_sdxl=is_sdxl, prediction_type=pred, vae_scale_factor=factor,
+                                   source=r.model.source), "model configuration"
+    if not r.model.arch:
+        where = f"{r.path}: model.arch" if r.path else "model.arch"
+        raise SceditError(
+            f"{where}: {r.model.source} is not on this machine, so --dry-run needs model.arch "
+            "(sd15, sd21, sd21-base or sdxl) to build the U-Net on the meta device"
+        )
+    arch = r.model.arch
+    unet = build_unet("sd21" if arch == "sd21-base" else arch, device="meta")
+    return BaseModel.from_unet(unet, is_sdxl=arch == "sdxl", prediction_type=PREDICTION[arch],
+                               source=r.model.source), f"published {arch} configuration (weights not here)"
+
+
+def dry_run_plan(r, method) -> dict:
+    from ..data import load_training_data
+
+    base, model_from = meta_base(r)
+    with torch.device("meta"):
+        method.setup(base)
+    trainable = method.num_trainable()
+    total_unet = sum(p.numel() for p in method.unet.parameters())
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    A = r.train.gradient_accumulation_steps
+    plan = {
+        "recipe": str(r.path) if r.path else None,
+        "description": r.description,
+        "method": method.describe(),
+        "model": r.model.source,
+        "model_built_from": model_from,
+        "sdxl": base.is_sdxl,
+        "prediction_type": r.model.prediction_type or base.prediction_type,
+        "trainable_parameters": trainable,
+        "trainable_parameters_m": round(trainable / 1e6, 2),
+        "unet_parameters_m": round(total_unet / 1e6, 2),
+        "data": r.data.source,
+        "dataset_size": None,
+        "steps": r.train.max_steps,
+        "batch_size": r.train.batch_size,
+        "processes": world,
+        "gradient_accumulation_steps": A,
+        "per_device_batch": r.train.batch_size / (world * A),
+        "learning_rate": r.train.learning_rate,
+        "mixed_precision": r.train.mixed_precision,
+        "resolution": r.data.resolution,
+        "output_dir": r.train.output_dir,
+        "checkpoint_every": r.checkpoint.every,
+        "validation_every": r.validation.every,
+    }
+    try:
+        data = load_training_data(r.data, method.conditions, r.train.seed)
+        plan["dataset_size"] = len(data)
+        plan["epochs"] = round(r.train.max_steps * r.train.batch_size / len(data), 2)
+    except SceditError as e:
+        plan["dataset_error"] = str(e)
+    return plan
