@@ -1,0 +1,222 @@
+"""Sampling speed: plain U-Net vs SC-Tuners vs one/two CSC conditions vs ControlNet, in one run.
+
+All variants share one real-size U-Net with random weights (`architectures.build_unet`,
+no download) and run through diffusers' own pipelines
+(`StableDiffusionPipeline`, `StableDiffusionControlNetPipeline` for ControlNet)
+with the same DDIM scheduler, classifier-free guidance, prompt embeddings and
+latents. Text encoding and VAE decoding are the same for every variant and are
+left out (`prompt_embeds` in, `output_type="latent"` out), so the figures
+compare exactly what the methods add to the denoising loop. CSC timings include
+encoding the condition images (once per image, not per step); ControlNet runs
+its encoder at every step, as it must.
+
+Variants run round-robin `repeats` times after one warm-up each, so drift in
+machine load hits all of them alike; the reported figure is the median.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from ..errors import SceditError
+from ..tuners import CSCTuner, CSCTunerConfig, SCTuner, SCTunerConfig, SkipLayout, attach, detach
+
+VARIANTS = ("plain", "sc", "csc1", "csc2", "controlnet")
+LABELS = {
+    "plain": "plain U-Net",
+    "sc": "+ SC-Tuners (all skips, ratio 1)",
+    "csc1": "+ 1 CSC condition",
+    "csc2": "+ 2 CSC conditions (Eq. 7)",
+    "controlnet": "+ ControlNet",
+}
+CSC_GOAL_PCT = 5.0
+
+
+@dataclass
+class SamplingRow:
+    variant: str
+    label: str
+    extra_params: int
+    runs: list[float] = field(default_factory=list)  # seconds per image, one per repeat
+    hint_encoder_calls: int = 0
+
+    @property
+    def seconds_per_image(self) -> float:
+        return statistics.median(self.runs)
+
+    def to_dict(self, plain: float | None) -> dict:
+        spi = self.seconds_per_image
+        return {
+            "variant": self.variant,
+            "label": self.label,
+            "seconds_per_image": round(spi, 4),
+            "min_seconds_per_image": round(min(self.runs), 4),
+            "overhead_pct": None if plain is None else round(100 * (spi / plain - 1), 2),
+            "extra_params_m": round(self.extra_params / 1e6, 2),
+            "runs": [round(r, 4) for r in self.runs],
+            "hint_encoder_calls": self.hint_encoder_calls,
+        }
+
+
+def _randomize_(module: torch.nn.Module, seed: int) -> None:
+    """Non-zero weights everywhere (a fresh tuner's zero layers would not change the timing, but be honest)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_((torch.randn(p.shape, generator=g) * 0.02).to(p.dtype))
+
+
+def _scheduler():
+    from diffusers import DDIMScheduler
+
+    # Stable Diffusion 1.x / 2.x noise schedule.
+    return DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
+                         set_alpha_to_one=False, steps_offset=1)
+
+
+def bench_sampling(
+    unet=None,
+    arch: str = "sd15",
+    resolution: int = 512,
+    steps: int = 50,
+    batch: int = 1,
+    repeats: int = 3,
+    guidance_scale: float = 7.5,
+    device: str | None = "auto",
+    dtype: str | None = None,
+    hint_kernel: int = 3,
+    variants: tuple[str, ...] = VARIANTS,
+    on_run=None,
+) -> dict:
+    """Seconds per image of each variant; `unet` overrides the real-size `arch` U-Net (e.g. a tiny one)."""
+    from diffusers import StableDiffusionControlNetPipeline, StableDiffusionPipeline
+
+    from ..baselines import build_controlnet, count
+    from ..models import parse_dtype
+    from ..sampling.generate import resolve_device
+
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        raise SceditError(f"unknown benchmark variant(s) {unknown}; choose from {', '.join(VARIANTS)}")
+    if "plain" not in variants:
+        variants = ("plain", *variants)
+    for name, v in (("--steps", steps), ("--batch", batch), ("--repeats", repeats)):
+        if v < 1:
+            raise SceditError(f"{name} must be >= 1, got {v}")
+    if resolution < 64 or resolution % 64:
+        raise SceditError(f"--resolution {resolution}: must be a multiple of 64 (>= 64)")
+    arch_name = arch if unet is None else f"custom ({type(unet).__name__})"
+    dev = resolve_device(device)
+    torch_dtype = parse_dtype(dtype) or (torch.float16 if dev.type == "cuda" else torch.float32)
+    if unet is None:
+        if arch not in ("sd15", "sd21"):
+            raise SceditError(f"--arch {arch!r}: the sampling benchmark runs sd15 or sd21 (SD pipelines)")
+        from ..architectures import build_unet
+
+        unet = build_unet(arch, device=dev, dtype=torch_dtype)
+    else:
+        unet = unet.to(dev, torch_dtype)
+    unet.eval()
+    layout = SkipLayout.from_unet(unet)
+
+    common = dict(vae=None, text_encoder=None, tokenizer=None, unet=unet, safety_checker=None,
+                  feature_extractor=None, requires_safety_checker=False)
+    pipe = StableDiffusionPipeline(scheduler=_scheduler(), **common)
+    pipe.set_progress_bar_config(disable=True)
+    factor = pipe.vae_scale_factor
+
+    g = torch.Generator().manual_seed(0)
+    dim = unet.config.cross_attention_dim
+    embeds = torch.randn(batch, 77, dim, generator=g).to(dev, torch_dtype)
+    neg = torch.randn(batch, 77, dim, generator=g).to(dev, torch_dtype)
+    latent = resolution // factor
+    latents = torch.randn(batch, unet.config.in_channels, latent, latent, generator=g).to(dev, torch_dtype)
+    conds = [torch.rand(batch, 3, resolution, resolution, generator=g).to(dev) for _ in range(2)]
+
+    sc = SCTuner(SCTunerConfig(), layout)
+    _randomize_(sc, 1)
+    cscs = []
+    for i, cond_name in enumerate(("canny", "color")):
+        t = CSCTuner(CSCTunerConfig(hint_kernel=hint_kernel, hint_downscale=factor, condition=cond_name), layout)
+        _randomize_(t, 2 + i)
+        cscs.append(t)
+    controlnet = None
+    cpipe = None
+    if "controlnet" in variants:
+        controlnet = build_controlnet(unet).to(dev, torch_dtype).eval()
+        cpipe = StableDiffusionControlNetPipeline(controlnet=controlnet, scheduler=_scheduler(), **common)
+        cpipe.set_progress_bar_config(disable=True)
+
+    rows = {
+        "plain": SamplingRow("plain", LABELS["plain"], 0),
+        "sc": SamplingRow("sc", LABELS["sc"], count(sc)),
+        "csc1": SamplingRow("csc1", LABELS["csc1"], count(cscs[0])),
+        "csc2": SamplingRow("csc2", LABELS["csc2"], count(cscs[0]) + count(cscs[1])),
+        "controlnet": SamplingRow("controlnet", LABELS["controlnet"], count(controlnet) if controlnet else 0),
+    }
+    rows = {k: v for k, v in rows.items() if k in variants}
+
+    def sync():
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+
+    def run(variant: str, n_steps: int) -> float:
+        kwargs = dict(prompt_embeds=embeds, negative_prompt_embeds=neg, latents=latents.clone(), height=resolution,
+                      width=resolution, num_inference_steps=n_steps, guidance_scale=guidance_scale,
+                      output_type="latent")
+        tuners, weights = {"sc": ([sc], [1.0]), "csc1": (cscs[:1], [1.0]), "csc2": (cscs, [0.5, 0.5])}.get(
+            variant, ([], []))
+        editor = attach(unet, tuners, weights) if tuners else None
+        try:
+            sync()
+            t0 = time.perf_counter()
+            with torch.no_grad():
+                for t, c in zip(tuners, conds):
+                    if isinstance(t, CSCTuner):
+                        t.set_condition(c)  # once per image, reused by every step and both CFG halves
+                        rows[variant].hint_encoder_calls += 1
+                if variant == "controlnet":
+                    cpipe(image=conds[0], **kwargs)
+                else:
+                    pipe(**kwargs)
+            sync()
+            return (time.perf_counter() - t0) / batch
+        finally:
+            if editor is not None:
+                detach(unet)
+                for t in tuners:
+                    if isinstance(t, CSCTuner):
+                        t.set_hints(None)
+
+    for v in rows:  # warm-up (allocations, kernels), not timed
+        run(v, 1)
+        rows[v].hint_encoder_calls = 0
+    for r in range(repeats):
+        for v in rows:
+            rows[v].runs.append(run(v, steps))
+            if on_run is not None:
+                on_run(v, r)
+
+    plain = rows["plain"].seconds_per_image
+    out_rows = [row.to_dict(plain) for row in rows.values()]
+    by = {r["variant"]: r for r in out_rows}
+    return {
+        "arch": arch_name,
+        "resolution": resolution,
+        "steps": steps,
+        "batch": batch,
+        "repeats": repeats,
+        "guidance_scale": guidance_scale,
+        "hint_kernel": hint_kernel,
+        "device": str(dev) if dev.type != "cuda" else torch.cuda.get_device_name(dev),
+        "dtype": str(torch_dtype).replace("torch.", ""),
+        "torch_threads": torch.get_num_threads(),
+        "rows": out_rows,
+        "csc_goal_pct": CSC_GOAL_PCT,
+        "csc1_within_goal": by["csc1"]["overhead_pct"] <= CSC_GOAL_PCT if "csc1" in by else None,
+        "csc2_within_goal": by["csc2"]["overhead_pct"] <= CSC_GOAL_PCT if "csc2" in by else None,
+    }

@@ -1,0 +1,39 @@
+"""`scedit bench sampling` end to end on a tiny U-Net (the CLI runs the real SD 1.5 architecture)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from scedit_cli.bench.sampling import VARIANTS, bench_sampling
+from scedit_cli.errors import SceditError
+from tiny_models import make_tiny_unet
+
+
+def test_sampling_benchmark_tiny_end_to_end():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        res = bench_sampling(unet=make_tiny_unet("sd15"), resolution=64, steps=3, batch=2, repeats=2, device="cpu")
+    finally:
+        torch.set_num_threads(n)
+    rows = {r["variant"]: r for r in res["rows"]}
+    assert list(rows) == list(VARIANTS)
+    assert rows["plain"]["overhead_pct"] == 0.0
+    for r in rows.values():
+        assert len(r["runs"]) == 2 and all(t > 0 for t in r["runs"])
+        assert r["seconds_per_image"] == pytest.approx(sorted(r["runs"])[0] / 2 + sorted(r["runs"])[1] / 2, abs=1e-3)
+    # Hint encoders run once per run (per batch of images), never per denoising step.
+    assert rows["csc1"]["hint_encoder_calls"] == 2 and rows["csc2"]["hint_encoder_calls"] == 4
+    assert rows["sc"]["hint_encoder_calls"] == 0
+    assert rows["controlnet"]["extra_params_m"] > 0 and rows["csc2"]["extra_params_m"] > rows["csc1"]["extra_params_m"] > 0
+    assert res["dtype"] == "float32" and res["steps"] == 3 and isinstance(res["csc1_within_goal"], bool)
+
+
+def test_sampling_benchmark_bad_settings():
+    with pytest.raises(SceditError, match="multiple of 64"):
+        bench_sampling(unet=make_tiny_unet("sd15"), resolution=100, device="cpu")
+    with pytest.raises(SceditError, match="sd15 or sd21"):
+        bench_sampling(arch="sdxl", resolution=64, device="cpu")
+    with pytest.raises(SceditError, match="unknown benchmark variant"):
+        bench_sampling(unet=make_tiny_unet("sd15"), resolution=64, device="cpu", variants=("lora",))
