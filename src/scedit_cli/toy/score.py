@@ -1,0 +1,260 @@
+"""Analytic scores for toy-world images: what was asked for vs what the pixels show.
+
+Every image is read back without any learned model: pixels are classified to
+the nearest palette colour, the background is the most common colour class,
+the shape's pixels are the rest, and the shape is whichever filled template
+(circle / square / triangle, fitted to the blob's bounding box) overlaps them
+best. Works on any square image size; images are resampled to the 32-px
+design grid first.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, asdict
+from typing import Iterable, Sequence
+
+import numpy as np
+from PIL import Image
+
+from .world import (
+    BACKGROUNDS,
+    COLOURS,
+    GRID,
+    POSITIONS,
+    SHAPES,
+    STRIPE_PERIOD,
+    Scene,
+    _erode,
+    _shape_mask_grid,
+    scene_mask,
+)
+
+_NAMES = list(COLOURS) + list(BACKGROUNDS)
+_PALETTE = np.array([COLOURS[c] for c in COLOURS] + [BACKGROUNDS[b] for b in BACKGROUNDS], np.float32)
+_N_FG = len(COLOURS)
+
+
+def to_grid(image) -> np.ndarray:
+    """An RGB image (PIL, uint8 array, or float array in [0,1]) as float32 32x32x3 in 0..255."""
+    if isinstance(image, Image.Image):
+        image = image.convert("RGB")
+        if image.size != (GRID, GRID):
+            image = image.resize((GRID, GRID), Image.BOX)
+        return np.asarray(image, np.float32)
+    arr = np.asarray(image)
+    if arr.ndim == 3 and arr.shape[0] == 3 and arr.shape[-1] != 3:
+        arr = arr.transpose(1, 2, 0)
+    arr = arr.astype(np.float32)
+    if arr.max() <= 1.0 + 1e-6 and np.issubdtype(np.asarray(image).dtype, np.floating):
+        arr = arr * 255.0
+    if arr.shape[0] != GRID:
+        k = arr.shape[0] // GRID
+        arr = arr[: k * GRID, : k * GRID].reshape(GRID, k, GRID, k, 3).mean(axis=(1, 3))
+    return arr
+
+
+def classify_pixels(grid: np.ndarray) -> np.ndarray:
+    """Index into `_NAMES` (foreground colours, then backgrounds) of each pixel's nearest palette colour."""
+    d = ((grid[:, :, None, :] - _PALETTE[None, None]) ** 2).sum(-1)
+    return d.argmin(-1)
+
+
+@dataclass
+class Reading:
+    """What the analytic reader sees in one image."""
+
+    colour: str | None
+    background: str
+    shape: str | None
+    position: str | None
+    mask: np.ndarray  # 32x32 bool, the shape's (filled) pixels
+    painted: np.ndarray  # 32x32 bool, the pixels of the shape's colour
+    shape_iou: float  # IoU of the best-fitting template with the filled blob
+
+
+def _fill(mask: np.ndarray) -> np.ndarray:
+    from scipy.ndimage import binary_closing, binary_fill_holes, label
+
+    if not mask.any():
+        return mask
+    # keep the largest connected component after closing gaps (outline rings, stripes)
+    closed = binary_closing(mask, structure=np.ones((5, 1), bool), border_value=0) | mask
+    closed = binary_closing(closed, structure=np.ones((3, 3), bool), border_value=0) | closed
+    filled = binary_fill_holes(closed)
+    lab, n = label(filled)
+    if n > 1:
+        sizes = np.bincount(lab.ravel())[1:]
+        filled = lab == (1 + int(sizes.argmax()))
+    return filled
+
+
+def _best_shape(mask: np.ndarray) -> tuple[str | None, float]:
+    if mask.sum() < 4:
+        return None, 0.0
+    ys, xs = np.nonzero(mask)
+    x0, x1, y0, y1 = xs.min(), xs.max(), ys.min(), ys.max()
+    d = max(x1 - x0 + 1, y1 - y0 + 1)
+    cx, cy = (x0 + x1 + 1) / 2.0, (y0 + y1 + 1) / 2.0
+    best, best_iou = None, -1.0
+    for s in SHAPES:
+        t = _shape_mask_grid(s, cx, cy, int(d))
+        iou = (t & mask).sum() / max((t | mask).sum(), 1)
+        if iou > best_iou:
+            best, best_iou = s, float(iou)
+    return best, best_iou
+
+
+def _position_of(mask: np.ndarray) -> str | None:
+    if not mask.any():
+        return None
+    ys, xs = np.nonzero(mask)
+    c = np.array([(xs.min() + xs.max() + 1) / 2.0, (ys.min() + ys.max() + 1) / 2.0])
+    names = list(POSITIONS)
+    d = [np.hypot(*(c - np.array(POSITIONS[p]))) for p in names]
+    return names[int(np.argmin(d))]
+
+
+def read_image(image) -> Reading:
+    """Read colour, background, shape and position back from an image's pixels."""
+    grid = to_grid(image)
+    cls = classify_pixels(grid)
+    counts = np.bincount(cls.ravel(), minlength=len(_NAMES))
+    bg_idx = _N_FG + int(counts[_N_FG:].argmax())
+    # The background is the most common background-palette class. The shape's
+    # pixels are those clearly far from the background colour.
+    dist_bg = np.sqrt(((grid - _PALETTE[bg_idx]) ** 2).sum(-1))
+    painted = dist_bg > 60.0
+    fg_counts = np.bincount(cls[painted].ravel(), minlength=len(_NAMES))[:_N_FG]
+    colour = _NAMES[int(fg_counts.argmax())] if fg_counts.sum() else None
+    filled = _fill(painted)
+    shape, iou = _best_shape(filled)
+    return Reading(
+        colour=colour,
+        background=_NAMES[bg_idx],
+        shape=shape,
+        position=_position_of(filled),
+        mask=filled,
+        painted=painted,
+        shape_iou=iou,
+    )
+
+
+def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
+    u = (a | b).sum()
+    return float((a & b).sum() / u) if u else 1.0
+
+
+def style_score(image, scene: Scene, style: str | None = None) -> float:
+    """How much the shape looks drawn in `style` (default `scene.style`), in [0, 1].
+
+    - solid: fraction of the shape's interior painted in the shape's colour;
+    - outline: fraction of the interior (the shape eroded by 3 px) that is
+      background-coloured, times the fraction of the 1-px rim that is painted
+      (an empty image scores 0, a solid shape scores 0);
+    - striped: agreement of the interior rows with a 2-on/2-off horizontal
+      stripe pattern, best over the 4 phases (solid scores 0.5).
+    The shape's region is the one read from the image when a shape is found,
+    else the scene's ground-truth mask.
+    """
+    style = style or scene.style
+    grid = to_grid(image)
+    r = read_image(grid)
+    region = r.mask if r.mask.sum() >= 16 else scene_mask(scene, GRID)
+    fg = np.array(COLOURS[scene.colour], np.float32)
+    bg = np.array(BACKGROUNDS[scene.background], np.float32)
+    is_fg = ((grid - fg) ** 2).sum(-1) < ((grid - bg) ** 2).sum(-1)
+    if style == "solid":
+        inner = _erode(region, 1)
+        inner = inner if inner.any() else region
+        return float(is_fg[inner].mean()) if inner.any() else 0.0
+    if style == "outline":
+        inner = _erode(region, 3)
+        rim = region & ~_erode(region, 1)
+        if not inner.any() or not rim.any():
+            return 0.0
+        return float((~is_fg[inner]).mean() * is_fg[rim].mean())
+    if style == "striped":
+        inner = _erode(region, 1)
+        if not inner.any():
+            return 0.0
+        ys = np.nonzero(inner)[0]
+        best = 0.0
+        for phase in range(STRIPE_PERIOD):
+            want = ((ys + phase) % STRIPE_PERIOD) < STRIPE_PERIOD // 2
+            best = max(best, float((is_fg[inner] == want).mean()))
+        return best
+    raise ValueError(f"unknown style {style!r}")
+
+
+def score_image(image, scene: Scene) -> dict:
+    """Per-image analytic scores against the scene that was asked for.
+
+    Keys: colour, background, shape, position (1.0 if read back right else 0.0),
+    iou (IoU of the read shape region with the asked-for shape at the nominal
+    position and size, without jitter), style (see `style_score`).
+    """
+    r = read_image(image)
+    nominal = Scene(scene.shape, scene.colour, scene.background, scene.position, scene.size)
+    return {
+        "colour": float(r.colour == scene.colour),
+        "background": float(r.background == scene.background),
+        "shape": float(r.shape == scene.shape),
+        "position": float(r.position == scene.position),
+        "iou": mask_iou(r.mask, scene_mask(nominal, GRID)),
+        "style": style_score(image, scene),
+    }
+
+
+def score_images(images: Sequence, scenes: Sequence[Scene]) -> dict:
+    """Mean of `score_image` over pairs; also `all` = fraction right on colour, background, shape and position."""
+    if len(images) != len(scenes):
+        raise ValueError(f"{len(images)} images for {len(scenes)} scenes")
+    rows = [score_image(im, sc) for im, sc in zip(images, scenes)]
+    out = {k: float(np.mean([r[k] for r in rows])) for k in rows[0]} if rows else {}
+    if rows:
+        out["all"] = float(np.mean([all(r[k] == 1.0 for k in ("colour", "background", "shape", "position")) for r in rows]))
+        out["n"] = len(rows)
+    return out
+
+
+def edge_f1(pred: np.ndarray, target: np.ndarray, tolerance: int = 1) -> float:
+    """F1 of two binary edge maps; an edge pixel counts as matched within `tolerance` px (Chebyshev).
+
+    Precision: fraction of predicted edge pixels within `tolerance` of a target
+    edge; recall: the reverse. Both maps empty -> 1.0; one empty -> 0.0.
+    """
+    from scipy.ndimage import binary_dilation
+
+    p = np.asarray(pred).astype(bool)
+    t = np.asarray(target).astype(bool)
+    if p.shape != t.shape:
+        raise ValueError(f"edge maps differ in shape: {p.shape} vs {t.shape}")
+    if not p.any() and not t.any():
+        return 1.0
+    if not p.any() or not t.any():
+        return 0.0
+    st = np.ones((2 * tolerance + 1, 2 * tolerance + 1), bool) if tolerance > 0 else None
+    t_d = binary_dilation(t, structure=st) if st is not None else t
+    p_d = binary_dilation(p, structure=st) if st is not None else p
+    precision = float((p & t_d).sum() / p.sum())
+    recall = float((t & p_d).sum() / t.sum())
+    return 0.0 if precision + recall == 0 else 2 * precision * recall / (precision + recall)
+
+
+def summarize(rows: Iterable[dict]) -> dict:
+    rows = list(rows)
+    return {k: float(np.mean([r[k] for r in rows])) for k in rows[0]} if rows else {}
+
+
+__all__ = [
+    "Reading",
+    "read_image",
+    "score_image",
+    "score_images",
+    "style_score",
+    "edge_f1",
+    "mask_iou",
+    "to_grid",
+    "classify_pixels",
+]
+_ = asdict  # re-exported helpers stay importable
