@@ -21,7 +21,7 @@ def test_sampling_benchmark_tiny_end_to_end():
     assert list(rows) == list(VARIANTS)
     assert rows["plain"]["overhead_pct"] == 0.0
     for r in rows.values():
-        assert len(r["runs"]) == 2 and all(t > 0 for t in r["runs"])
+        assert len(r["runs"]) == 2 and all(t > 0 for t in r["runs"]) and r["cpu_seconds_per_image"] > 0
         assert r["seconds_per_image"] == pytest.approx(sorted(r["runs"])[0] / 2 + sorted(r["runs"])[1] / 2, abs=1e-3)
     # Hint encoders run once per run (per batch of images), never per denoising step.
     assert rows["csc1"]["hint_encoder_calls"] == 2 and rows["csc2"]["hint_encoder_calls"] == 4

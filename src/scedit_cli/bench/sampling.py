@@ -11,7 +11,9 @@ encoding the condition images (once per image, not per step); ControlNet runs
 its encoder at every step, as it must.
 
 Variants run round-robin `repeats` times after one warm-up each, so drift in
-machine load hits all of them alike; the reported figure is the median.
+machine load hits all of them alike; the reported figure is the median. Each
+row also gives this process's CPU time per image: on a shared CPU machine,
+where other processes steal wall time, that is the steadier comparison.
 """
 
 from __future__ import annotations
@@ -41,15 +43,17 @@ class SamplingRow:
     variant: str
     label: str
     extra_params: int
-    runs: list[float] = field(default_factory=list)  # seconds per image, one per repeat
+    runs: list[float] = field(default_factory=list)  # wall seconds per image, one per repeat
+    cpu_runs: list[float] = field(default_factory=list)  # this process's CPU seconds per image
     hint_encoder_calls: int = 0
 
     @property
     def seconds_per_image(self) -> float:
         return statistics.median(self.runs)
 
-    def to_dict(self, plain: float | None) -> dict:
+    def to_dict(self, plain: float | None, plain_cpu: float | None = None) -> dict:
         spi = self.seconds_per_image
+        cpu = statistics.median(self.cpu_runs) if self.cpu_runs else None
         return {
             "variant": self.variant,
             "label": self.label,
@@ -57,6 +61,8 @@ class SamplingRow:
             "min_seconds_per_image": round(min(self.runs), 4),
             "overhead_pct": None if plain is None else round(100 * (spi / plain - 1), 2),
             "extra_params_m": round(self.extra_params / 1e6, 2),
+            "cpu_seconds_per_image": None if cpu is None else round(cpu, 4),
+            "cpu_overhead_pct": None if cpu is None or not plain_cpu else round(100 * (cpu / plain_cpu - 1), 2),
             "runs": [round(r, 4) for r in self.runs],
             "hint_encoder_calls": self.hint_encoder_calls,
         }
@@ -164,7 +170,7 @@ def bench_sampling(
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
 
-    def run(variant: str, n_steps: int) -> float:
+    def run(variant: str, n_steps: int) -> tuple[float, float]:
         kwargs = dict(prompt_embeds=embeds, negative_prompt_embeds=neg, latents=latents.clone(), height=resolution,
                       width=resolution, num_inference_steps=n_steps, guidance_scale=guidance_scale,
                       output_type="latent")
@@ -173,7 +179,7 @@ def bench_sampling(
         editor = attach(unet, tuners, weights) if tuners else None
         try:
             sync()
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             with torch.no_grad():
                 for t, c in zip(tuners, conds):
                     if isinstance(t, CSCTuner):
@@ -184,7 +190,7 @@ def bench_sampling(
                 else:
                     pipe(**kwargs)
             sync()
-            return (time.perf_counter() - t0) / batch
+            return (time.perf_counter() - t0) / batch, (time.process_time() - c0) / batch
         finally:
             if editor is not None:
                 detach(unet)
@@ -197,12 +203,15 @@ def bench_sampling(
         rows[v].hint_encoder_calls = 0
     for r in range(repeats):
         for v in rows:
-            rows[v].runs.append(run(v, steps))
+            wall, cpu = run(v, steps)
+            rows[v].runs.append(wall)
+            rows[v].cpu_runs.append(cpu)
             if on_run is not None:
                 on_run(v, r)
 
     plain = rows["plain"].seconds_per_image
-    out_rows = [row.to_dict(plain) for row in rows.values()]
+    plain_cpu = statistics.median(rows["plain"].cpu_runs)
+    out_rows = [row.to_dict(plain, plain_cpu) for row in rows.values()]
     by = {r["variant"]: r for r in out_rows}
     return {
         "arch": arch_name,

@@ -22,10 +22,19 @@ def bench_sampling_command(
     hint_kernel: int = typer.Option(3, "--hint-kernel", help="CSC dense-cascade kernel k (official configs: 3)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N."),
     dtype: Optional[str] = typer.Option(None, "--dtype", help="fp32, fp16, bf16 (default: fp16 on GPU, fp32 on CPU)."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch (default: torch's choice)."),
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
 ) -> None:
     """Sampling cost of SCEdit vs the plain U-Net and ControlNet (real SD architecture, random weights)."""
+    import torch
+
     from ..bench.sampling import VARIANTS, bench_sampling
+    from ..errors import SceditError
+
+    if threads is not None:
+        if threads < 1:
+            raise SceditError(f"--threads must be >= 1, got {threads}")
+        torch.set_num_threads(threads)
 
     with progress() as bar:
         task = bar.add_task("benchmark runs", total=repeats * len(VARIANTS))
