@@ -226,9 +226,11 @@ class TrainDataset(torch.utils.data.Dataset):
     def __getitem__(self, key):
         position, index = key if isinstance(key, tuple) else (key, key)
         try:
-            return self.load(position, index, train=True)
+            item = self.load(position, index, train=True)
         except BadSample as e:
-            return {"skipped": str(e), "index": index}
+            return {"skipped": str(e), "index": index, "position": position}
+        item["position"] = position
+        return item
 
     def load(self, position: int, index: int, train: bool = True) -> dict:
         cfg = self.cfg
@@ -318,6 +320,7 @@ def collate(items: list[dict]) -> dict:
         return batch
     batch["pixel_values"] = torch.stack([it["pixel_values"] for it in good])
     batch["captions"] = [it["caption"] for it in good]
+    batch["positions"] = [it.get("position", it["index"]) for it in good]
     n_cond = len(good[0]["conditions"])
     batch["conditions"] = [torch.stack([it["conditions"][k] for it in good]) for k in range(n_cond)]
     batch["original_sizes"] = [it["original_size"] for it in good]

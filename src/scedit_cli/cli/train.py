@@ -41,6 +41,8 @@ def train_command(
         if "dataset_error" in plan:
             info(f"warning: {plan['dataset_error']}")
         return
+    if not result.is_main_process:  # under `accelerate launch`, rank 0 reports
+        return
     if json_out:
         print_json(result.summary())
     elif result.outputs:

@@ -5,10 +5,11 @@ sample), the MSE loss, accelerate (mixed precision, several processes),
 gradient accumulation, checkpoints, logging and validation are written here
 once; a `Method` only supplies its trainable modules and `predict`.
 
-Every random draw of a step (VAE posterior sample, noise, timesteps) comes from
-a generator seeded by (seed, step, process, micro-step), and the data order is
-a function of (seed, epoch): resuming from a checkpoint continues exactly as
-the uninterrupted run would have.
+Every random draw for a sample (VAE posterior sample, noise, timestep) comes
+from a generator seeded by (seed, the sample's position in the data stream),
+and the data order is a function of (seed, epoch): resuming from a checkpoint
+continues exactly as the uninterrupted run would have, and the draws do not
+depend on gradient accumulation or the number of processes.
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ def make_noise_scheduler(base: BaseModel):
 
 
 def step_seed(seed: int, *keys: int) -> int:
-    """A 63-bit seed from (seed, step, process, micro-step): independent streams, no state to save."""
+    """A 63-bit seed from (seed, *keys): independent streams, no state to save."""
     state = np.random.SeedSequence([seed, *keys]).generate_state(2, dtype=np.uint32)
     return (int(state[0]) | (int(state[1]) << 32)) & ((1 << 63) - 1)
 
@@ -64,9 +65,15 @@ def compute_loss(method, noise_scheduler, prediction_type: str, batch: StepBatch
                  generator: torch.Generator | None = None) -> torch.Tensor:
     """Noise the latents at random timesteps and return the MSE to the prediction type's target."""
     latents = batch.latents
-    noise = torch.randn(latents.shape, generator=generator, device=latents.device, dtype=latents.dtype)
     n_train = noise_scheduler.config.num_train_timesteps
-    t = torch.randint(0, n_train, (latents.shape[0],), generator=generator, device=latents.device).long()
+    dev = latents.device
+    if isinstance(generator, (list, tuple)):  # one generator per sample: draws independent of batching
+        noise = torch.stack([torch.randn(latents.shape[1:], generator=g, device=dev, dtype=latents.dtype)
+                             for g in generator])
+        t = torch.cat([torch.randint(0, n_train, (1,), generator=g, device=dev) for g in generator]).long()
+    else:
+        noise = torch.randn(latents.shape, generator=generator, device=dev, dtype=latents.dtype)
+        t = torch.randint(0, n_train, (latents.shape[0],), generator=generator, device=dev).long()
     noisy = noise_scheduler.add_noise(latents, noise, t)
     if prediction_type == "epsilon":
         target = noise
@@ -126,6 +133,7 @@ class TrainResult:
     seconds: float = 0.0
     plan: dict = field(default_factory=dict)
     dry_run: bool = False
+    is_main_process: bool = True
 
     def summary(self) -> dict:
         d = {k: v for k, v in self.__dict__.items() if k != "losses"}
@@ -246,6 +254,12 @@ class _Trainer:
         r, method = self.r, self.method
         t0 = time.perf_counter()
         out = Path(r.train.output_dir)
+        # accelerate keeps one global state per process; a second train() call in the same
+        # process (library use) may ask for another precision: start from a clean state.
+        from accelerate.state import AcceleratorState, GradientState
+
+        AcceleratorState._reset_state()
+        GradientState._reset_state()
         acc = Accelerator(
             mixed_precision=r.train.mixed_precision,
             log_with="tensorboard" if r.logging.tensorboard else None,
@@ -295,7 +309,7 @@ class _Trainer:
         scaler = torch.amp.GradScaler(device.type) if r.train.mixed_precision == "fp16" else None
         noise_scheduler = make_noise_scheduler(base)
 
-        result = TrainResult(str(out), method.name, r.train.max_steps)
+        result = TrainResult(str(out), method.name, r.train.max_steps, is_main_process=main)
         history: list[list[float]] = []
         skipped, skipped_examples = 0, []
         start = 0
@@ -378,7 +392,9 @@ class _Trainer:
                                 skipped_examples.append(reason)
                         if batch["size"] == 0:
                             continue
-                        g = torch.Generator(device).manual_seed(step_seed(seed, step, rank, micro))
+                        # Every draw of a sample (posterior, noise, timestep) is seeded by its stream
+                        # position: results do not depend on accumulation, process count or resume point.
+                        g = [torch.Generator(device).manual_seed(step_seed(seed, p)) for p in batch["positions"]]
                         sb = self._step_batch(base, batch, device, g, text_embeddings, time_ids)
                         with autocast():
                             loss = compute_loss(method, noise_scheduler, prediction_type, sb, g)
