@@ -1,0 +1,125 @@
+"""Bad inputs to `scedit train`: one clear line and exit code 2, or a counted skip; never a traceback."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from train_helpers import make_dataset, make_tiny_pipeline, write_recipe
+from scedit_cli.cli import main
+from scedit_cli.training import train
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def sd15(tmp_path_factory):
+    path = tmp_path_factory.mktemp("sd15")
+    make_tiny_pipeline(path, "sd15")
+    return path
+
+
+def run_cli(args, capsys) -> tuple[int, str]:
+    with pytest.raises(SystemExit) as e:
+        main(["train", *map(str, args)])
+    err = capsys.readouterr().err
+    return e.value.code, err
+
+
+def one_line_error(err: str) -> str:
+    lines = [l for l in err.strip().splitlines() if l.startswith("error:")]
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+def test_unknown_recipe_key(tmp_path, capsys, sd15):
+    r = write_recipe(tmp_path / "r.toml", sd15, tmp_path, {"name": "sc"}, tmp_path / "o", train={"lerning_rate": 1.0})
+    code, err = run_cli([r], capsys)
+    line = one_line_error(err)
+    assert code == 2 and str(r) in line and "train.lerning_rate" in line and "learning_rate" in line
+
+
+def test_wrong_type(tmp_path, capsys, sd15):
+    r = write_recipe(tmp_path / "r.toml", sd15, tmp_path, {"name": "sc"}, tmp_path / "o", train={"max_steps": "ten"})
+    code, err = run_cli([r], capsys)
+    line = one_line_error(err)
+    assert code == 2 and "train.max_steps" in line and "integer" in line
+
+
+def test_set_override_wrong_value_names_the_override(tmp_path, capsys, sd15):
+    r = write_recipe(tmp_path / "r.toml", sd15, tmp_path, {"name": "sc"}, tmp_path / "o")
+    code, err = run_cli([r, "--set", "train.mixed_precision=fp8"], capsys)
+    line = one_line_error(err)
+    assert code == 2 and "--set train.mixed_precision" in line and "'fp16'" in line
+
+
+def test_missing_recipe_file(tmp_path, capsys):
+    code, err = run_cli([tmp_path / "nope.toml"], capsys)
+    assert code == 2 and "recipe file not found" in one_line_error(err)
+
+
+def test_missing_dataset(tmp_path, capsys, sd15):
+    r = write_recipe(tmp_path / "r.toml", sd15, "./no-such-data", {"name": "sc"}, tmp_path / "o")
+    code, err = run_cli([r], capsys)
+    line = one_line_error(err)
+    assert code == 2 and "no-such-data" in line and "not found" in line
+
+
+def test_dataset_without_text_column(tmp_path, capsys, sd15):
+    data = make_dataset(tmp_path / "d", n=2, text_column="caption")
+    r = write_recipe(tmp_path / "r.toml", sd15, data, {"name": "sc"}, tmp_path / "o")
+    code, err = run_cli([r], capsys)
+    line = one_line_error(err)
+    assert code == 2 and "'text'" in line and "caption" in line and "data.text_column" in line
+
+
+def test_condition_method_without_condition_column(tmp_path, capsys, sd15):
+    data = make_dataset(tmp_path / "d", n=2, conditions=())
+    r = write_recipe(tmp_path / "r.toml", sd15, data, {"name": "csc", "conditions": ["depth"]}, tmp_path / "o")
+    code, err = run_cli([r], capsys)
+    line = one_line_error(err)
+    assert code == 2 and "'depth'" in line and "compute_conditions" in line
+
+
+def test_unreadable_image_is_skipped_and_counted(tmp_path, sd15):
+    data = make_dataset(tmp_path / "d", n=4)
+    (data / "images" / "1.png").write_bytes(b"not a png at all")
+    rows = [json.loads(l) for l in (data / "metadata.jsonl").read_text().splitlines()]
+    rows.append({"image": "images/missing.png", "text": "red circle", "canny": "conditions/canny/0.png"})
+    (data / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    before = {p: p.read_bytes() for p in data.rglob("*") if p.is_file()}
+    r = write_recipe(tmp_path / "r.toml", sd15, data, {"name": "sc"}, tmp_path / "o",
+                     train={"max_steps": 5, "batch_size": 2})
+    result = train(r)
+    # 5 steps x 2 = 10 stream positions over 5 rows = each row twice: 2 bad rows -> 4 skips.
+    assert result.skipped == 4
+    assert any("1.png" in s for s in result.skipped_examples)
+    assert any("missing.png" in s and "not found" in s for s in result.skipped_examples)
+    assert result.steps == 5 and (tmp_path / "o" / "tuner" / "tuner.safetensors").is_file()
+    assert before == {p: p.read_bytes() for p in data.rglob("*") if p.is_file()}, "input data untouched"
+
+
+def test_cli_error_in_a_real_process(tmp_path, sd15):
+    r = write_recipe(tmp_path / "r.toml", sd15, tmp_path, {"name": "nope"}, tmp_path / "o")
+    p = subprocess.run([sys.executable, "-m", "scedit_cli.cli", "train", str(r)], capture_output=True, text=True)
+    assert p.returncode == 2
+    assert p.stderr.strip().count("\n") == 0 and "method.name" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_resume_without_checkpoint(tmp_path, capsys, sd15):
+    data = make_dataset(tmp_path / "d", n=2)
+    r = write_recipe(tmp_path / "r.toml", sd15, data, {"name": "sc"}, tmp_path / "o")
+    code, err = run_cli([r, "--resume", "latest"], capsys)
+    assert code == 2 and "no checkpoint" in one_line_error(err)
