@@ -1,0 +1,123 @@
+"""Every recipe in recipes/ validates and dry-runs (meta device, no weights, no data needed);
+the recipe parser is strict and its overrides and paths behave."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from scedit_cli.errors import SceditError
+from scedit_cli.recipes import load_recipe, parse_override
+from scedit_cli.training import train
+
+RECIPES = sorted((Path(__file__).resolve().parents[1] / "recipes").glob("*.toml"))
+
+# Trainable parameters (millions) the paper reports, for the recipes that reproduce them exactly.
+PAPER_M = {
+    "table1-full": 859.52, "table1-lora-r64": 23.94, "table1-lora-r6": 2.24, "table1-scedit": 19.68,
+    "table1-scedit-ratio10": 1.98, "table5a-ratio5": 3.94, "table5b-skips-0-11": 3.48,
+    "table5b-skips-0-3-6-9-11": 7.79, "table5c-conv": 22.13, "table2-controlnet": 364.23,
+    "table2-t2i-adapter": 77.37, "table2-scedit-k1": 28.82, "table2-scedit-k3": 99.11,
+    "table6b-skips-0-3-4-6-7-9-11": 17.14,
+}
+EXPECTED = {
+    "table1": 5, "table2": 6, "table5": 4, "table6": 2, "style": 6, "fig7": 7,
+}
+
+
+def test_every_experiment_has_a_recipe():
+    names = [p.stem for p in RECIPES]
+    for prefix, n in EXPECTED.items():
+        assert sum(1 for s in names if s.startswith(prefix)) == n, prefix
+    for cond in ("canny", "depth", "hed", "segmentation", "pose", "color", "inpainting"):
+        assert f"fig7-{cond}" in names
+    for style in ("3d", "anime", "flat-illustration", "oil-painting", "sketch", "watercolor"):
+        assert f"style-{style}" in names
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=[p.stem for p in RECIPES])
+def test_recipe_dry_run(path, monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-hf-home"))  # weights are never needed for a plan
+    result = train(path, dry_run=True)
+    plan = result.plan
+    assert result.dry_run and plan["trainable_parameters"] > 0
+    assert plan["steps"] in (100000, 1500)
+    r = load_recipe(path)
+    assert r.train.learning_rate == 5e-5 and r.train.weight_decay == 0.01 and r.train.mixed_precision == "fp16"
+    assert r.data.resolution == 512 and r.data.center_crop and r.train.lr_scheduler == "constant"
+    stem = path.stem
+    assert r.train.batch_size == (8 if stem.startswith("style") else 32 if stem.startswith(("table1", "table5")) else 64)
+    if path.stem in PAPER_M:
+        assert plan["trainable_parameters_m"] == pytest.approx(PAPER_M[path.stem], abs=0.005), plan["method"]
+    assert "dataset_error" in plan and "not found" in plan["dataset_error"]  # the datasets are the user's to fetch
+    text = path.read_text()
+    assert "# Data:" in text, "each recipe documents what to download"
+
+
+def _write(tmp_path, body: str) -> Path:
+    p = tmp_path / "r.toml"
+    p.write_text(body)
+    return p
+
+
+BASIC = """
+[model]
+source = "./model"
+[data]
+source = "data"
+[method]
+name = "sc"
+[train]
+output_dir = "out"
+"""
+
+
+def test_paths_resolve_against_the_recipe_and_overrides_against_cwd(tmp_path, monkeypatch):
+    (tmp_path / "data").mkdir()
+    monkeypatch.chdir(tmp_path.parent)
+    r = load_recipe(_write(tmp_path, BASIC), ["train.output_dir=elsewhere", "train.max_steps=7",
+                                               "method.skips=[0, 11]"])
+    assert r.model.source == str(tmp_path / "model")
+    assert r.data.source == str(tmp_path / "data")
+    assert r.train.output_dir == str(tmp_path.parent / "elsewhere")
+    assert r.train.max_steps == 7 and r.method.skips == [0, 11]
+
+
+def test_hub_ids_stay_hub_ids(tmp_path):
+    r = load_recipe(_write(tmp_path, BASIC.replace('"./model"', '"org/some-model"')))
+    assert r.model.source == "org/some-model"
+
+
+def test_parse_override_values():
+    assert parse_override("train.learning_rate=1e-4") == ("train.learning_rate", 1e-4)
+    assert parse_override("data.random_flip=true") == ("data.random_flip", True)
+    assert parse_override("data.source=./x/y") == ("data.source", "./x/y")
+    assert parse_override('method.conditions=["canny", "depth"]') == ("method.conditions", ["canny", "depth"])
+    with pytest.raises(SceditError, match="KEY=VALUE"):
+        parse_override("train.max_steps")
+
+
+@pytest.mark.parametrize("body, key, fix", [
+    (BASIC + "foo = 1\n", "train.foo", "accepts"),
+    (BASIC.replace('name = "sc"', 'name = "sc"\nrank = 4'), "method.rank", "[method] accepts"),
+    (BASIC.replace('name = "sc"', 'name = "scc"'), "method.name", "did you mean 'sc'"),
+    (BASIC + "batch_size = 3\ngradient_accumulation_steps = 2\n", "train.gradient_accumulation_steps", "divide"),
+    (BASIC + "learning_rate = true\n", "train.learning_rate", "number"),
+    (BASIC.replace('[method]\nname = "sc"', '[method]\nname = "controlnet"\nconditions = ["canny", "depth"]'),
+     "method", "use method 'csc'"),
+    (BASIC.replace("[model]", "[modle]"), "modle", "did you mean 'model'"),
+    (BASIC.replace('source = "data"', ''), "data.source", "add `source = ...`"),
+    (BASIC + "mixed_precision = 'no'\n[model2]\n", "model2", "[model]"),
+])
+def test_strict_validation_names_file_key_and_fix(tmp_path, body, key, fix):
+    path = _write(tmp_path, body)
+    with pytest.raises(SceditError) as e:
+        load_recipe(path)
+    msg = str(e.value)
+    assert msg.startswith(f"{path}: {key}") and fix in msg and "\n" not in msg, msg
+
+
+def test_not_toml(tmp_path):
+    with pytest.raises(SceditError, match="not valid TOML"):
+        load_recipe(_write(tmp_path, "[model\nsource="))
