@@ -1,17 +1,125 @@
-"""`scedit eval` (not built yet)."""
+"""`scedit eval`: FID, controllability, and a recipe's parameters / training memory / step time."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
+from rich.table import Table
 
+from ..console import info, out_console, print_json, progress
+from ..errors import SceditError
+from ..fsutil import write_json_atomic
 from . import app
-from ._notbuilt import not_built
 
 
-@app.command(
-    "eval",
-    help="NOT BUILT YET: exits with an error.",
-    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
-)
-def eval_command(ctx: typer.Context) -> None:
-    not_built("eval", "planned")
+@app.command("eval")
+def eval_command(
+    recipe: Path = typer.Argument(None, help="Training recipe (TOML) for --params / --memory / --time."),
+    fid: bool = typer.Option(False, "--fid", help="FID of --generated against --reference (pytorch-fid Inception)."),
+    control: bool = typer.Option(False, "--control", help="Controllability of a `scedit sample` output folder "
+                                 "(--generated): edge F1 for canny, colour-map error for color, ..."),
+    params: bool = typer.Option(False, "--params", help="Trainable parameters of RECIPE."),
+    memory: bool = typer.Option(False, "--memory", help="Peak training memory of RECIPE (one real step)."),
+    time_: bool = typer.Option(False, "--time", help="Median training-step time of RECIPE after warm-up."),
+    generated: Path = typer.Option(None, "--generated", help="Folder of generated images (a `sample` output)."),
+    reference: str = typer.Option(None, "--reference", help="Reference images: a folder, a `prepare` dataset "
+                                  "folder, or a .npz of FID statistics."),
+    inception_weights: Path = typer.Option(None, "--inception-weights", help="pytorch-fid's "
+                                           "pt_inception-2015-12-05-6726825d.pth (default: the torch hub cache)."),
+    dims: int = typer.Option(2048, "--dims", help="Inception feature size: 2048 (pool3, standard), 768, 192 or 64."),
+    batch_size: int = typer.Option(50, "--batch-size", help="Images per Inception batch."),
+    workers: int = typer.Option(0, "--workers", help="Image-decoding worker processes."),
+    stats_cache: Path = typer.Option(None, "--stats-cache", help="Folder for cached reference statistics "
+                                     "(default ~/.cache/scedit/fid-stats)."),
+    no_cache: bool = typer.Option(False, "--no-cache", help="Do not read or write cached reference statistics."),
+    edge_tolerance: int = typer.Option(0, "--edge-tolerance", help="Edge F1: pixels an edge may be off by."),
+    annotator_weights: Path = typer.Option(None, "--annotator-weights", help="Folder of detector weights "
+                                           "(depth / hed / seg controllability)."),
+    device: str = typer.Option("cpu", "--device", help="cpu or cuda[:N]."),
+    steps: int = typer.Option(5, "--steps", help="--time: timed steps (median reported)."),
+    warmup: int = typer.Option(2, "--warmup", help="--time: untimed warm-up steps."),
+    batch: int = typer.Option(None, "--batch", help="--memory/--time: batch (default: the recipe's per step)."),
+    resolution: int = typer.Option(None, "--resolution", help="--memory/--time: pixels (default: the recipe's)."),
+    set_: list[str] = typer.Option([], "--set", help="Override a recipe value, e.g. --set method.ratio=10."),
+    out: Path = typer.Option(None, "--out", help="Also write the result as JSON to this file."),
+    json_out: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
+) -> None:
+    """Measure generated images (FID, controllability) or a training recipe (parameters, memory, time)."""
+    if not (fid or control or params or memory or time_):
+        raise SceditError("nothing to evaluate: give --fid, --control, or --params/--memory/--time RECIPE")
+    result: dict = {}
+    if fid:
+        from ..metrics.fid import compute_fid
+
+        if generated is None or reference is None:
+            raise SceditError("--fid needs --generated DIR and --reference DIR|DATASET|STATS.npz")
+        r = compute_fid(generated, reference, weights=inception_weights, dims=dims, batch_size=batch_size,
+                        num_workers=workers, device=device, cache_dir=stats_cache, use_cache=not no_cache,
+                        progress_factory=progress)
+        result["fid"] = r.to_dict()
+    if control:
+        from ..metrics.control import evaluate_controls, read_sample_manifest
+
+        if generated is None:
+            raise SceditError("--control needs --generated FOLDER, the output folder of `scedit sample`")
+        n = len(read_sample_manifest(generated))
+        with progress() as bar:
+            task = bar.add_task("controllability", total=n)
+            c = evaluate_controls(generated, tolerance=edge_tolerance, annotator_weights=annotator_weights,
+                                  on_image=lambda: bar.advance(task))
+        result["control"] = c.to_dict()
+    if params or memory or time_:
+        from ..bench.tables import BenchSettings, measure_recipe
+
+        if recipe is None:
+            raise SceditError("--params/--memory/--time need a RECIPE (a training recipe TOML) as argument")
+        if not recipe.is_file():
+            raise SceditError(f"{recipe}: no such recipe file")
+        s = BenchSettings(device=device, steps=steps, warmup=warmup, batch=batch, resolution=resolution)
+        result["recipe"] = measure_recipe(recipe, s, memory=memory, timing=time_, overrides=list(set_))
+    if out is not None:
+        write_json_atomic(out, result)
+    if json_out:
+        print_json(result)
+        return
+    _render(result)
+
+
+def _render(result: dict) -> None:
+    t = Table(title="scedit eval")
+    t.add_column("measure")
+    t.add_column("value", justify="right")
+    t.add_column("detail")
+    if "fid" in result:
+        f = result["fid"]
+        t.add_row("FID", f"{f['fid']:.3f}", f"{f['generated_count']} generated vs {f['reference_count']} reference, "
+                  f"{f['dims']}-d" + (" (reference statistics cached)" if f["reference_cached"] else ""))
+    if "control" in result:
+        c = result["control"]
+        for cond, m in c["summary"].items():
+            for k, v in m.items():
+                if k != "count":
+                    t.add_row(f"{cond}: {k}", f"{v:.4f}", f"{m['count']} image(s)")
+        for cond, why in c["not_measured"].items():
+            t.add_row(f"{cond}", "-", f"not measured: {why}")
+    if "recipe" in result:
+        r = result["recipe"]
+        t.add_row("trainable parameters", f"{r['trainable_params'] / 1e6:.2f}M", f"{r['method']} on {r['base']}")
+        if "memory" in r:
+            m = r["memory"]
+            gi = 2 ** 30
+            t.add_row("peak training memory", f"{m['peak_bytes'] / gi:.2f} GiB",
+                      "CUDA max_memory_allocated" if m.get("cuda_peak_bytes") is not None else
+                      f"params {m['params_bytes'] / gi:.2f} + grads {m['grads_bytes'] / gi:.2f} + optimizer "
+                      f"{m['optimizer_bytes'] / gi:.2f} + autograd-saved {m['saved_bytes'] / gi:.2f} GiB")
+            if m.get("peak_rss_bytes"):
+                t.add_row("peak RSS", f"{m['peak_rss_bytes'] / gi:.2f} GiB", f"process, {m['peak_rss_source']}")
+            t.add_row("encoder activations saved", f"{m['saved_encoder_bytes'] / 2**20:.1f} MiB",
+                      "bytes autograd keeps for the U-Net upstream of the skips")
+        if "timing" in r:
+            tm = r["timing"]
+            t.add_row("step time (median)", f"{tm['median_s']:.3f} s",
+                      f"{tm['steps']} steps after {tm['warmup']} warm-up")
+    out_console.print(t)
+    info("[dim]FID from pytorch-fid's Inception; memory and time from the training loop's own step.[/]")

@@ -1,0 +1,97 @@
+"""Training-memory accounting and step timing on a tiny SD-1.5-shaped U-Net, through the real methods
+and the training loop's own step."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from scedit_cli.methods import build_method
+from scedit_cli.metrics.memory import (
+    ENCODER_REGIONS,
+    SavedTensorCounter,
+    measure_step_memory,
+    optimizer_state_nbytes,
+    unet_regions,
+)
+from scedit_cli.metrics.timing import time_steps
+from scedit_cli.models import BaseModel
+from scedit_cli.training import StepBatch, make_noise_scheduler, training_step
+from tiny_models import make_tiny_unet
+
+
+def _setup(name, config):
+    unet = make_tiny_unet("sd15")
+    base = BaseModel.from_unet(unet)
+    method = build_method(name, config)
+    method.setup(base)
+    method.train(True)
+    params = method.trainable_parameters()
+    opt = torch.optim.AdamW(params, lr=1e-4)
+    g = torch.Generator().manual_seed(0)
+    batch = StepBatch(torch.randn(2, 4, 16, 16, generator=g), torch.randn(2, 5, 32, generator=g))
+    sched = make_noise_scheduler(base)
+
+    def step():
+        training_step(method, base, batch, opt, sched, torch.Generator().manual_seed(1))
+
+    return unet, method, params, opt, step
+
+
+def _measure(name, config):
+    unet, method, params, opt, step = _setup(name, config)
+    step()  # warm-up: creates the optimizer state
+    extra = [m for m in method.extra_modules() if m is not unet]
+    report = measure_step_memory(step, modules=[unet, *extra], trainable=params, optimizer=opt, device="cpu",
+                                 regions=unet_regions(unet))
+    return report, params
+
+
+def test_sc_lora_full_ordering_and_no_encoder_activations():
+    full, full_params = _measure("full", {})
+    lora, _ = _measure("lora", {"rank": 4})
+    sc, sc_params = _measure("sc", {})
+    assert sc.accounted_bytes < lora.accounted_bytes < full.accounted_bytes
+    # SCEdit: nothing upstream of the skips is kept for backward; LoRA and Full keep the encoder's activations.
+    assert sc.saved_upstream_bytes() == 0
+    assert all(sc.saved_by_region.get(r, 0) == 0 for r in ENCODER_REGIONS)
+    assert sc.saved_by_region["up_blocks"] > 0
+    assert lora.saved_by_region["down_blocks"] > 0 and full.saved_by_region["down_blocks"] > 0
+    # Gradients and AdamW state follow the trainable parameters (2 fp32 moments each).
+    n = sum(p.numel() for p in sc_params)
+    assert sc.trainable_params == n and sc.grads_bytes == 4 * n
+    assert 8 * n <= sc.optimizer_bytes <= 8 * n + 64 * len(sc_params)
+    assert full.trainable_params == sum(p.numel() for p in full_params) == full.params_bytes // 4
+    assert full.peak_rss_bytes and full.peak_rss_bytes > full.params_bytes
+
+
+def test_saved_tensor_counter_counts_each_storage_once_and_skips_parameters():
+    lin = torch.nn.Linear(16, 16)
+    x = torch.randn(4, 16, requires_grad=True)
+    with SavedTensorCounter({"lin": lin}, exclude=list(lin.parameters())) as c:
+        y = lin(x)
+        (y * y).sum().backward()
+    # Linear saves x (its weight is a parameter: excluded); y * y saves y once although it appears twice.
+    assert c.by_region["lin"] == x.numel() * 4
+    assert c.by_region["(outside)"] == y.numel() * 4
+    assert c.total == (x.numel() + y.numel()) * 4
+
+
+def test_optimizer_state_bytes_after_a_step():
+    p = torch.nn.Parameter(torch.randn(10, 10))
+    opt = torch.optim.AdamW([p])
+    assert optimizer_state_nbytes(opt) == 0
+    p.grad = torch.ones_like(p)
+    opt.step()
+    assert optimizer_state_nbytes(opt) >= 2 * 100 * 4
+
+
+def test_time_steps_median_after_warmup():
+    calls = []
+    t = time_steps(lambda: calls.append(1), steps=5, warmup=2)
+    assert len(calls) == 7 and t.steps == 5 and len(t.times_s) == 5
+    assert t.min_s <= t.median_s <= t.max_s
+    from scedit_cli.errors import SceditError
+
+    with pytest.raises(SceditError, match="--steps"):
+        time_steps(lambda: None, steps=0)
