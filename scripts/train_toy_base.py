@@ -38,7 +38,6 @@ import argparse
 import copy
 import json
 import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -50,7 +49,7 @@ import torch.nn.functional as F
 from scedit_cli.fsutil import atomic_dir, atomic_path, write_json_atomic
 from scedit_cli.toy.score import score_images
 from scedit_cli.toy.tokenizer import MAX_LENGTH, save_tokenizer
-from scedit_cli.toy.world import GRID, ToyWorld, render_array
+from scedit_cli.toy.world import GRID, TRIGGER, ToyWorld, render_array
 
 VAE_CONFIG = dict(
     in_channels=3,
@@ -190,19 +189,32 @@ def save_pipeline(pipe, out: Path) -> None:
     half.to(torch.float16)
     with atomic_dir(out) as tmp:
         half.save_pretrained(str(tmp), safe_serialization=True)
+        # transformers 5 loads with dtype="auto" (the config's dtype) by default while
+        # diffusers loads fp32: say float32 so a plain from_pretrained() runs on CPU.
+        te_cfg = tmp / "text_encoder" / "config.json"
+        cfg = json.loads(te_cfg.read_text())
+        cfg["dtype"] = "float32"
+        te_cfg.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
         for q in [tmp, *tmp.rglob("*")]:  # mkdtemp/mkstemp make owner-only files; ship readable ones
             q.chmod(0o755 if q.is_dir() else 0o644)
 
 
 @torch.no_grad()
-def evaluate(pipe, world: ToyWorld, n: int, seed: int, steps: int, guidance: float, batch: int = 32) -> dict:
-    scenes = world.scenes(n, seed)
+def evaluate(
+    pipe, world: ToyWorld, n: int, seed: int, steps: int, guidance: float, batch: int = 32, style: str | None = None
+) -> dict:
+    """Sample `n` prompts of `world` and score them analytically.
+
+    With `style`, prompts carry the `<sce>` trigger and the style score is that style's.
+    """
+    scenes = world.scenes(n, seed, style or "solid")
+    trigger = TRIGGER if style else None
     images = []
     for i in range(0, n, batch):
         chunk = scenes[i : i + batch]
         g = torch.Generator().manual_seed(seed + i)
         out = pipe(
-            [world.caption(s) for s in chunk],
+            [world.caption(s, trigger=trigger) for s in chunk],
             height=GRID,
             width=GRID,
             num_inference_steps=steps,
@@ -253,9 +265,9 @@ def assemble(weights: Path, work: Path):
 def final_eval(pipe, world, args, fh) -> dict:
     results = {}
     for cfg in args.eval_guidance:
-        s = evaluate(pipe, world, args.eval_n, 2024, args.eval_steps, cfg)
+        s = evaluate(pipe, world, args.eval_n, 2024, args.eval_steps, cfg, style=getattr(args, "eval_style", None))
         results[str(cfg)] = s
-        log(f"final eval ({args.eval_n} samples, {args.eval_steps} DDIM steps, cfg {cfg}): {json.dumps(s)}", fh)
+        log(f"final eval ({args.eval_n} samples, style {getattr(args, 'eval_style', None) or 'solid'}, {args.eval_steps} DDIM steps, cfg {cfg}): {json.dumps(s)}", fh)
     return results
 
 
@@ -266,6 +278,9 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--export", default=None, help="also write flat fp16 weights + log here at every save")
     p.add_argument("--assemble", default=None, help="skip training: build --out from flat weights in this folder")
+    p.add_argument("--evaluate", default=None, help="skip training: score this pipeline folder (e.g. the shipped one)")
+    p.add_argument("--eval-style", default=None, choices=["outline", "striped"],
+                   help="with --evaluate: prompt with the <sce> trigger and also report this style's score")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--n-train", type=int, default=20000)
@@ -308,6 +323,13 @@ def main(argv=None) -> int:
     log(f"args {vars(args)}", fh)
     world = ToyWorld()
     t_start = time.time()
+
+    if args.evaluate:
+        pipe = StableDiffusionPipeline.from_pretrained(args.evaluate, local_files_only=True)
+        pipe.set_progress_bar_config(disable=True)
+        res = final_eval(pipe, world, args, fh)
+        print(json.dumps(res, indent=2))
+        return 0
 
     if args.assemble:
         pipe = assemble(Path(args.assemble), work)

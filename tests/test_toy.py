@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,6 +11,7 @@ from PIL import Image
 
 from scedit_cli.toy import (
     TRIGGER,
+    base_model_path,
     Scene,
     ToyWorld,
     canny,
@@ -27,7 +27,7 @@ from scedit_cli.toy import (
 )
 from scedit_cli.toy.world import STYLES, all_scenes
 
-ASSET = Path(__file__).resolve().parents[1] / "src" / "scedit_cli" / "assets" / "toy-base"
+ASSET = base_model_path()
 
 
 # ---------------------------------------------------------------- generator
@@ -230,7 +230,8 @@ def test_shipped_base_configs():
 def base_pipe():
     from diffusers import StableDiffusionPipeline
 
-    pipe = StableDiffusionPipeline.from_pretrained(str(ASSET), dtype=torch.float32, local_files_only=True)
+    # plain from_pretrained, no dtype: must come up in fp32 and run on CPU
+    pipe = StableDiffusionPipeline.from_pretrained(str(ASSET), local_files_only=True)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -240,7 +241,7 @@ def test_shipped_base_loads_offline(base_pipe):
 
     assert isinstance(base_pipe.tokenizer, CLIPTokenizer)
     assert base_pipe.vae.config.scaling_factor > 0
-    assert base_pipe.unet.dtype == torch.float32
+    assert base_pipe.unet.dtype == base_pipe.vae.dtype == base_pipe.text_encoder.dtype == torch.float32
     # 32 px image -> 8x8x4 latent; the U-Net has skip connections across 3 resolutions
     x = torch.zeros(1, 3, 32, 32)
     assert base_pipe.vae.encode(x).latent_dist.mean.shape == (1, 4, 8, 8)

@@ -22,3 +22,11 @@ from .world import (  # noqa: F401
     vocabulary,
 )
 from .score import edge_f1, read_image, score_image, score_images, style_score  # noqa: F401
+
+
+def base_model_path():
+    """Folder of the shipped toy base model (a diffusers StableDiffusionPipeline, fp16 safetensors)."""
+    from importlib.resources import files
+    from pathlib import Path
+
+    return Path(str(files("scedit_cli") / "assets" / "toy-base"))

@@ -10,7 +10,7 @@ design grid first.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, asdict
+from dataclasses import dataclass
 from typing import Iterable, Sequence
 
 import numpy as np
@@ -257,4 +257,3 @@ __all__ = [
     "to_grid",
     "classify_pixels",
 ]
-_ = asdict  # re-exported helpers stay importable
