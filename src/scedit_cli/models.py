@@ -98,6 +98,17 @@ def _single_file_is_sdxl(path: Path) -> bool:
         return any(k.startswith("conditioner.embedders.1") for k in f.keys())
 
 
+def _no_safety_checker(source: str, offline: bool) -> dict:
+    """`safety_checker=None` for pipelines that have one (SD 1.x/2.x); SDXL pipelines take no such argument."""
+    from diffusers import DiffusionPipeline
+
+    try:
+        index = DiffusionPipeline.load_config(source, local_files_only=offline)
+    except Exception:  # not resolvable here: from_pretrained reports it properly
+        return {}
+    return {"safety_checker": None} if "safety_checker" in index else {}
+
+
 def load_pipeline(source: str, dtype: str | torch.dtype | None = None, config: str | None = None):
     """A diffusers pipeline from a folder, a single `.safetensors` checkpoint, or a hub id."""
     from diffusers import DiffusionPipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
@@ -115,7 +126,7 @@ def load_pipeline(source: str, dtype: str | torch.dtype | None = None, config: s
                     f"{path}: not a diffusers pipeline folder (no model_index.json); pass a folder saved with "
                     "save_pretrained, a .safetensors checkpoint, or a hub id"
                 )
-            return DiffusionPipeline.from_pretrained(str(path), safety_checker=None, **kwargs)
+            return DiffusionPipeline.from_pretrained(str(path), **_no_safety_checker(str(path), offline), **kwargs)
         if _is_single_file(path):
             if path.suffix == ".ckpt":
                 raise SceditError(f"{path}: .ckpt (pickle) checkpoints are not loaded; convert it to .safetensors")
@@ -125,7 +136,8 @@ def load_pipeline(source: str, dtype: str | torch.dtype | None = None, config: s
             return cls.from_single_file(str(path), local_files_only=offline, **kwargs)
         if path.suffix in (".safetensors", ".ckpt") or source.startswith((".", "/", "~")):
             raise SceditError(f"{source}: model file or folder not found")
-        return DiffusionPipeline.from_pretrained(source, local_files_only=offline, safety_checker=None, **kwargs)
+        return DiffusionPipeline.from_pretrained(source, local_files_only=offline,
+                                                 **_no_safety_checker(source, offline), **kwargs)
     except SceditError:
         raise
     except (OSError, ValueError, EnvironmentError) as e:
