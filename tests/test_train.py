@@ -236,9 +236,10 @@ def test_gradient_accumulation_matches_one_big_batch(sd15, dataset, tmp_path):
         torch.testing.assert_close(a[k], c[k], rtol=1e-3, atol=2e-5)  # Adam normalises tiny float-order differences
 
 
-def test_bf16_mixed_precision_on_cpu(sd15, dataset, tmp_path):
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_on_cpu(precision, sd15, dataset, tmp_path):
     recipe = write_recipe(tmp_path / "r.toml", sd15, dataset, {"name": "sc"}, tmp_path / "out",
-                          train={"max_steps": 1, "mixed_precision": "bf16"})
+                          train={"max_steps": 2, "mixed_precision": precision})
     result = train(recipe)
     assert result.final_loss == result.final_loss  # finite
     from safetensors.torch import load_file
