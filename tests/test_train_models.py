@@ -43,3 +43,22 @@ def test_bad_single_files(tmp_path):
 def test_folder_without_model_index(tmp_path):
     with pytest.raises(SceditError, match="model_index.json"):
         load_base(str(tmp_path))
+
+
+def test_single_file_checkpoint_loads_and_trains(tmp_path):
+    """An original-format .safetensors of the tiny model: same weights through from_single_file, and it trains."""
+    from single_file import to_single_file
+    from train_helpers import make_dataset, write_recipe
+    from scedit_cli.training import train
+
+    make_tiny_pipeline(tmp_path / "folder", "sd15")
+    pipe = to_single_file(tmp_path / "folder", tmp_path / "tiny.safetensors")
+    base = load_base(str(tmp_path / "tiny.safetensors"), config=str(tmp_path / "folder"))
+    for name in ("unet", "vae", "text_encoder"):
+        a, b = getattr(pipe, name).state_dict(), getattr(base.pipeline, name).state_dict()
+        assert a.keys() == b.keys()
+        assert all(torch.equal(a[k], b[k]) for k in a), name
+    data = make_dataset(tmp_path / "d", n=2)
+    recipe = write_recipe(tmp_path / "r.toml", tmp_path / "tiny.safetensors", data, {"name": "sc"}, tmp_path / "out",
+                          train={"max_steps": 1}, model={"single_file_config": str(tmp_path / "folder")})
+    assert train(recipe).steps == 1

@@ -133,7 +133,17 @@ def load_pipeline(source: str, dtype: str | torch.dtype | None = None, config: s
             cls = StableDiffusionXLPipeline if _single_file_is_sdxl(path) else StableDiffusionPipeline
             if config is not None:
                 kwargs["config"] = config
-            return cls.from_single_file(str(path), local_files_only=offline, **kwargs)
+            try:
+                return cls.from_single_file(str(path), local_files_only=offline, **kwargs)
+            except (SceditError, KeyboardInterrupt):
+                raise
+            except Exception as e:  # diffusers' SingleFileComponentError, KeyError on odd keys, ...
+                first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                raise SceditError(
+                    f"cannot load base model {source!r} as a single-file checkpoint ({first[:200]}); it must be a "
+                    "complete original-format Stable Diffusion checkpoint; offline, also set model.single_file_config "
+                    "to a diffusers folder (or cached hub id) of the same architecture"
+                ) from None
         if path.suffix in (".safetensors", ".ckpt") or source.startswith((".", "/", "~")):
             raise SceditError(f"{source}: model file or folder not found")
         return DiffusionPipeline.from_pretrained(source, local_files_only=offline,
