@@ -264,3 +264,31 @@ def test_sc_base_inputs_carry_no_grad(sd15):
     pred = m.predict(inp["sample"], inp["timestep"], inp["encoder_hidden_states"])
     pred.mean().backward()
     assert all(p.grad is not None for p in m.trainable_parameters())
+
+
+@pytest.mark.parametrize("name", ["sc", "lora", "controlnet", "controlnet-xs"])
+def test_frozen_weights_half_trainable_fp32(name):
+    """What the loop does on a GPU with fp16 AMP: frozen base weights in fp16, trainable ones fp32."""
+    from scedit_cli.methods import build_method
+    from scedit_cli.models import BaseModel
+    from scedit_cli.recipes import load_recipe
+    from scedit_cli.training.loop import _cast_frozen, _frozen_dtype
+    from tiny_models import make_tiny_unet
+
+    cfg = {k: v for k, v in method_cfg(name).items() if k != "name"}
+    m = build_method(name, cfg)
+    base = BaseModel.from_unet(make_tiny_unet(), vae_scale_factor=2)
+    m.setup(base)
+    raw = {"model": {"source": "x/y"}, "data": {"source": "x/z"}, "method": {"name": "sc"},
+           "train": {"output_dir": "o", "mixed_precision": "fp16"}}
+    r = load_recipe(raw)
+    assert _frozen_dtype(r, torch.device("cuda")) == torch.float16
+    assert _frozen_dtype(r, torch.device("cpu")) == torch.float32
+    _cast_frozen([m.unet, *m.trainable_modules()], torch.float16)
+    trainable = {id(p) for p in m.trainable_parameters()}
+    assert trainable and all(p.dtype == torch.float32 for p in m.trainable_parameters())
+    frozen = [p for p in m.unet.parameters() if id(p) not in trainable]
+    assert frozen and all(p.dtype == torch.float16 for p in frozen)
+    r_cpu = load_recipe({**raw, "model": {"source": "x/y", "frozen_dtype": "fp16"}})
+    with pytest.raises(Exception, match="needs a GPU"):
+        _frozen_dtype(r_cpu, torch.device("cpu"))
