@@ -4,7 +4,7 @@ The condition encoder is the ControlNet-style pre-hint encoder (pixel size ->
 latent size, 256 channels) followed by a zero-initialised 1x1 conv to the
 width of `conv_in`; its output is added to `conv_in`'s output (as ControlNet
 adds its hint), and LoRA adapts the U-Net to use it. ControlLoRA's exact
-layout is not in the paper; the rank default (56) makes the size closest to
+layout is not in the paper; the rank default (55) makes the size closest to
 its 21.52M. Output: `controllora/` with the LoRA in diffusers format and
 `condition_encoder.safetensors`.
 """
@@ -41,7 +41,7 @@ class ConditionEncoder(nn.Module):
 
 @dataclass
 class ControlLoRAConfig(ConditionalConfig):
-    rank: int = 56
+    rank: int = 55
     alpha: float = 0.0
     targets: list[str] = field(default_factory=lambda: list(DEFAULT_LORA_TARGETS))
 
