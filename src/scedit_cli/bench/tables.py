@@ -283,25 +283,6 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype | Non
     return torch.float16 if precision == "fp16" else torch.bfloat16
 
 
-def _prepare(method, base, device: torch.device, frozen_dtype: torch.dtype):
-    """Place the method for training the way `scedit train` does: frozen weights in the
-    mixed-precision dtype, trainable weights fp32, all on the device; AdamW as in the paper."""
-    from ..training.loop import _cast_frozen, _unique
-
-    _cast_frozen(_unique([method.unet, *method.trainable_modules()]), frozen_dtype)
-    for m in _unique([method.unet, *method.extra_modules()]):
-        m.to(device)
-    for p in method.trainable_parameters():
-        if p.dtype != torch.float32:
-            p.data = p.data.float()
-    method.train(True)
-    params = method.trainable_parameters()
-    if not params:
-        raise SceditError(f"method {method.name!r} has no trainable parameters with this configuration")
-    # Table 4: AdamW, lr 5e-5, weight decay 0.01.
-    return params, torch.optim.AdamW(params, lr=5e-5, weight_decay=0.01)
-
-
 def _random_batch(method, base, s: BenchSettings, device: torch.device):
     from ..methods import condition_channels
     from ..training import StepBatch
@@ -342,7 +323,8 @@ def run_method(spec: MethodSpec, factory: BaseFactory, s: BenchSettings,
     """Set up one method on a fresh base, time `steps` training steps after `warmup`, then
     account one more step's memory."""
     from ..methods import build_method
-    from ..training.loop import make_noise_scheduler, training_step
+    from ..recipes import TrainSection
+    from ..training.loop import prepare_training, training_step
 
     device = torch.device(s.device)
     autocast = resolve_precision(s.precision, device)
@@ -351,17 +333,20 @@ def run_method(spec: MethodSpec, factory: BaseFactory, s: BenchSettings,
     base = factory.build()
     _check_layout(base, s)
     method.setup(base)
-    params, optimizer = _prepare(method, base, device, frozen)
-    scaler = torch.amp.GradScaler(device.type) if autocast == torch.float16 else None
+    # Exactly as `scedit train` prepares a run with the paper's Table 4 settings (AdamW, lr 5e-5,
+    # weight decay 0.01, gradient clipping at 1.0), in this precision.
+    mp = {torch.float16: "fp16", torch.bfloat16: "bf16"}.get(autocast, "no")
+    cfg = TrainSection(mixed_precision=mp)
+    params, optimizer, scaler, _, noise_scheduler = prepare_training(method, base, device, frozen, cfg)
     batch = _random_batch(method, base, s, device)
-    noise_scheduler = make_noise_scheduler(base)
     gen_device = device if device.type == "cuda" else torch.device("cpu")
     state = {"i": 0, "loss": None}
 
     def step():
         g = torch.Generator(gen_device).manual_seed(s.seed * 1000003 + state["i"])
         state["i"] += 1
-        state["loss"] = training_step(method, base, batch, optimizer, noise_scheduler, g, autocast, scaler)
+        state["loss"] = training_step(method, base, batch, optimizer, noise_scheduler, g, autocast, scaler,
+                                      max_grad_norm=cfg.max_grad_norm, params=params)
 
     timing: StepTiming = time_steps(step, s.steps, s.warmup, device, on_step)
     modules = [base.unet, *[m for m in method.extra_modules() if m is not base.unet]]

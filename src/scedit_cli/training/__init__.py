@@ -4,6 +4,8 @@
     result = train("recipes/table1-scedit.toml", overrides=["train.max_steps=10"], resume="latest")
 """
 
-from .loop import StepBatch, TrainResult, compute_loss, make_noise_scheduler, train, training_step
+from .loop import (StepBatch, TrainingParts, TrainResult, compute_loss, make_noise_scheduler, optimizer_step,
+                   prepare_training, train, training_step)
 
-__all__ = ["StepBatch", "TrainResult", "compute_loss", "make_noise_scheduler", "train", "training_step"]
+__all__ = ["StepBatch", "TrainResult", "TrainingParts", "compute_loss", "make_noise_scheduler", "optimizer_step",
+           "prepare_training", "train", "training_step"]

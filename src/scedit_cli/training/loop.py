@@ -62,7 +62,7 @@ def step_seed(seed: int, *keys: int) -> int:
 
 
 def compute_loss(method, noise_scheduler, prediction_type: str, batch: StepBatch,
-                 generator: torch.Generator | None = None) -> torch.Tensor:
+                 generator: torch.Generator | None = None, loss_options=None) -> torch.Tensor:
     """Noise the latents at random timesteps and return the MSE to the prediction type's target."""
     latents = batch.latents
     n_train = noise_scheduler.config.num_train_timesteps
@@ -87,28 +87,119 @@ def compute_loss(method, noise_scheduler, prediction_type: str, batch: StepBatch
     return F.mse_loss(pred.float(), target.float(), reduction="mean")
 
 
+def optimizer_step(optimizer: torch.optim.Optimizer, params, scaler=None, max_grad_norm: float = 0.0,
+                   lr_scheduler=None) -> None:
+    """Unscale (fp16), clip to `max_grad_norm` (0: no clipping), step, zero the gradients."""
+    if scaler is not None:
+        scaler.unscale_(optimizer)
+    if max_grad_norm:
+        torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    if lr_scheduler is not None:
+        lr_scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
 def training_step(method, base: BaseModel, batch: StepBatch, optimizer: torch.optim.Optimizer | None = None,
                   noise_scheduler=None, generator: torch.Generator | None = None,
-                  autocast_dtype: torch.dtype | None = None, scaler=None) -> float:
-    """One forward + backward (+ optimizer step when `optimizer` is given) on ready latents/embeddings.
+                  autocast_dtype: torch.dtype | None = None, scaler=None, *, max_grad_norm: float = 0.0,
+                  accumulate: bool = False, loss_scale: float = 1.0, params=None, lr_scheduler=None,
+                  prediction_type: str | None = None, loss_options=None) -> float:
+    """One forward + backward on ready latents/embeddings; unless `accumulate`, also the optimizer
+    step (unscale, clip to `max_grad_norm`, step, zero grads) when `optimizer` is given.
 
+    `loss_scale` multiplies the loss before backward (the trainer's share of the batch);
+    the returned value is the unscaled loss. `scedit train` calls this for every
+    micro-step and `scedit bench` for every timed step: one path for both.
     For timing methods on real-size random-weight U-Nets: build the base with
-    `BaseModel.from_unet(unet)`, `method.setup(base)`, then call this.
+    `BaseModel.from_unet(unet)`, `method.setup(base)`, `prepare_training(...)`, then call this.
     """
     noise_scheduler = noise_scheduler or make_noise_scheduler(base)
     device = batch.latents.device
     ctx = torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else contextlib.nullcontext()
     with ctx:
-        loss = compute_loss(method, noise_scheduler, base.prediction_type, batch, generator)
-    (scaler.scale(loss) if scaler is not None else loss).backward()
-    if optimizer is not None:
-        if scaler is not None:
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        loss = compute_loss(method, noise_scheduler, prediction_type or base.prediction_type, batch, generator,
+                            loss_options)
+    scaled = loss * loss_scale if loss_scale != 1.0 else loss
+    (scaler.scale(scaled) if scaler is not None else scaled).backward()
+    if optimizer is not None and not accumulate:
+        if params is None:
+            params = [p for group in optimizer.param_groups for p in group["params"]]
+        optimizer_step(optimizer, params, scaler, max_grad_norm, lr_scheduler)
     return float(loss.detach())
+
+
+@dataclass
+class TrainingParts:
+    """What `prepare_training` returns: the trainable parameters and what steps them."""
+
+    params: list
+    optimizer: torch.optim.Optimizer
+    scaler: Any  # torch.amp.GradScaler for fp16, else None
+    lr_scheduler: Any
+    noise_scheduler: Any
+
+    def __iter__(self):  # params, optimizer, scaler, lr_scheduler, noise_scheduler = prepare_training(...)
+        return iter((self.params, self.optimizer, self.scaler, self.lr_scheduler, self.noise_scheduler))
+
+
+def autocast_dtype(mixed_precision: str) -> torch.dtype | None:
+    return {"fp16": torch.float16, "bf16": torch.bfloat16}.get(mixed_precision)
+
+
+def prepare_training(method, base: BaseModel, device: torch.device, frozen_dtype: torch.dtype,
+                     train_cfg=None) -> TrainingParts:
+    """Place a set-up method for training, the one way `scedit train` and `scedit bench` do it.
+
+    Frozen weights in `frozen_dtype` (the VAE stays fp32 for SDXL in fp16: it overflows), trainable
+    weights fp32, everything on `device`; frozen convolutions of the U-Net and the method's own
+    models save only their weight for backward (`frozen.lean_frozen_convs`: same gradients);
+    AdamW, the learning-rate schedule and the fp16 GradScaler from `train_cfg` (a recipe's
+    `TrainSection`; default: Table 4's AdamW, lr 5e-5, weight decay 0.01, constant).
+    """
+    from diffusers.optimization import get_scheduler
+
+    from ..frozen import lean_frozen_convs
+    from ..recipes import TrainSection
+
+    cfg = train_cfg if train_cfg is not None else TrainSection()
+    device = torch.device(device)
+    vae = base.vae
+    vae_dtype = torch.float32 if (base.is_sdxl and frozen_dtype == torch.float16) else frozen_dtype
+    _cast_frozen(_unique([method.unet, *method.trainable_modules(), *base.text_encoders]), frozen_dtype)
+    if vae is not None:
+        _cast_frozen([vae], vae_dtype)
+    for m in _unique([method.unet, vae, *base.text_encoders, *method.extra_modules()]):
+        m.to(device)
+    for p in method.trainable_parameters():
+        if p.dtype != torch.float32:
+            p.data = p.data.float()
+    # Exact (identical gradients); decided per call, so trainable convs (ControlNet copies, full
+    # fine-tuning) train as before.
+    for m in _unique([method.unet, *method.extra_modules()]):
+        lean_frozen_convs(m)
+    if cfg.gradient_checkpointing:
+        method.enable_gradient_checkpointing()
+    if vae is not None:
+        vae.eval()
+    for te in base.text_encoders:
+        te.eval()
+    method.train(True)
+    params = method.trainable_parameters()
+    if not params:
+        raise SceditError(f"method {method.name!r} has no trainable parameters with this configuration")
+    optimizer = torch.optim.AdamW(
+        params, lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2),
+        weight_decay=cfg.weight_decay, eps=cfg.adam_epsilon,
+    )
+    lr_scheduler = get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=cfg.lr_warmup_steps,
+                                 num_training_steps=cfg.max_steps)
+    scaler = torch.amp.GradScaler(device.type) if cfg.mixed_precision == "fp16" else None
+    return TrainingParts(params, optimizer, scaler, lr_scheduler, make_noise_scheduler(base))
 
 
 # --------------------------------------------------------------------------
@@ -243,8 +334,6 @@ class _Trainer:
 
     def run(self) -> TrainResult:
         from accelerate import Accelerator
-        from diffusers.optimization import get_scheduler
-
         from ..data import StreamSampler, collate, load_training_data
         from ..models import load_base
         from .checkpoint import find_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
@@ -282,32 +371,9 @@ class _Trainer:
 
         set_seed(seed)  # the trainable modules' initial weights (e.g. the tuners' down projections)
         method.setup(base)
-        vae_dtype = torch.float32 if (base.is_sdxl and frozen == torch.float16) else frozen  # SDXL's VAE overflows in fp16
-        _cast_frozen(_unique([method.unet, *method.trainable_modules(), *base.text_encoders]), frozen)
-        _cast_frozen([base.vae], vae_dtype)
-        for m in _unique([method.unet, base.vae, *base.text_encoders, *method.trainable_modules()]):
-            m.to(device)
-        for p in method.trainable_parameters():
-            if p.dtype != torch.float32:
-                p.data = p.data.float()
-        if r.train.gradient_checkpointing:
-            method.enable_gradient_checkpointing()
-        base.vae.eval()
-        for te in base.text_encoders:
-            te.eval()
-        method.train(True)
-
-        params = method.trainable_parameters()
-        if not params:
-            raise SceditError(f"method {method.name!r} has no trainable parameters with this configuration")
-        optimizer = torch.optim.AdamW(
-            params, lr=r.train.learning_rate, betas=(r.train.adam_beta1, r.train.adam_beta2),
-            weight_decay=r.train.weight_decay, eps=r.train.adam_epsilon,
-        )
-        lr_scheduler = get_scheduler(r.train.lr_scheduler, optimizer, num_warmup_steps=r.train.lr_warmup_steps,
-                                     num_training_steps=r.train.max_steps)
-        scaler = torch.amp.GradScaler(device.type) if r.train.mixed_precision == "fp16" else None
-        noise_scheduler = make_noise_scheduler(base)
+        params, optimizer, scaler, lr_scheduler, noise_scheduler = prepare_training(method, base, device, frozen,
+                                                                                    r.train)
+        amp_dtype = autocast_dtype(r.train.mixed_precision)
 
         result = TrainResult(str(out), method.name, r.train.max_steps, is_main_process=main)
         history: list[list[float]] = []
@@ -396,29 +462,21 @@ class _Trainer:
                         # position: results do not depend on accumulation, process count or resume point.
                         g = [torch.Generator(device).manual_seed(step_seed(seed, p)) for p in batch["positions"]]
                         sb = self._step_batch(base, batch, device, g, text_embeddings, time_ids)
-                        with autocast():
-                            loss = compute_loss(method, noise_scheduler, prediction_type, sb, g)
-                        scaled = loss * (batch["size"] / (r.train.batch_size / world))
-                        (scaler.scale(scaled) if scaler is not None else scaled).backward()
-                        loss_sum += torch.tensor([loss.item() * batch["size"], batch["size"]],
+                        loss = training_step(method, base, sb, optimizer, noise_scheduler, g, amp_dtype, scaler,
+                                             accumulate=True, loss_scale=batch["size"] / (r.train.batch_size / world),
+                                             prediction_type=prediction_type)
+                        loss_sum += torch.tensor([loss * batch["size"], batch["size"]],
                                                  dtype=torch.float64, device=device)
                     if world > 1:
                         _all_reduce_grads(params, world)
                         loss_sum = acc.reduce(loss_sum, reduction="sum")
                     n = float(loss_sum[1])
                     mean_loss = float(loss_sum[0]) / n if n else float("nan")
-                    if n:
-                        if scaler is not None:
-                            scaler.unscale_(optimizer)
-                        if r.train.max_grad_norm:
-                            torch.nn.utils.clip_grad_norm_(params, r.train.max_grad_norm)
-                        if scaler is not None:
-                            scaler.step(optimizer)
-                            scaler.update()
-                        else:
-                            optimizer.step()
+                    if n:  # the accumulated gradients: one step, as training_step does without accumulate
+                        optimizer_step(optimizer, params, scaler, r.train.max_grad_norm)
+                    else:
+                        optimizer.zero_grad(set_to_none=True)
                     lr_scheduler.step()
-                    optimizer.zero_grad(set_to_none=True)
                     step += 1
                     history.append([step, mean_loss])
                     prog.update(step, mean_loss)
