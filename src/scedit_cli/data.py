@@ -147,7 +147,12 @@ def load_training_data(cfg, conditions: list[str], seed: int = 0) -> "TrainDatas
         ds = ds.select(range(cfg.max_samples))
     if len(ds) == 0:
         raise SceditError(f"{where}: the dataset is empty")
-    return TrainDataset(LoadedDataset(ds, loaded.base_dir, where), cfg, conditions, seed)
+    data = TrainDataset(LoadedDataset(ds, loaded.base_dir, where), cfg, conditions, seed)
+    if cfg.buckets:
+        from .buckets import assign_buckets
+
+        data.buckets = assign_buckets(data, cfg.bucket_step, cfg.bucket_max_ratio)
+    return data
 
 
 def _open_image(value, base_dir: Path | None) -> tuple[Image.Image, str]:
@@ -186,16 +191,41 @@ def _open_image(value, base_dir: Path | None) -> tuple[Image.Image, str]:
         raise BadSample(f"{desc}: unreadable image ({type(e).__name__}: {str(e)[:80]})") from None
 
 
-def _resize_crop(img: Image.Image, size: int, center: bool, rng: np.random.Generator, resample) -> tuple:
+def _open_image_size(value, base_dir: Path | None) -> tuple[int, int]:
+    """(height, width) of an image cell from its header, without decoding; raises BadSample."""
+    if isinstance(value, dict) and not value.get("bytes") and value.get("path"):
+        value = value["path"]
+    try:
+        if isinstance(value, str):
+            p = Path(value).expanduser()
+            if not p.is_absolute() and base_dir is not None:
+                p = base_dir / p
+            with Image.open(p) as im:
+                return im.height, im.width
+        if isinstance(value, dict) and value.get("bytes"):
+            value = value["bytes"]
+        if isinstance(value, (bytes, bytearray)):
+            with Image.open(io.BytesIO(value)) as im:
+                return im.height, im.width
+    except Exception as e:
+        raise BadSample(f"unreadable image ({type(e).__name__})") from None
+    img, _ = _open_image(value, base_dir)
+    return img.height, img.width
+
+
+def _resize_crop(img: Image.Image, size, center: bool, rng: np.random.Generator, resample) -> tuple:
+    """Resize to cover `size` (an int for a square, or (height, width)), then crop to it.
+    Returns (image, (top, left), (resized width, resized height))."""
+    th, tw = (size, size) if isinstance(size, int) else size
     w, h = img.size
-    scale = size / min(w, h)
-    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+    scale = max(th / h, tw / w)
+    nw, nh = max(tw, round(w * scale)), max(th, round(h * scale))
     img = img.resize((nw, nh), resample=resample)
     if center:
-        left, top = (nw - size) // 2, (nh - size) // 2
+        left, top = (nw - tw) // 2, (nh - th) // 2
     else:
-        left, top = int(rng.integers(0, nw - size + 1)), int(rng.integers(0, nh - size + 1))
-    return img.crop((left, top, left + size, top + size)), (top, left), (nw, nh)
+        left, top = int(rng.integers(0, nw - tw + 1)), int(rng.integers(0, nh - th + 1))
+    return img.crop((left, top, left + tw, top + th)), (top, left), (nw, nh)
 
 
 def _to_tensor(img: Image.Image, channels: int) -> torch.Tensor:
@@ -232,10 +262,20 @@ class TrainDataset(torch.utils.data.Dataset):
         item["position"] = position
         return item
 
-    def load(self, position: int, index: int, train: bool = True) -> dict:
+    def target_size(self, index: int) -> tuple[int, int]:
+        """(height, width) of the training crop of row `index`: the recipe's square, or its bucket."""
+        if self.buckets is not None:
+            return self.buckets.size_of(int(index))
+        return (self.cfg.resolution, self.cfg.resolution)
+
+    buckets = None  # a `buckets.BucketAssignment` when data.buckets is on
+
+    def row(self, index: int) -> dict:
+        return self.ds[int(index)]
+
+    def draw_caption(self, row: dict, index: int, rng: np.random.Generator, train: bool) -> str:
+        """The caption of one visit (one of several alternatives, prefix, dropout): the first draws of `rng`."""
         cfg = self.cfg
-        row = self.ds[int(index)]
-        rng = np.random.default_rng([self.seed, int(position)])
         text = row.get(cfg.text_column)
         if text is None:
             raise BadSample(f"row {index}: no text in column {cfg.text_column!r}")
@@ -243,18 +283,50 @@ class TrainDataset(torch.utils.data.Dataset):
             if not text:
                 raise BadSample(f"row {index}: empty caption list")
             text = text[int(rng.integers(0, len(text)))] if train else text[0]
-        caption = str(text)
-        if cfg.caption_prefix:
-            caption = f"{cfg.caption_prefix} {caption}".strip()
+        caption = self.with_prefix(str(text))
         if train and cfg.caption_dropout and rng.random() < cfg.caption_dropout:
             caption = ""
-        img, _ = _open_image(row.get(cfg.image_column), self.loaded.base_dir)
+        return caption
+
+    def with_prefix(self, text: str) -> str:
+        return f"{self.cfg.caption_prefix} {text}".strip() if self.cfg.caption_prefix else text
+
+    def captions_of(self, row: dict) -> list[str]:
+        """Every caption a visit of `row` can draw (all alternatives, and "" with caption dropout)."""
+        text = row.get(self.cfg.text_column)
+        alts = text if isinstance(text, list) else ([] if text is None else [text])
+        out = [self.with_prefix(str(t)) for t in alts]
+        if self.cfg.caption_dropout:
+            out.append("")
+        return out
+
+    def crop_image(self, row: dict, index: int, position: int, size=None) -> tuple:
+        """(PIL crop, the full RGB image, original (h, w), crop (top, left), resized (w, h)) of row `index`."""
+        img, _ = _open_image(row.get(self.cfg.image_column), self.loaded.base_dir)
         original_size = (img.height, img.width)
         img = img.convert("RGB")
-        R = cfg.resolution
         crop_rng = np.random.default_rng([self.seed, int(position), 1])
-        image, crop_tl, resized = _resize_crop(img, R, cfg.center_crop, crop_rng, Image.BICUBIC)
+        image, crop_tl, resized = _resize_crop(img, size or self.target_size(index), self.cfg.center_crop, crop_rng,
+                                               Image.BICUBIC)
+        return image, img, original_size, crop_tl, resized
+
+    def load(self, position: int, index: int, train: bool = True, size=None) -> dict:
+        cfg = self.cfg
+        row = self.row(index)
+        rng = np.random.default_rng([self.seed, int(position)])
+        caption = self.draw_caption(row, index, rng, train)
+        image, img, original_size, crop_tl, resized = self.crop_image(row, index, position, size)
+        conds = self.condition_tensors(row, index, img, image, resized, crop_tl, rng)  # may draw from rng
         flip = train and cfg.random_flip and rng.random() < 0.5
+        if flip:
+            conds = [t.flip(-1) for t in conds]
+        pixels = _to_tensor(image, 3) * 2.0 - 1.0
+        if flip:
+            pixels = pixels.flip(-1)
+        return {"pixel_values": pixels, "caption": caption, "conditions": conds, "original_size": original_size,
+                "crop_top_left": crop_tl, "index": index, "target_size": tuple(image.size[::-1])}
+
+    def condition_tensors(self, row, index, img, image, resized, crop_tl, rng) -> list[torch.Tensor]:
         conds = []
         for cond in self.conditions:
             maps = self._condition_maps(cond, row, index, img, image, resized, crop_tl, rng)
@@ -262,12 +334,8 @@ class TrainDataset(torch.utils.data.Dataset):
             t = torch.cat(tensors, 0)[: condition_channels(cond)]
             if t.shape[0] != condition_channels(cond):
                 raise BadSample(f"row {index}: condition {cond!r} has {t.shape[0]} channels, expected {condition_channels(cond)}")
-            conds.append(t.flip(-1) if flip else t)
-        pixels = _to_tensor(image, 3) * 2.0 - 1.0
-        if flip:
-            pixels = pixels.flip(-1)
-        return {"pixel_values": pixels, "caption": caption, "conditions": conds, "original_size": original_size,
-                "crop_top_left": crop_tl, "index": index}
+            conds.append(t)
+        return conds
 
     def _condition_maps(self, cond, row, index, full_img, image, resized, crop_tl, rng) -> list[Image.Image]:
         cfg = self.cfg
@@ -294,7 +362,7 @@ class TrainDataset(torch.utils.data.Dataset):
                 m = m.resize(full_img.size, Image.NEAREST if is_mask or cond in NEAREST_CONDITIONS else Image.BILINEAR)
             m = m.resize(resized, Image.NEAREST if is_mask or cond in NEAREST_CONDITIONS else Image.BILINEAR)
             top, left = crop_tl
-            out.append(m.crop((left, top, left + cfg.resolution, top + cfg.resolution)))
+            out.append(m.crop((left, top, left + image.width, top + image.height)))
         return out
 
     def validation_items(self, count: int) -> list[dict]:
@@ -304,7 +372,8 @@ class TrainDataset(torch.utils.data.Dataset):
             if len(items) >= count:
                 break
             try:
-                items.append(self.load(VALIDATION_OFFSET + i, i, train=False))
+                items.append(TrainDataset.load(self, VALIDATION_OFFSET + i, i, train=False,
+                                               size=(self.cfg.resolution, self.cfg.resolution)))
             except BadSample:
                 continue
         return items
@@ -318,7 +387,17 @@ def collate(items: list[dict]) -> dict:
     }
     if not good:
         return batch
-    batch["pixel_values"] = torch.stack([it["pixel_values"] for it in good])
+    sizes = {tuple(it["target_size"]) if "target_size" in it else tuple(it["pixel_values"].shape[-2:]) for it in good}
+    if len(sizes) > 1:
+        raise SceditError(f"one batch mixes training sizes {sorted(sizes)}; this is a bug in the bucket sampler")
+    batch["target_size"] = sizes.pop()
+    if "moments" in good[0]:  # from the cache (see cache.py): latent distributions and text embeddings
+        batch["moments"] = torch.stack([it["moments"] for it in good])
+        batch["prompt_embeds"] = torch.stack([it["prompt_embeds"] for it in good])
+        if good[0].get("pooled") is not None:
+            batch["pooled"] = torch.stack([it["pooled"] for it in good])
+    else:
+        batch["pixel_values"] = torch.stack([it["pixel_values"] for it in good])
     batch["captions"] = [it["caption"] for it in good]
     batch["positions"] = [it.get("position", it["index"]) for it in good]
     n_cond = len(good[0]["conditions"])
@@ -351,6 +430,9 @@ class StreamSampler(torch.utils.data.Sampler):
     @property
     def per_device_batch(self) -> int:
         return self.b
+
+    def step_size(self, step: int) -> int:
+        return self.B
 
     def _index(self, position: int) -> int:
         epoch, offset = divmod(position, self.n)

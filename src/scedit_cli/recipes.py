@@ -59,7 +59,11 @@ class ModelSection:
 class DataSection:
     """source: folder with metadata.jsonl (or *.parquet / *.jsonl), a .parquet/.jsonl file, or a hub dataset.
     condition_columns: condition name -> column (default: the column named like the condition).
-    compute_conditions: compute condition maps on the fly (scedit prepare's code) instead of reading them."""
+    compute_conditions: compute condition maps on the fly (scedit prepare's code) instead of reading them.
+    cache: off | auto (use the latent/text cache when it is complete for this data and base model) |
+    build (encode what is missing first); cache_dir: default scedit-cache/ next to the dataset.
+    buckets: aspect-ratio bucketing (crops of about resolution² pixels near each image's shape);
+    bucket_step: side multiple; bucket_max_ratio: the most elongated bucket."""
 
     source: str = ""
     split: str = "train"
@@ -75,11 +79,18 @@ class DataSection:
     caption_prefix: str = ""
     max_samples: int = 0
     num_workers: int = 0
+    cache: str = "auto"
+    cache_dir: str = ""
+    buckets: bool = False
+    bucket_step: int = 64
+    bucket_max_ratio: float = 2.0
 
 
 @dataclass
 class TrainSection:
-    """batch_size is the total batch of one optimizer step (all processes x accumulation), as in Table 4."""
+    """batch_size is the total batch of one optimizer step (all processes x accumulation), as in Table 4.
+    Loss options (all off by default; the paper uses none): snr_gamma (Min-SNR-gamma weighting),
+    noise_offset, input_perturbation; ema_decay: keep an EMA of the trainable weights (saved beside them)."""
 
     output_dir: str = ""
     max_steps: int = 1000
@@ -96,6 +107,10 @@ class TrainSection:
     mixed_precision: str = "no"
     gradient_checkpointing: bool = False
     seed: int = 0
+    snr_gamma: float = 0.0
+    noise_offset: float = 0.0
+    input_perturbation: float = 0.0
+    ema_decay: float = 0.0
 
 
 @dataclass
@@ -397,6 +412,7 @@ def _validate(raw: dict, ctx: _Ctx, base_dir: Path) -> Recipe:
     r.model.single_file_config = resolve_source(r.model.single_file_config, base_for("model.single_file_config"))
     r.data.source = resolve_source(r.data.source, base_for("data.source"))
     r.data.detector_weights = resolve_path(r.data.detector_weights, base_for("data.detector_weights"))
+    r.data.cache_dir = resolve_path(r.data.cache_dir, base_for("data.cache_dir"))
     r.train.output_dir = resolve_path(r.train.output_dir, base_for("train.output_dir"))
     return r
 
@@ -426,6 +442,18 @@ def _check_values(r: Recipe, ctx: _Ctx) -> None:
         sec, k = key.split(".")
         at_least(key, getattr(getattr(r, sec), k), 0)
     at_least("checkpoint.keep_last", r.checkpoint.keep_last, 1)
+    for key in ("train.snr_gamma", "train.noise_offset", "train.input_perturbation"):
+        sec, k = key.split(".")
+        at_least(key, getattr(getattr(r, sec), k), 0)
+    if not 0.0 <= r.train.ema_decay < 1.0:
+        raise ctx.error("train.ema_decay", f"must be in [0, 1) (0 = no EMA; 0.999 is usual), got {r.train.ema_decay}")
+    choice("data.cache", r.data.cache, ("off", "auto", "build"))
+    at_least("data.bucket_step", r.data.bucket_step, 1)
+    if r.data.buckets and r.data.resolution % r.data.bucket_step:
+        raise ctx.error("data.bucket_step", f"{r.data.bucket_step} does not divide data.resolution "
+                                            f"{r.data.resolution}; use e.g. 64 for 512 px")
+    if r.data.bucket_max_ratio < 1:
+        raise ctx.error("data.bucket_max_ratio", f"must be >= 1, got {r.data.bucket_max_ratio}")
     if not r.train.learning_rate > 0:
         raise ctx.error("train.learning_rate", f"must be > 0, got {r.train.learning_rate}")
     if not 0.0 <= r.data.caption_dropout <= 1.0:

@@ -67,7 +67,7 @@ def _jsonable(d: dict) -> dict:
 
 
 def save_checkpoint(output_dir, step: int, method, optimizer, lr_scheduler, scaler, state: dict,
-                    keep_last: int) -> Path:
+                    keep_last: int, ema=None) -> Path:
     root = checkpoint_root(output_dir)
     path = root / f"step-{step:08d}"
     weights = {k: v.detach().to("cpu").contiguous() for k, v in method.state_dict().items()}
@@ -75,6 +75,8 @@ def save_checkpoint(output_dir, step: int, method, optimizer, lr_scheduler, scal
     with atomic_dir(path) as tmp:
         save_file(weights, str(tmp / "trainable.safetensors"), metadata={"method": method.name, "step": str(step)})
         save_file(opt_tensors, str(tmp / "optimizer.safetensors"), metadata={"param_groups": json.dumps(groups)})
+        if ema is not None:
+            save_file(ema.state_dict(), str(tmp / "ema.safetensors"), metadata={"decay": str(ema.decay)})
         full = {
             "step": step,
             "method": method.name,
@@ -104,7 +106,7 @@ def find_checkpoint(output_dir, resume: str) -> Path:
     return path
 
 
-def load_checkpoint(path: Path, method, optimizer, lr_scheduler, scaler, device) -> dict:
+def load_checkpoint(path: Path, method, optimizer, lr_scheduler, scaler, device, ema=None) -> dict:
     try:
         state = json.loads((path / "state.json").read_text())
         weights = load_file(str(path / "trainable.safetensors"))
@@ -132,4 +134,9 @@ def load_checkpoint(path: Path, method, optimizer, lr_scheduler, scaler, device)
     lr_scheduler.load_state_dict(sched)
     if scaler is not None and state.get("scaler"):
         scaler.load_state_dict(state["scaler"])
+    if ema is not None:
+        if not (path / "ema.safetensors").is_file():
+            raise SceditError(f"{path}: no ema.safetensors but train.ema_decay is set; resume with the recipe "
+                              "that wrote it (train.ema_decay = 0)")
+        ema.load_state_dict(load_file(str(path / "ema.safetensors")), str(path / "ema.safetensors"))
     return state

@@ -45,6 +45,27 @@ class StepBatch:
     conditions: list[torch.Tensor] | None = None
 
 
+@dataclass
+class LossOptions:
+    """Training-loss options (a recipe's [train] keys; all off by default, as in the paper).
+
+    snr_gamma: Min-SNR-gamma weighting (Hang et al. 2023): each sample's MSE times
+    min(SNR, gamma) / SNR for epsilon targets, / (SNR + 1) for v-prediction, x1 for sample.
+    noise_offset: add offset * N(0, 1) per (sample, channel) to the noise (darker/brighter images).
+    input_perturbation: noise the latents with noise + p * N(0, 1) while the target stays the noise.
+    The extra draws come after a sample's noise and timestep, from the same seeded generator.
+    """
+
+    snr_gamma: float = 0.0
+    noise_offset: float = 0.0
+    input_perturbation: float = 0.0
+
+    @classmethod
+    def from_train(cls, cfg) -> "LossOptions | None":
+        opts = cls(cfg.snr_gamma, cfg.noise_offset, cfg.input_perturbation)
+        return opts if (opts.snr_gamma or opts.noise_offset or opts.input_perturbation) else None
+
+
 def make_noise_scheduler(base: BaseModel):
     """DDPM training scheduler from the base's scheduler config (SD's schedule when there is none)."""
     from diffusers import DDPMScheduler
@@ -67,14 +88,27 @@ def compute_loss(method, noise_scheduler, prediction_type: str, batch: StepBatch
     latents = batch.latents
     n_train = noise_scheduler.config.num_train_timesteps
     dev = latents.device
-    if isinstance(generator, (list, tuple)):  # one generator per sample: draws independent of batching
+    opts = loss_options or LossOptions()
+    gens = list(generator) if isinstance(generator, (list, tuple)) else None
+    if gens is not None:  # one generator per sample: draws independent of batching
         noise = torch.stack([torch.randn(latents.shape[1:], generator=g, device=dev, dtype=latents.dtype)
-                             for g in generator])
-        t = torch.cat([torch.randint(0, n_train, (1,), generator=g, device=dev) for g in generator]).long()
+                             for g in gens])
+        t = torch.cat([torch.randint(0, n_train, (1,), generator=g, device=dev) for g in gens]).long()
     else:
         noise = torch.randn(latents.shape, generator=generator, device=dev, dtype=latents.dtype)
         t = torch.randint(0, n_train, (latents.shape[0],), generator=generator, device=dev).long()
-    noisy = noise_scheduler.add_noise(latents, noise, t)
+
+    def draw(shape):  # per-sample shape
+        if gens is not None:
+            return torch.stack([torch.randn(shape, generator=g, device=dev, dtype=latents.dtype) for g in gens])
+        return torch.randn((latents.shape[0], *shape), generator=generator, device=dev, dtype=latents.dtype)
+
+    if opts.noise_offset:
+        noise = noise + opts.noise_offset * draw((latents.shape[1], *([1] * (latents.dim() - 2))))
+    noisy_input = noise
+    if opts.input_perturbation:
+        noisy_input = noise + opts.input_perturbation * draw(latents.shape[1:])
+    noisy = noise_scheduler.add_noise(latents, noisy_input, t)
     if prediction_type == "epsilon":
         target = noise
     elif prediction_type == "v_prediction":
@@ -84,7 +118,25 @@ def compute_loss(method, noise_scheduler, prediction_type: str, batch: StepBatch
     else:
         raise SceditError(f"unknown prediction type {prediction_type!r}; use epsilon, v_prediction or sample")
     pred = method.predict(noisy, t, batch.encoder_hidden_states, batch.added_cond_kwargs, batch.conditions)
-    return F.mse_loss(pred.float(), target.float(), reduction="mean")
+    if not opts.snr_gamma:
+        return F.mse_loss(pred.float(), target.float(), reduction="mean")
+    snr = min_snr_weights(noise_scheduler, t, opts.snr_gamma, prediction_type)
+    per_sample = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=list(range(1, pred.dim())))
+    return (per_sample * snr).mean()
+
+
+def min_snr_weights(noise_scheduler, t: torch.Tensor, gamma: float, prediction_type: str) -> torch.Tensor:
+    """Min-SNR-gamma loss weights for timesteps `t`."""
+    ac = noise_scheduler.alphas_cumprod.to(device=t.device, dtype=torch.float64)[t]
+    snr = ac / (1.0 - ac)
+    clipped = torch.clamp(snr, max=gamma)
+    if prediction_type == "epsilon":
+        w = clipped / snr
+    elif prediction_type == "v_prediction":
+        w = clipped / (snr + 1.0)
+    else:
+        w = clipped
+    return w.float()
 
 
 def optimizer_step(optimizer: torch.optim.Optimizer, params, scaler=None, max_grad_norm: float = 0.0,
@@ -225,6 +277,7 @@ class TrainResult:
     plan: dict = field(default_factory=dict)
     dry_run: bool = False
     is_main_process: bool = True
+    cache: str | None = None
 
     def summary(self) -> dict:
         d = {k: v for k, v in self.__dict__.items() if k != "losses"}
@@ -374,14 +427,31 @@ class _Trainer:
         params, optimizer, scaler, lr_scheduler, noise_scheduler = prepare_training(method, base, device, frozen,
                                                                                     r.train)
         amp_dtype = autocast_dtype(r.train.mixed_precision)
+        loss_options = LossOptions.from_train(r.train)
+        ema = None
+        if r.train.ema_decay:
+            from .ema import EMA
+
+            ema = EMA(method.named_trainable_parameters(), r.train.ema_decay)
+        # The cache: VAE posteriors and text embeddings computed once (see cache.py); said either way.
+        from ..cache import attach_cache
+
+        data, cache_note = attach_cache(r.data.cache, r.data.cache_dir, data, base, device, build_here=main,
+                                        barrier=acc.wait_for_everyone)
+        result_cache_note = cache_note
+        if cache_note and main:
+            from ..console import info
+
+            info(cache_note)
 
         result = TrainResult(str(out), method.name, r.train.max_steps, is_main_process=main)
+        result.cache = result_cache_note
         history: list[list[float]] = []
         skipped, skipped_examples = 0, []
         start = 0
         if self.resume:
             ckpt = find_checkpoint(out, self.resume)
-            state = load_checkpoint(ckpt, method, optimizer, lr_scheduler, scaler, device)
+            state = load_checkpoint(ckpt, method, optimizer, lr_scheduler, scaler, device, ema)
             start = int(state["step"])
             history = [list(x) for x in state.get("history", [])]
             skipped = int(state.get("skipped", 0))
@@ -395,7 +465,12 @@ class _Trainer:
                                   "raise train.max_steps to train further")
 
         A = r.train.gradient_accumulation_steps
-        sampler = StreamSampler(len(data), seed, r.train.batch_size, A, rank, world, start, r.train.max_steps)
+        if data.buckets is not None:
+            from ..buckets import BucketSampler
+
+            sampler = BucketSampler(data.buckets, seed, r.train.batch_size, A, rank, world, start, r.train.max_steps)
+        else:
+            sampler = StreamSampler(len(data), seed, r.train.batch_size, A, rank, world, start, r.train.max_steps)
         loader = torch.utils.data.DataLoader(data, batch_sampler=sampler, collate_fn=collate,
                                              num_workers=r.data.num_workers,
                                              persistent_workers=False)
@@ -413,7 +488,7 @@ class _Trainer:
         def checkpoint(step):
             if main and not any(s == step for s, _ in list_checkpoints(out)):
                 p = save_checkpoint(out, step, method, optimizer, lr_scheduler, scaler, ckpt_state(step),
-                                    r.checkpoint.keep_last)
+                                    r.checkpoint.keep_last, ema)
                 result.checkpoints.append(str(p))
             acc.wait_for_everyone()
 
@@ -450,6 +525,7 @@ class _Trainer:
             try:
                 while step < r.train.max_steps:
                     loss_sum = torch.zeros(2, dtype=torch.float64, device=device)
+                    step_total = sampler.step_size(step)  # r.train.batch_size, or a bucket's short last batch
                     for micro in range(A):
                         batch = next(it)
                         for reason in batch["skipped"]:
@@ -463,8 +539,8 @@ class _Trainer:
                         g = [torch.Generator(device).manual_seed(step_seed(seed, p)) for p in batch["positions"]]
                         sb = self._step_batch(base, batch, device, g, text_embeddings, time_ids)
                         loss = training_step(method, base, sb, optimizer, noise_scheduler, g, amp_dtype, scaler,
-                                             accumulate=True, loss_scale=batch["size"] / (r.train.batch_size / world),
-                                             prediction_type=prediction_type)
+                                             accumulate=True, loss_scale=batch["size"] / (step_total / world),
+                                             prediction_type=prediction_type, loss_options=loss_options)
                         loss_sum += torch.tensor([loss * batch["size"], batch["size"]],
                                                  dtype=torch.float64, device=device)
                     if world > 1:
@@ -474,6 +550,8 @@ class _Trainer:
                     mean_loss = float(loss_sum[0]) / n if n else float("nan")
                     if n:  # the accumulated gradients: one step, as training_step does without accumulate
                         optimizer_step(optimizer, params, scaler, r.train.max_grad_norm)
+                        if ema is not None:
+                            ema.update()
                     else:
                         optimizer.zero_grad(set_to_none=True)
                     lr_scheduler.step()
@@ -508,6 +586,10 @@ class _Trainer:
             if not result.interrupted:
                 extra = {"recipe": r.name, "steps": step, "prediction_type": prediction_type}
                 result.outputs = [str(p) for p in method.save(out, base_source=r.model.source, extra=extra)]
+                if ema is not None:  # beside the trained weights, same format
+                    with ema.swapped_in():
+                        result.outputs += [str(p) for p in method.save(out / "ema", base_source=r.model.source,
+                                                                       extra={**extra, "ema_decay": ema.decay})]
             if r.logging.loss_curve:
                 curve = save_loss_curve(history, out / "loss.png", f"{r.name}: {method.name}")
                 result.loss_curve = str(curve) if curve else None
@@ -520,15 +602,23 @@ class _Trainer:
     def _step_batch(self, base, batch, device, g, text_embeddings, time_ids) -> StepBatch:
         with torch.no_grad():
             vae = base.vae
-            px = batch["pixel_values"].to(device=device, dtype=vae.dtype)
-            latents = vae.encode(px).latent_dist.sample(generator=g)
+            if "moments" in batch:  # cached: the posterior sample is drawn exactly as below, from the same seeds
+                from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+
+                dist = DiagonalGaussianDistribution(batch["moments"].to(device=device, dtype=vae.dtype))
+                ehs = batch["prompt_embeds"].to(device)
+                pooled = batch["pooled"].to(device) if "pooled" in batch else None
+            else:
+                px = batch["pixel_values"].to(device=device, dtype=vae.dtype)
+                dist = vae.encode(px).latent_dist
+                ehs, pooled = text_embeddings(base, batch["captions"], device)
+            latents = dist.sample(generator=g)
             if getattr(vae.config, "shift_factor", None):
                 latents = latents - vae.config.shift_factor
             latents = (latents * vae.config.scaling_factor).float()
-            ehs, pooled = text_embeddings(base, batch["captions"], device)
             added = None
             if base.is_sdxl:
-                ids = time_ids(batch["original_sizes"], batch["crop_top_lefts"], self.r.data.resolution, device,
+                ids = time_ids(batch["original_sizes"], batch["crop_top_lefts"], batch["target_size"], device,
                                pooled.dtype)
                 added = {"text_embeds": pooled, "time_ids": ids}
         conds = [c.to(device) for c in batch["conditions"]] if self.method.conditions else None

@@ -18,8 +18,10 @@ def text_embeddings(base, captions: list[str], device, negative: bool = False):
         return pe, None
 
 
-def time_ids(original_sizes, crop_top_lefts, resolution: int, device, dtype):
-    rows = [[*o, *c, resolution, resolution] for o, c in zip(original_sizes, crop_top_lefts)]
+def time_ids(original_sizes, crop_top_lefts, resolution, device, dtype):
+    """SDXL's added time ids: original size, crop top-left, target size (an int for a square, or (h, w))."""
+    target = (resolution, resolution) if isinstance(resolution, int) else tuple(resolution)
+    rows = [[*o, *c, *target] for o, c in zip(original_sizes, crop_top_lefts)]
     return torch.tensor(rows, device=device, dtype=dtype)
 
 

@@ -1,0 +1,144 @@
+"""Aspect-ratio bucketing: train on crops near each image's own shape.
+
+Buckets are (height, width) pairs, multiples of `step`, whose pixel count is at
+most resolution² and as close to it as the step allows, with aspect ratios up
+to `max_ratio`. Each image goes to the bucket nearest its aspect ratio (in log
+space), is resized to cover it and cropped (centred unless data.center_crop is
+off); the crop's top-left is kept for SDXL's added conditions.
+
+Every optimizer step's batch comes from one bucket. An epoch is every bucket's
+images in a seeded order, cut into batches of the total batch size (a bucket's
+last batch may be shorter: no image is dropped or repeated), and the batches
+in a seeded order: each image appears exactly once per epoch, and the whole
+schedule is a function of (seed, step), so resuming is exact.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .errors import SceditError
+
+
+def bucket_sizes(resolution: int, step: int = 64, max_ratio: float = 2.0) -> list[tuple[int, int]]:
+    """(height, width) buckets of about resolution² pixels, sides multiples of `step`."""
+    if step < 1 or resolution % step:
+        raise SceditError(f"data.bucket_step {step} must divide data.resolution {resolution}; "
+                          "use e.g. 64 for 512 px (8 x the VAE factor)")
+    if max_ratio < 1:
+        raise SceditError(f"data.bucket_max_ratio must be >= 1, got {max_ratio}")
+    area = resolution * resolution
+    out = set()
+    for w in range(step, int(resolution * max_ratio) + 1, step):
+        h = (area // w) // step * step
+        if h >= step and max(h / w, w / h) <= max_ratio + 1e-9:
+            out.add((h, w))
+    return sorted(out, key=lambda hw: hw[0] / hw[1])
+
+
+@dataclass
+class BucketAssignment:
+    sizes: list[tuple[int, int]]
+    of_row: list[int]  # bucket index per dataset row
+
+    def size_of(self, index: int) -> tuple[int, int]:
+        return self.sizes[self.of_row[index]]
+
+    def members(self) -> list[list[int]]:
+        out = [[] for _ in self.sizes]
+        for i, b in enumerate(self.of_row):
+            out[b].append(i)
+        return out
+
+    def counts(self) -> dict[str, int]:
+        return {f"{h}x{w}": len(m) for (h, w), m in zip(self.sizes, self.members()) if m}
+
+
+def nearest_bucket(sizes: list[tuple[int, int]], height: int, width: int) -> int:
+    r = math.log(height / width)
+    return min(range(len(sizes)), key=lambda k: abs(math.log(sizes[k][0] / sizes[k][1]) - r))
+
+
+def assign_buckets(data, step: int, max_ratio: float) -> BucketAssignment:
+    """Bucket every row of a TrainDataset by its image's size (read from the header only).
+    An unreadable image goes to the square bucket (the loader skips and counts it as always)."""
+    from .data import BadSample, _open_image_size
+
+    sizes = bucket_sizes(data.cfg.resolution, step, max_ratio)
+    square = nearest_bucket(sizes, 1, 1)
+    of_row = []
+    for i in range(len(data)):
+        try:
+            h, w = _open_image_size(data.row(i).get(data.cfg.image_column), data.loaded.base_dir)
+            of_row.append(nearest_bucket(sizes, h, w))
+        except BadSample:
+            of_row.append(square)
+    return BucketAssignment(sizes, of_row)
+
+
+class BucketSampler(torch.utils.data.Sampler):
+    """Micro-batches of (stream position, row index), each optimizer step's batch from one bucket.
+
+    Same contract as `data.StreamSampler`: optimizer step s's batch is split into
+    micro-step a of process r as the slice ((a*W + r)*b, +b) (shorter or empty for
+    a bucket's last, short batch); `step_size(s)` is that step's total batch.
+    """
+
+    def __init__(self, buckets: BucketAssignment, seed: int, total_batch: int, accumulation: int, rank: int,
+                 world: int, start_step: int, max_steps: int):
+        per = total_batch // (accumulation * world)
+        if per * accumulation * world != total_batch:
+            raise SceditError(
+                f"train.batch_size {total_batch} is not divisible by {world} process(es) x "
+                f"{accumulation} accumulation step(s); change train.batch_size or train.gradient_accumulation_steps"
+            )
+        self.members = [m for m in buckets.members() if m]
+        self.n = sum(len(m) for m in self.members)
+        self.seed, self.B, self.A, self.r, self.W, self.b = seed, total_batch, accumulation, rank, world, per
+        self.start, self.max_steps = start_step, max_steps
+        self.per_epoch = sum(math.ceil(len(m) / total_batch) for m in self.members)
+        self._epoch, self._batches = -1, None
+
+    @property
+    def per_device_batch(self) -> int:
+        return self.b
+
+    def epoch_batches(self, epoch: int) -> list[tuple[int, list[int]]]:
+        """The epoch's batches in order, each as (stream position of its first sample, row indices)."""
+        if epoch != self._epoch:
+            chunks = []
+            for k, m in enumerate(self.members):
+                perm = np.random.default_rng([self.seed, epoch, 777, k]).permutation(len(m))
+                rows = [m[i] for i in perm]
+                chunks += [rows[i: i + self.B] for i in range(0, len(rows), self.B)]
+            order = np.random.default_rng([self.seed, epoch, 778]).permutation(len(chunks))
+            out, pos = [], epoch * self.n
+            for j in order:
+                out.append((pos, chunks[j]))
+                pos += len(chunks[j])
+            self._epoch, self._batches = epoch, out
+        return self._batches
+
+    def step_batch(self, step: int) -> tuple[int, list[int]]:
+        epoch, j = divmod(step, self.per_epoch)
+        return self.epoch_batches(epoch)[j]
+
+    def step_size(self, step: int) -> int:
+        return len(self.step_batch(step)[1])
+
+    def micro_batch(self, step: int, micro: int) -> list[tuple[int, int]]:
+        p0, rows = self.step_batch(step)
+        lo = (micro * self.W + self.r) * self.b
+        return [(p0 + i, rows[i]) for i in range(lo, min(lo + self.b, len(rows)))]
+
+    def __iter__(self):
+        for step in range(self.start, self.max_steps):
+            for a in range(self.A):
+                yield self.micro_batch(step, a)
+
+    def __len__(self) -> int:
+        return max(0, self.max_steps - self.start) * self.A
