@@ -1,0 +1,224 @@
+"""`scedit quickstart` and the learning checks on the shipped toy base (CPU, seeds fixed).
+
+One short training per concern (module-scoped fixtures), through the shipped quickstart recipes and the
+library's `train()` / `sample()` / `compose()`, scored with the analytic toy scorers. Thresholds come from
+measured runs (numbers in the comments) with a margin.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from scedit_cli.errors import SceditError
+from scedit_cli.quickstart import (
+    COLOR_RATIO,
+    QuickstartSettings,
+    add_color_maps,
+    prepare_output,
+    recipe_path,
+    run_quickstart,
+    vae_ceiling,
+)
+from scedit_cli.recipes import load_recipe
+from scedit_cli.sampling import ControlSpec, PromptSpec, SampleSettings, compose, load_model, load_tuners, sample
+from scedit_cli.toy import TRIGGER, ToyWorld, base_model_path, canny, make_dataset, render, score_images
+from scedit_cli.training.loop import train
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    # Two OpenMP threads on a loaded 2-core machine spin against each other (measured 7x slower per U-Net
+    # call); one thread keeps these timings stable. Restored afterwards.
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="module")
+def base(one_thread):
+    return load_model(str(base_model_path()), device="cpu")
+
+
+def _train(name, data, out, steps, seed=0):
+    res = train(recipe_path(name), overrides={"data.source": str(data), "train.output_dir": str(out),
+                                              "train.max_steps": steps, "train.seed": seed})
+    assert res.steps == steps and res.outputs
+    return Path(res.outputs[0])
+
+
+def _rgb(paths):
+    out = []
+    for p in paths:
+        with Image.open(p) as im:
+            out.append(np.asarray(im.convert("RGB")))
+    return out
+
+
+def test_shipped_recipes_parse_and_point_at_the_toy_base():
+    for name, method in (("style", "sc"), ("canny", "csc"), ("color", "csc")):
+        r = load_recipe(recipe_path(name))
+        assert r.method_name == method
+        assert Path(r.model.source) == base_model_path().resolve()
+        assert r.data.resolution == 32
+        if method == "csc":
+            assert r.method.conditions == [name]
+
+
+def test_color_maps_column(tmp_path):
+    d = make_dataset(tmp_path / "d", 3, seed=0, conditions=("canny",))
+    add_color_maps(d)
+    rows = [json.loads(x) for x in (d / "metadata.jsonl").read_text().splitlines()]
+    assert [r["color"] for r in rows] == [f"color/{Path(r['image']).name}" for r in rows]
+    cmap = np.asarray(Image.open(d / rows[0]["color"]))
+    # 32 px / 4 -> an 8x8 grid of colour cells
+    assert cmap.shape == (32, 32, 3)
+    cells = cmap.reshape(8, COLOR_RATIO, 8, COLOR_RATIO, 3)
+    assert (cells == cells[:, :1, :, :1]).all()
+
+
+def test_output_folder_guard(tmp_path):
+    other = tmp_path / "mine"
+    other.mkdir()
+    (other / "precious.txt").write_text("x")
+    with pytest.raises(SceditError, match="not written by `scedit quickstart`"):
+        prepare_output(other)
+    assert (other / "precious.txt").exists()
+    f = tmp_path / "file"
+    f.write_text("x")
+    with pytest.raises(SceditError, match="not a folder"):
+        prepare_output(f)
+    with pytest.raises(SceditError, match="--steps-scale"):
+        QuickstartSettings(steps_scale=0).validate()
+    with pytest.raises(SceditError, match="--style"):
+        QuickstartSettings(style="solid").validate()
+
+
+# --- SC-Tuner: a style the base never saw -------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def style_eval(tmp_path_factory, base):
+    tmp = tmp_path_factory.mktemp("style")
+    data = make_dataset(tmp / "data", 256, seed=1, style="outline", trigger=TRIGGER, conditions=())
+    tuner = _train("style", data, tmp / "run", STYLE_STEPS)
+    scenes = ToyWorld().scenes(16, 1000, "outline")
+    prompts = [ToyWorld().caption(s, trigger=TRIGGER) for s in scenes]
+    st = SampleSettings(steps=25, guidance_scale=4.0, seeds=(0,), batch_size=16, grid_max=0)
+    before = score_images(_rgb(sample(base, prompts, tmp / "before", settings=st).images), scenes)
+    after = score_images(_rgb(sample(base, prompts, tmp / "after", tuners=[tuner], settings=st).images), scenes)
+    return before, after, vae_ceiling(base, scenes, "outline")
+
+
+STYLE_STEPS = 300
+
+
+STYLE_GAIN = 0.2  # what "clearly toward the style" should mean
+COLOUR_KEPT = 0.9
+
+
+def test_vae_of_the_toy_base_cannot_draw_outlines(style_eval):
+    # Measured: real outline images round-tripped through the base VAE score 0.076 (16 prompts, seed 1000;
+    # 0.10 on another 32) on the outline style score, against 1.0 before the round trip. This is the ceiling
+    # of any U-Net-side tuner, and why the learning test below is an expected failure. Retraining the toy
+    # VAE on all three styles would lift it; then this test fails and the xfail below should be removed.
+    _, _, ceiling = style_eval
+    assert ceiling < STYLE_GAIN
+
+
+@pytest.mark.xfail(strict=True, reason="toy VAE cannot decode outlines (ceiling 0.08); measured style 0.00 -> 0.01")
+def test_sc_tuner_moves_style_toward_outline_and_keeps_colour(style_eval):
+    before, after, _ = style_eval
+    # Measured (300 steps, batch 16, lr 1e-3, 16 prompts, 1 thread: 54 s): style 0.000 -> 0.011, colour
+    # 1.00 -> 1.00, shape 1.00 -> 0.94. (lr 3e-3, 32 other prompts: 0.000 -> 0.059, colour 0.94.)
+    assert before["style"] < 0.02
+    assert after["colour"] >= COLOUR_KEPT
+    assert after["style"] > before["style"] + STYLE_GAIN
+
+
+# --- CSC-Tuners: composing two controls ----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def csc_tuners(tmp_path_factory, base):
+    tmp = tmp_path_factory.mktemp("csc")
+    data = make_dataset(tmp / "data", 64, seed=2, world=ToyWorld(jitter=3), conditions=("canny",))
+    add_color_maps(data)
+    # Short runs: enough to move every tuner weight off its zero initialisation.
+    return {c: _train(c, data, tmp / c, 20) for c in ("canny", "color")}, tmp
+
+
+def test_compose_weights_1_0_and_0_1_reproduce_each_single_control(csc_tuners, base):
+    paths, tmp = csc_tuners
+    tuners = dict(zip(("canny", "color"), load_tuners([paths["canny"], paths["color"]], base)))
+    scene = ToyWorld(jitter=3).scenes(1, 7)[0]
+    img = render(scene)
+    from scedit_cli.conditions import compute_condition
+
+    maps = {}
+    for c, m in (("canny", compute_condition("canny", img)),
+                 ("color", compute_condition("color", img, params={"ratio": COLOR_RATIO}))):
+        m.save(tmp / f"{c}.png")
+        maps[c] = ControlSpec(c, tmp / f"{c}.png", 1.0, is_map=True)
+    st = SampleSettings(steps=8, guidance_scale=4.0, seeds=(3,), grid_max=0)
+    prompt = [PromptSpec(0, ToyWorld().caption(scene))]
+    single = {c: _rgb(sample(base, prompt, tmp / f"s-{c}", tuners=[tuners[c]], controls=[maps[c]],
+                             settings=st).images)[0] for c in ("canny", "color")}
+    plain = _rgb(sample(base, prompt, tmp / "s-base", settings=st).images)[0]
+    sweep = _rgb(compose(base, prompt, tmp / "sweep", tuners=[tuners["canny"], tuners["color"]],
+                         controls=[maps["canny"], maps["color"]], settings=st, sweep=3).images)
+    assert np.array_equal(sweep[0], single["canny"])
+    assert np.array_equal(sweep[2], single["color"])
+    # the tuners do change the image, and the mixture is neither single control
+    assert not np.array_equal(single["canny"], plain) and not np.array_equal(single["color"], plain)
+    assert not np.array_equal(sweep[1], sweep[0]) and not np.array_equal(sweep[1], sweep[2])
+
+
+# --- the whole command, small ----------------------------------------------------------------------------
+
+
+def test_quickstart_end_to_end_small(tmp_path, one_thread):
+    out = tmp_path / "qs"
+    s = QuickstartSettings(output=out, steps_scale=0.01, n_eval=2, sample_steps=4)
+    res = run_quickstart(s, say=lambda m: None)
+    rep = json.loads((out / "report.json").read_text())
+    assert rep == json.loads(json.dumps(res.report))
+    md = (out / "report.md").read_text()
+    for name in ("style", "canny", "color"):
+        tr = rep["training"][name]
+        assert tr["steps"] == max(1, round(load_recipe(recipe_path(name)).train.max_steps * 0.01))
+        assert (out / tr["tuner"] / "tuner.safetensors").is_file()
+        assert (out / tr["loss_curve"]).is_file() and tr["loss_curve"] in md
+    for g in ("grids/style.png", "grids/control.png"):
+        assert (out / g).is_file() and g in md
+    assert rep["control"]["compose_identity"] == {"weights_1_0_vs_canny_max_abs_diff": 0,
+                                                  "weights_0_1_vs_color_max_abs_diff": 0}
+    for k in ("before", "after"):
+        assert set(rep["style"][k]) >= {"style", "colour", "shape", "position", "background", "all"}
+    assert 0.0 <= rep["style"]["vae_ceiling"] <= 1.0
+    assert set(rep["timing"]["stages"]) == {"data", "style", "canny", "color", "sample", "control", "report"}
+    # runs again into its own folder (replacing its outputs), and nothing is left half-written
+    run_quickstart(s, say=lambda m: None)
+    assert not list(out.rglob("*.tmp"))
+
+
+def test_cli_bad_input_one_line_errors(tmp_path):
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "x.txt").write_text("x")
+    for args, msg in ((["--steps-scale", "0"], "--steps-scale"), (["--style", "dots"], "--style"),
+                      (["--output", str(tmp_path / "mine")], "not written by `scedit quickstart`")):
+        p = subprocess.run([sys.executable, "-m", "scedit_cli.cli", "quickstart", *args], capture_output=True,
+                           text=True, cwd=tmp_path)
+        assert p.returncode == 2, p.stderr
+        lines = [x for x in p.stderr.splitlines() if x.strip()]
+        assert len(lines) == 1 and lines[0].startswith("error:") and msg in lines[0]
