@@ -60,3 +60,38 @@ def build_unet(arch: str, device: str | torch.device = "meta", dtype: torch.dtyp
     with torch.device(device):
         unet = UNet2DConditionModel(**config)
     return unet.to(dtype) if dtype is not None else unet
+
+
+# SD 1.5's VAE (`vae/config.json`) and CLIP ViT-L/14 text encoder (`text_encoder/config.json`), for
+# timing what the latent / text cache saves (benchmarks/bench_cache.py) without a download.
+VAE_CONFIGS: dict[str, dict] = {
+    "sd15": dict(
+        in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2, norm_num_groups=32,
+        block_out_channels=(128, 256, 512, 512), sample_size=512, act_fn="silu", scaling_factor=0.18215,
+        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+    ),
+}
+TEXT_ENCODER_CONFIGS: dict[str, dict] = {
+    "sd15": dict(
+        vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+        max_position_embeddings=77, hidden_act="quick_gelu", projection_dim=768, bos_token_id=0, eos_token_id=2,
+    ),
+}
+
+
+def build_vae(arch: str = "sd15", seed: int = 0):
+    from diffusers import AutoencoderKL
+
+    if arch not in VAE_CONFIGS:
+        raise SceditError(f"no VAE config for {arch!r}; choose one of {', '.join(VAE_CONFIGS)}")
+    torch.manual_seed(seed)
+    return AutoencoderKL(**VAE_CONFIGS[arch])
+
+
+def build_text_encoder(arch: str = "sd15", seed: int = 0):
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    if arch not in TEXT_ENCODER_CONFIGS:
+        raise SceditError(f"no text-encoder config for {arch!r}; choose one of {', '.join(TEXT_ENCODER_CONFIGS)}")
+    torch.manual_seed(seed)
+    return CLIPTextModel(CLIPTextConfig(**TEXT_ENCODER_CONFIGS[arch]))
