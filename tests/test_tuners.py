@@ -353,3 +353,17 @@ def test_half_precision_base_with_fp32_tuners(tiny_unet):
     out = unet(**inputs).sample
     out.float().pow(2).mean().backward()
     assert all(p.dtype == torch.float32 and p.grad is not None for p in tuner.parameters())
+
+
+def test_pre_hint_encoder_keeps_the_condition_signal():
+    """The condition must reach the hint features at a usable scale from step 0."""
+    from scedit_cli.tuners.csc import _pre_hint
+
+    torch.manual_seed(0)
+    enc = _pre_hint(3, 4)
+    g = torch.Generator().manual_seed(0)
+    a = (torch.rand(8, 3, 32, 32, generator=g) > 0.85).float()
+    b = (torch.rand(8, 3, 32, 32, generator=g) > 0.85).float()
+    with torch.no_grad():
+        diff = (enc(a) - enc(b)).std() / a.std()
+    assert diff > 0.3, float(diff)  # PyTorch's default init gives ~3e-4

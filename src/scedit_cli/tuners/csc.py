@@ -30,6 +30,14 @@ from .ops import build_op
 # 32->96, 96->256); with a smaller `hint_downscale` the last ones keep stride 1.
 PRE_HINT_CHANNELS = (16, 16, 32, 32, 96, 96, 256)
 _STRIDE_POSITIONS = (2, 4, 6)
+# Init gain of the pre-hint convs. PyTorch's default conv init shrinks the
+# signal ~3x per layer, so after 7 convs the condition-dependent part of the
+# features is ~1e-4 of the input and a CSC-Tuner needs many thousand steps to
+# notice its condition at all. N(0, (gain / sqrt(fan_in))^2) with zero biases
+# keeps the scale through SiLU (measured: 0.36 in -> 0.46 out on edge maps).
+# Parameter counts are unchanged, and the zero-initialised dense convs keep a
+# fresh tuner the identity.
+PRE_HINT_INIT_GAIN = 1.7
 
 
 @dataclass
@@ -64,7 +72,10 @@ def _pre_hint(in_channels: int, downscale: int) -> nn.Sequential:
     for i, c_out in enumerate(PRE_HINT_CHANNELS):
         if i:
             layers.append(nn.SiLU())
-        layers.append(nn.Conv2d(c_in, c_out, 3, padding=1, stride=2 if i in strided else 1))
+        conv = nn.Conv2d(c_in, c_out, 3, padding=1, stride=2 if i in strided else 1)
+        nn.init.normal_(conv.weight, 0.0, PRE_HINT_INIT_GAIN / math.sqrt(c_in * 9))
+        nn.init.zeros_(conv.bias)
+        layers.append(conv)
         c_in = c_out
     return nn.Sequential(*layers)
 
