@@ -18,8 +18,3 @@ class SceditError(Exception):
         if exit_code is not None:
             self.exit_code = exit_code
 
-
-class NotBuiltError(SceditError):
-    """A command or option that this version does not implement yet."""
-
-    exit_code = 3
