@@ -60,13 +60,16 @@ def test_render_matches_ground_truth():
 
 def test_styles_differ_and_keep_the_silhouette():
     sc = Scene("square", "blue", "white", "center")
-    solid, outline, striped = (np.asarray(render(sc, style=s)) for s in STYLES)
+    solid, outline, striped, half = (np.asarray(render(sc, style=s)) for s in STYLES)
     m = scene_mask(sc)
     fg = np.array((30, 70, 230))
     assert (solid[m] == fg).all()
     assert (outline[m] == fg).all(axis=-1).mean() < 0.7  # the interior is background
     assert 0.3 < (striped[m] == fg).all(axis=-1).mean() < 0.7
     assert (outline[~m] == solid[~m]).all() and (striped[~m] == solid[~m]).all()
+    # half: rows above the centre (16) painted, the rest of the shape background
+    assert (half[:16][m[:16]] == fg).all() and not (half[16:][m[16:]] == fg).all(axis=-1).any()
+    assert (half[~m] == solid[~m]).all()
 
 
 def test_captions_and_trigger():
@@ -105,9 +108,14 @@ def test_scorer_reads_real_renders(style):
     scenes = w.scenes(300, seed=11, style=style)
     s = score_images([render(x) for x in scenes], scenes)
     assert s["colour"] >= 0.99 and s["background"] >= 0.99 and s["position"] >= 0.99
-    assert s["shape"] >= 0.95
     assert s["style"] >= 0.95
-    assert s["iou"] >= 0.6
+    if style == "half":
+        # The reader fits filled templates; an upper half is often another shape's silhouette (measured: shape
+        # read right 0.69, IoU with the full shape 0.35 on these 300 renders). Shape is not scored for `half`.
+        assert s["shape"] >= 0.6 and s["iou"] >= 0.3
+    else:
+        assert s["shape"] >= 0.95
+        assert s["iou"] >= 0.6
 
 
 def test_scorer_reads_every_combination_exactly():
@@ -142,10 +150,43 @@ def test_scorer_accepts_float_and_large_images():
 def test_style_score_separates_styles():
     w = ToyWorld()
     scenes = w.scenes(60, seed=9)
-    for style in ("outline", "striped"):
+    for style in ("outline", "striped", "half"):
         own = np.mean([style_score(render(s, style=style), s, style) for s in scenes])
         solid = np.mean([style_score(render(s), s, style) for s in scenes])
         assert own >= 0.95 and solid <= 0.6, (style, own, solid)
+
+
+def test_half_style_score_is_low_for_solid_and_empty_and_robust_to_small_shifts():
+    scenes = ToyWorld().scenes(300, seed=11, style="half")
+    # measured: solid renders mean 0.34, at most 0.38; empty images 0.0; outline 0.31, striped 0.39
+    solid = [style_score(render(s, style="solid"), s, "half") for s in scenes]
+    assert np.mean(solid) <= 0.45 and max(solid) <= 0.5
+    from scedit_cli.toy.world import BACKGROUNDS
+
+    assert all(style_score(np.full((32, 32, 3), BACKGROUNDS[s.background], np.uint8), s, "half") == 0.0
+               for s in scenes[:30])
+    # a half shape drawn 2 px off the asked-for centre still reads as half; 4 px off does not fully
+    sc = Scene("square", "red", "black", "center", style="half")
+    assert style_score(render(Scene("square", "red", "black", "center", dx=2, dy=-2, style="half")), sc) == 1.0
+    assert style_score(render(Scene("square", "red", "black", "center", dx=0, dy=4, style="half")), sc) < 0.8
+
+
+@pytest.mark.slow
+def test_base_vae_round_trip_keeps_the_half_style():
+    # Why `half` is the quickstart's style: the toy VAE decodes it (measured 0.977 on seed 1000, 0.971 on
+    # seed 5, 64 scenes each; solid shapes through the same round trip 0.34), unlike 2-px outlines (0.08).
+    import torch
+
+    from scedit_cli.toy import base_model_path
+    from diffusers import AutoencoderKL
+
+    vae = AutoencoderKL.from_pretrained(str(base_model_path()), subfolder="vae").float().eval()
+    scenes = ToyWorld().scenes(32, seed=5, style="half")
+    x = torch.tensor(np.stack([np.asarray(render(s)) for s in scenes])).permute(0, 3, 1, 2).float() / 127.5 - 1
+    with torch.no_grad():
+        y = vae.decode(vae.encode(x).latent_dist.mean).sample
+    ims = ((y.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
+    assert np.mean([style_score(im, s) for im, s in zip(ims, scenes)]) >= 0.85
 
 
 def test_edge_f1():
