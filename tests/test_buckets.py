@@ -7,7 +7,6 @@ from collections import Counter
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from train_helpers import make_tiny_pipeline, write_recipe
@@ -52,13 +51,6 @@ def test_batches_never_mix_buckets_and_each_image_comes_once_per_epoch(batch, ac
     late = BucketSampler(assign, 5, batch, accum, 0, world, 7, 12)
     assert list(late) == [samplers[0].micro_batch(s, a) for s in range(7, 12) for a in range(accum)]
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def test_training_with_buckets_mixed_shapes_cached_and_not(tmp_path):

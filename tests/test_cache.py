@@ -19,13 +19,6 @@ from scedit_cli.recipes import load_recipe
 from scedit_cli.training import train
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 @pytest.fixture(scope="module")
 def sd15(tmp_path_factory):

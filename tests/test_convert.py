@@ -22,13 +22,6 @@ from tiny_models import make_tiny_pipeline, make_tiny_unet, unet_inputs
 
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 class _TunerOp(nn.Module):  # scepter SCEAdapter
     def __init__(self, dim, length):

@@ -15,13 +15,6 @@ from scedit_cli.training import StepBatch, compute_loss, make_noise_scheduler, t
 from scedit_cli.training.loop import LossOptions, min_snr_weights
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 class _Echo:
     """A 'method' that predicts a fixed tensor, so the loss is a known function of the draws."""

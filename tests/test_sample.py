@@ -35,14 +35,6 @@ def _randomize_(module, seed):
             p.copy_(torch.randn(p.shape, generator=g) * 0.2)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny models: one thread is much faster than two on a shared 2-core machine.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):

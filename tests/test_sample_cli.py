@@ -6,20 +6,12 @@ import json
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from scedit_cli.cli import main
 from scedit_cli.tuners import CSCTuner, CSCTunerConfig, SkipLayout, save_tuner
 from tiny_models import make_tiny_pipeline, make_tiny_unet
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

@@ -14,14 +14,6 @@ from scedit_cli.training import StepBatch, compute_loss, make_noise_scheduler, t
 COND_METHODS = {"csc", "controlnet", "t2i-adapter", "controlnet-xs", "controllora"}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run fastest on one thread (and do not fight parallel test processes)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 @pytest.fixture(scope="session")
 def sd15(tmp_path_factory):

@@ -29,12 +29,7 @@ def setup(tmp_path_factory):
                           {"name": "csc", "conditions": ["canny"], "hint_kernel": 1}, root / "unused",
                           train={"max_steps": 2 * N, "batch_size": 4}, checkpoint={"every": N, "keep_last": 2},
                           data={"random_flip": True, "caption_dropout": 0.3})
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        train(recipe, overrides=[f'train.output_dir="{root / "reference"}"'])
-    finally:
-        torch.set_num_threads(n)
+    train(recipe, overrides=[f'train.output_dir="{root / "reference"}"'])
     return root, recipe, load_file(root / "reference" / "tuner" / "tuner.safetensors")
 
 
@@ -55,12 +50,7 @@ def _wait_for(path: Path, proc: subprocess.Popen, timeout=120.0):
 
 
 def _resume_and_compare(recipe, out: Path, reference):
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        result = train(recipe, overrides=[f'train.output_dir="{out}"'], resume="latest")
-    finally:
-        torch.set_num_threads(n)
+    result = train(recipe, overrides=[f'train.output_dir="{out}"'], resume="latest")
     assert result.steps == 2 * N and result.resumed_from
     got = load_file(out / "tuner" / "tuner.safetensors")
     assert got.keys() == reference.keys()
