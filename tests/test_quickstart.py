@@ -110,43 +110,47 @@ def test_output_folder_guard(tmp_path):
 @pytest.fixture(scope="module")
 def style_eval(tmp_path_factory, base):
     tmp = tmp_path_factory.mktemp("style")
-    data = make_dataset(tmp / "data", 256, seed=1, style="outline", trigger=TRIGGER, conditions=())
+    data = make_dataset(tmp / "data", 256, seed=1, style="half", trigger=TRIGGER, conditions=())
     tuner = _train("style", data, tmp / "run", STYLE_STEPS)
-    scenes = ToyWorld().scenes(16, 1000, "outline")
+    scenes = ToyWorld().scenes(16, 1000, "half")
     prompts = [ToyWorld().caption(s, trigger=TRIGGER) for s in scenes]
     st = SampleSettings(steps=25, guidance_scale=4.0, seeds=(0,), batch_size=16, grid_max=0)
     before = score_images(_rgb(sample(base, prompts, tmp / "before", settings=st).images), scenes)
     after = score_images(_rgb(sample(base, prompts, tmp / "after", tuners=[tuner], settings=st).images), scenes)
-    return before, after, vae_ceiling(base, scenes, "outline")
+    return before, after, vae_ceiling(base, scenes, "half")
 
 
-STYLE_STEPS = 300
+STYLE_STEPS = 150
 
 
-STYLE_GAIN = 0.2  # what "clearly toward the style" should mean
+def test_vae_of_the_toy_base_draws_half_but_not_outlines(base):
+    # Why `half` is the quickstart's style. Measured (16 prompts, seed 1000): real `half` images round-tripped
+    # through the base VAE score 0.973 on the half style score; real outline images 0.076 on the outline score
+    # (1.0 before the round trip): no U-Net-side tuner can draw outlines through this VAE.
+    scenes = ToyWorld().scenes(16, 1000)
+    assert vae_ceiling(base, scenes, "half") >= 0.9
+    assert vae_ceiling(base, scenes, "outline") < 0.2
+
+
+def test_sc_tuner_moves_style_toward_half_and_keeps_colour(style_eval):
+    before, after, ceiling = style_eval
+    # Measured (150 steps, batch 16, lr 3e-3, cache, 16 prompts, seed 0, 1 thread: 21 s CPU training):
+    # style 0.350 -> 0.714 (VAE ceiling 0.973), colour 1.00 -> 1.00.
+    # A solid shape scores ~0.34 on the half score, so `before` is the base drawing solid shapes.
+    assert before["style"] < 0.45
+    assert after["style"] > before["style"] + STYLE_GAIN
+    assert after["colour"] >= COLOUR_KEPT
+    assert ceiling >= 0.9
+
+
+STYLE_GAIN = 0.2  # measured gain 0.36 (0.50 after the recipe's 300 steps)
 COLOUR_KEPT = 0.9
 
 
-def test_vae_of_the_toy_base_cannot_draw_outlines(style_eval):
-    # Measured: real outline images round-tripped through the base VAE score 0.076 (16 prompts, seed 1000;
-    # 0.10 on another 32) on the outline style score, against 1.0 before the round trip. This is the ceiling
-    # of any U-Net-side tuner, and why the learning test below is an expected failure. Retraining the toy
-    # VAE on all three styles would lift it; then this test fails and the xfail below should be removed.
-    _, _, ceiling = style_eval
-    assert ceiling < STYLE_GAIN
-
-
-@pytest.mark.xfail(strict=True, reason="toy VAE cannot decode outlines (ceiling 0.08); measured style 0.00 -> 0.01")
-def test_sc_tuner_moves_style_toward_outline_and_keeps_colour(style_eval):
-    before, after, _ = style_eval
-    # Measured (300 steps, batch 16, lr 1e-3, 16 prompts, 1 thread: 54 s): style 0.000 -> 0.011, colour
-    # 1.00 -> 1.00, shape 1.00 -> 0.94. (lr 3e-3, 32 other prompts: 0.000 -> 0.059, colour 0.94.)
-    assert before["style"] < 0.02
-    assert after["colour"] >= COLOUR_KEPT
-    assert after["style"] > before["style"] + STYLE_GAIN
-
-
 # --- CSC-Tuners: composing two controls ----------------------------------------------------------------
+# No canny learning test: measured on 16 held-out prompts (jitter 3, seed 2000), the canny CSC-Tuner does not
+# raise edge F1 above the uncontrolled base within the quickstart's budget: 400 steps lr 3e-3 k=1 0.40 -> 0.42
+# (quickstart seeds), k=3 0.46 -> 0.44, lr 1e-2 k=1 0.46 -> 0.47, lr 1e-2 k=3 diverged (0.22).
 
 
 @pytest.fixture(scope="module")

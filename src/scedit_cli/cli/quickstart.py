@@ -21,7 +21,7 @@ def quickstart_command(
     output: Path = typer.Option(Path("scedit-quickstart"), "--output", "-o", help="Folder for data, tuners, samples and the report."),
     steps_scale: float = typer.Option(1.0, "--steps-scale", help="Multiply every recipe's training steps (e.g. 3 to train longer)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the datasets, training and sampling."),
-    style: str = typer.Option("outline", "--style", help="The new style: outline or striped."),
+    style: str = typer.Option("half", "--style", help="The new style: half (default; the toy VAE can draw it), outline or striped."),
     n_eval: int = typer.Option(16, "--n-eval", help="Held-out prompts per evaluation."),
     threads: Optional[int] = typer.Option(None, "--threads", help="torch CPU threads (default: torch's choice)."),
     json_out: bool = typer.Option(False, "--json", help="Print report.json on stdout."),
