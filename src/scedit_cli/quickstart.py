@@ -533,13 +533,13 @@ def summary_rows(report: dict) -> list[tuple[str, str, str]]:
 CLEAR_GAIN = 0.05  # a score change below this on 16 prompts is reported as no clear change
 
 
-def _change(before: float, after: float, higher_is_better: bool = True) -> str:
+def _change(before: float, after: float, higher_is_better: bool = True, clear: float = CLEAR_GAIN) -> str:
     d = (after - before) if higher_is_better else (before - after)
-    if d >= CLEAR_GAIN:
+    if d >= clear:
         return f"improved ({before:.3f} -> {after:.3f})"
-    if d <= -CLEAR_GAIN:
+    if d <= -clear:
         return f"got worse ({before:.3f} -> {after:.3f})"
-    return f"did not change clearly ({before:.3f} -> {after:.3f}, within {CLEAR_GAIN})"
+    return f"did not change clearly ({before:.3f} -> {after:.3f}, within {clear:.3g})"
 
 
 def _style_notes(st: dict) -> list[str]:
@@ -556,7 +556,7 @@ def _style_notes(st: dict) -> list[str]:
 def _control_notes(c: dict) -> list[str]:
     return [f"Measured here: with the canny CSC-Tuner the edge F1 {_change(c['base']['edge_f1'], c['canny']['edge_f1'])} "
             f"over the base without control; with the colour CSC-Tuner the colour-map error "
-            f"{_change(c['base']['color_error'], c['color']['color_error'], higher_is_better=False)}. At 32 px the "
+            f"{_change(c['base']['color_error'], c['color']['color_error'], False, 0.25 * c['base']['color_error'])}. At 32 px the "
             "latent is 8x8 (4 px a cell) and the shapes sit at most 3 px off the position the prompt names, so a "
             "condition map has little to add that the prompt does not already say."]
 
