@@ -45,6 +45,8 @@ MARKER = ".scedit-quickstart"
 OWNED = ("data", "runs", "samples", "eval", "grids", "report.md", "report.json")
 COLOR_RATIO = 4  # 32 px / 4 = 8x8 colour cells, as 512 px / 64 on Stable Diffusion
 CONTROL_JITTER = 3  # shapes move up to 3 px off the named position in the control set
+# Control captions leave the position out: only the condition map says where the shape is.
+CONTROL_CAPTION_POSITIONS = False
 N_TRAIN = 256
 
 
@@ -266,7 +268,7 @@ def _run(s: QuickstartSettings, out: Path, stages: _Stages, say) -> dict:
 
     base_path = base_model_path()
     world_style = ToyWorld()
-    world_ctrl = ToyWorld(jitter=CONTROL_JITTER)
+    world_ctrl = ToyWorld(jitter=CONTROL_JITTER, caption_positions=CONTROL_CAPTION_POSITIONS)
     report: dict = {
         "settings": {**{k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(s).items()}},
         "base_model": str(base_path),
@@ -403,7 +405,7 @@ def _control_eval(base, scenes, tuners: dict[str, Path], out: Path, ss, s: Quick
     from .toy import ToyWorld, edge_f1, score_images
     from .metrics.control import color_error
 
-    world = ToyWorld(jitter=CONTROL_JITTER)
+    world = ToyWorld(jitter=CONTROL_JITTER, caption_positions=CONTROL_CAPTION_POSITIONS)
     ev = out / "eval"
     prompts = [world.caption(sc) for sc in scenes]
     loaded = dict(zip(CONDITIONS, load_tuners([tuners[c] for c in CONDITIONS], base)))
@@ -554,11 +556,14 @@ def _style_notes(st: dict) -> list[str]:
 
 
 def _control_notes(c: dict) -> list[str]:
-    return [f"Measured here: with the canny CSC-Tuner the edge F1 {_change(c['base']['edge_f1'], c['canny']['edge_f1'])} "
-            f"over the base without control; with the colour CSC-Tuner the colour-map error "
-            f"{_change(c['base']['color_error'], c['color']['color_error'], False, 0.25 * c['base']['color_error'])}. At 32 px the "
-            "latent is 8x8 (4 px a cell) and the shapes sit at most 3 px off the position the prompt names, so a "
-            "condition map has little to add that the prompt does not already say."]
+    b = c["base"]
+    return [f"Measured here (the control prompts do not name the position: only the map says where the shape "
+            f"is): with the canny CSC-Tuner the edge F1 {_change(b['edge_f1'], c['canny']['edge_f1'])} and the "
+            f"position accuracy {_change(b['position'], c['canny']['position'])}; with the colour CSC-Tuner the "
+            f"edge F1 {_change(b['edge_f1'], c['color']['edge_f1'])}, the position accuracy "
+            f"{_change(b['position'], c['color']['position'])} and the colour-map error "
+            f"{_change(b['color_error'], c['color']['color_error'], False, 0.25 * b['color_error'])}, over the "
+            "base without control."]
 
 
 def render_markdown(report: dict) -> str:

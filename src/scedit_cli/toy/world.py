@@ -130,6 +130,9 @@ class ToyWorld:
     positions: tuple[str, ...] = tuple(POSITIONS)
     sizes: tuple[str, ...] = ("large",)
     jitter: int = 1  # the centre moves by up to this many grid pixels each way
+    # Whether captions name the position. Without it only a condition map (canny,
+    # colour) says where the shape is: what a control tuner must learn to read.
+    caption_positions: bool = True
 
     def __post_init__(self) -> None:
         for name, values, allowed in (
@@ -164,7 +167,7 @@ class ToyWorld:
         return [self.sample_scene(rng, style) for _ in range(n)]
 
     def caption(self, scene: Scene, trigger: str | None = None) -> str:
-        return caption(scene, with_size=len(self.sizes) > 1, trigger=trigger)
+        return caption(scene, with_size=len(self.sizes) > 1, trigger=trigger, with_position=self.caption_positions)
 
 
 def sample_scene(rng: np.random.Generator, style: str = "solid", world: ToyWorld | None = None) -> Scene:
@@ -172,15 +175,18 @@ def sample_scene(rng: np.random.Generator, style: str = "solid", world: ToyWorld
     return (world or ToyWorld()).sample_scene(rng, style)
 
 
-def caption(scene: Scene, with_size: bool = False, trigger: str | None = None, style_words: bool = False) -> str:
+def caption(scene: Scene, with_size: bool = False, trigger: str | None = None, style_words: bool = False,
+            with_position: bool = True) -> str:
     """"a red circle at the top left on a black background".
 
     `trigger` (e.g. "<sce>") appends "in <sce> style"; `style_words` names the
-    style instead ("in outline style") for non-solid scenes.
+    style instead ("in outline style") for non-solid scenes; `with_position=False`
+    leaves the position out ("a red circle on a black background").
     """
     size = f"{scene.size} " if with_size else ""
     where = "in the center" if scene.position == "center" else f"at the {scene.position}"
-    text = f"a {size}{scene.colour} {scene.shape} {where} on a {scene.background} background"
+    where = f" {where}" if with_position else ""
+    text = f"a {size}{scene.colour} {scene.shape}{where} on a {scene.background} background"
     if trigger:
         text += f" in {trigger} style"
     elif style_words and scene.style != "solid":
