@@ -151,29 +151,29 @@ COLOUR_KEPT = 0.9
 # Control captions leave the position out, so only the condition map says where the shape goes.
 
 
-@pytest.fixture(scope="module")
-def color_eval(tmp_path_factory, base):
+def _control_learning(tmp, base, condition):
+    """Train the quickstart's CSC recipe for `condition`; score 16 held-out prompts without / with its map."""
     from scedit_cli.conditions import compute_condition
     from scedit_cli.quickstart import COLOR_RATIO, CONTROL_JITTER
+    from scedit_cli.toy import edge_f1
 
-    tmp = tmp_path_factory.mktemp("color")
     world = ToyWorld(jitter=CONTROL_JITTER, caption_positions=False)
-    data = make_dataset(tmp / "data", 256, seed=2, world=world, conditions=())
+    data = make_dataset(tmp / "data", 256, seed=2, world=world, conditions=("canny",))
     add_color_maps(data)
-    tuner = _train("color", data, tmp / "run", COLOR_STEPS)
+    tuner = _train(condition, data, tmp / "run", CONTROL_STEPS[condition])
     scenes = world.scenes(16, 2000)
     prompts = [world.caption(s) for s in scenes]
     st = SampleSettings(steps=25, guidance_scale=4.0, seeds=(0,), batch_size=1, grid_max=0)
     plain = _rgb(sample(base, prompts, tmp / "plain", settings=st).images)
+    params = {"ratio": COLOR_RATIO} if condition == "color" else None
     controlled = []
     for i, (prompt, scene) in enumerate(zip(prompts, scenes)):
         cmap = tmp / f"map{i:02d}.png"
-        compute_condition("color", render(scene), params={"ratio": COLOR_RATIO}).save(cmap)
+        compute_condition(condition, render(scene), params=params).save(cmap)
         r = sample(base, [PromptSpec(i, prompt)], tmp / f"ctl{i:02d}", tuners=[tuner],
-                   controls=[ControlSpec("color", cmap, 1.0, is_map=True)], settings=st)
+                   controls=[ControlSpec(condition, cmap, 1.0, is_map=True)], settings=st)
         controlled += _rgb(r.images)
     edges = [canny(render(s)) for s in scenes]
-    from scedit_cli.toy import edge_f1
 
     def f1(images):
         return float(np.mean([edge_f1(canny(im), e) for im, e in zip(images, edges)]))
@@ -181,22 +181,23 @@ def color_eval(tmp_path_factory, base):
     return score_images(plain, scenes), score_images(controlled, scenes), f1(plain), f1(controlled)
 
 
-COLOR_STEPS = 400
+CONTROL_STEPS = {"canny": 800, "color": 400}
 
 
-def test_color_csc_tuner_places_shapes_where_the_map_says(color_eval):
-    before, after, f1_before, f1_after = color_eval
-    # Measured (400 steps, batch 16, lr 3e-3, 16 held-out prompts, seed 0, 1 thread, 84 s): position
-    # accuracy 0.125 -> 0.5625, edge F1 against the true edges 0.169 -> 0.463 (quickstart run: 0.17 -> 0.40).
-    assert after["position"] >= before["position"] + 0.2
-    assert f1_after >= f1_before + 0.1
+@pytest.mark.parametrize("condition", ["canny", "color"])
+def test_csc_tuner_places_shapes_where_the_map_says(tmp_path, base, condition):
+    before, after, f1_before, f1_after = _control_learning(tmp_path, base, condition)
+    # Measured (the quickstart recipes, batch 16, 16 held-out prompts, seed 0): colour, 400 steps at lr 3e-3:
+    # position accuracy 0.125 -> 0.5625, edge F1 against the true edges 0.169 -> 0.463. Canny at lr 1e-2:
+    # 400 steps gave 0.125 -> 0.50 / 0.169 -> 0.382 with 2 threads but only 0.25 in position with 1 thread
+    # (too close to call), so the recipe and this test use 800 steps.
+    got = (before["position"], after["position"], f1_before, f1_after)
+    assert after["position"] >= before["position"] + 0.2, got
+    assert f1_after >= f1_before + 0.1, got
     assert after["colour"] >= 0.9
 
 
 # --- CSC-Tuners: composing two controls ----------------------------------------------------------------
-# No canny learning test: measured on 16 held-out prompts (jitter 3, seed 2000), the canny CSC-Tuner does not
-# raise edge F1 above the uncontrolled base within the quickstart's budget: 400 steps lr 3e-3 k=1 0.40 -> 0.42
-# (quickstart seeds), k=3 0.46 -> 0.44, lr 1e-2 k=1 0.46 -> 0.47, lr 1e-2 k=3 diverged (0.22).
 
 
 @pytest.fixture(scope="module")
