@@ -1,4 +1,5 @@
-"""Atomic file writes: a reader never sees a half-written output or checkpoint."""
+"""File helpers: atomic writes (a reader never sees a half-written output or
+checkpoint) and JSON-lines reading with errors that name the file and line."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
+
+from .errors import SceditError
 
 
 @contextlib.contextmanager
@@ -60,3 +63,20 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
 
 def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
     write_text_atomic(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+def read_jsonl(path: str | os.PathLike, fix: str) -> list[tuple[int, Any]]:
+    """(line number, value) for each non-blank line of a JSON-lines file.
+
+    A line that is not JSON is a one-line `SceditError` naming the file, the
+    line and `fix` (what the user should do about it).
+    """
+    path = Path(path)
+    rows = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if line.strip():
+            try:
+                rows.append((n, json.loads(line)))
+            except json.JSONDecodeError as e:
+                raise SceditError(f"{path} line {n} is not valid JSON ({e.msg}); {fix}") from None
+    return rows

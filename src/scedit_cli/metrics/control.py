@@ -20,7 +20,6 @@ them are listed as not measured, with the reason.
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -29,6 +28,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import SceditError
+from ..fsutil import read_jsonl
 
 # condition -> (metric name, higher is better)
 METRICS: dict[str, tuple[str, bool]] = {
@@ -155,14 +155,7 @@ def read_sample_manifest(folder: str | Path) -> list[dict]:
     manifest = folder / "manifest.jsonl"
     if not manifest.is_file():
         raise SceditError(f"{folder}: no manifest.jsonl; --control needs the output folder of `scedit sample`")
-    rows = []
-    for n, line in enumerate(manifest.read_text(encoding="utf-8").splitlines(), 1):
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise SceditError(f"{manifest}:{n}: not valid JSON ({e.msg}); re-run `scedit sample`") from None
-    return rows
+    return [row for _, row in read_jsonl(manifest, "re-run `scedit sample`")]
 
 
 def evaluate_controls(folder: str | Path, *, tolerance: int = 0, annotator_weights: str | Path | None = None,

@@ -17,7 +17,6 @@ covariances are singular (fewer images than feature dimensions), where
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -29,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import SceditError
-from ..fsutil import atomic_path
+from ..fsutil import atomic_path, read_jsonl
 
 INCEPTION_FILENAME = "pt_inception-2015-12-05-6726825d.pth"
 INCEPTION_URL = f"https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/{INCEPTION_FILENAME}"
@@ -131,13 +130,7 @@ def _manifest_images(folder: Path) -> list[Path] | None:
         if not m.is_file():
             continue
         files = []
-        for n, line in enumerate(m.read_text(encoding="utf-8").splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise SceditError(f"{m}:{n}: not valid JSON ({e.msg}); fix or regenerate the dataset") from None
+        for n, row in read_jsonl(m, "fix or regenerate the dataset"):
             key = next((k for k in ("image", "file_name", "file", "path") if k in row), None)
             if key is None:
                 raise SceditError(f"{m}:{n}: no 'image' key; regenerate the dataset with `scedit prepare`")

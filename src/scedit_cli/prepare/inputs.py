@@ -12,13 +12,13 @@ input's own order), so shards, workers and resumed runs agree on what is what.
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
 from ..errors import SceditError
+from ..fsutil import read_jsonl
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif")
 IMAGE_COLUMNS = ("image", "file_name", "image_path", "path", "jpg", "png")
@@ -113,17 +113,10 @@ def _image_folder(root: Path) -> InputSource:
 
 def _jsonl(meta: Path, image_column: str | None, text_column: str | None) -> InputSource:
     rows = []
-    with meta.open(encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise SceditError(f"{meta} line {n} is not valid JSON ({e.msg}); fix or remove that line") from None
-            if not isinstance(row, dict):
-                raise SceditError(f"{meta} line {n} is not a JSON object; each line must be {{\"file_name\": ..., \"text\": ...}}")
-            rows.append(row)
+    for n, row in read_jsonl(meta, "fix or remove that line"):
+        if not isinstance(row, dict):
+            raise SceditError(f"{meta} line {n} is not a JSON object; each line must be {{\"file_name\": ..., \"text\": ...}}")
+        rows.append(row)
     if not rows:
         raise SceditError(f"{meta} has no rows; add one JSON object per image")
     columns = list(dict.fromkeys(k for r in rows[:100] for k in r))

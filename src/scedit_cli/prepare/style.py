@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import SceditError
-from ..fsutil import atomic_dir, atomic_path, write_text_atomic
+from ..fsutil import atomic_dir, atomic_path, read_jsonl, write_text_atomic
 
 # Longer phrases are matched first, so "oil painting" wins over "painting".
 STYLE_WORDS: dict[str, tuple[str, ...]] = {
@@ -162,14 +162,7 @@ def _clean_rows(rows: list[dict], col: str, cleaner: StyleCleaner, changes: list
 
 
 def _read_jsonl(path: Path) -> list[dict]:
-    rows = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise SceditError(f"{path} line {n} is not valid JSON ({e.msg}); fix or remove that line") from None
-    return rows
+    return [row for _, row in read_jsonl(path, "fix or remove that line")]
 
 
 def _jsonl_text(rows: list[dict]) -> str:
