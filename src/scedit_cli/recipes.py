@@ -90,7 +90,9 @@ class DataSection:
 class TrainSection:
     """batch_size is the total batch of one optimizer step (all processes x accumulation), as in Table 4.
     Loss options (all off by default; the paper uses none): snr_gamma (Min-SNR-gamma weighting),
-    noise_offset, input_perturbation; ema_decay: keep an EMA of the trainable weights (saved beside them)."""
+    noise_offset, input_perturbation; ema_decay: keep an EMA of the trainable weights (saved beside them).
+    Memory: gradient_checkpointing recomputes whole resnets and transformers in backward (diffusers);
+    recompute_feed_forward only the transformer feed-forwards (`lean.py`: less memory, a few % time)."""
 
     output_dir: str = ""
     max_steps: int = 1000
@@ -106,6 +108,7 @@ class TrainSection:
     max_grad_norm: float = 1.0
     mixed_precision: str = "no"
     gradient_checkpointing: bool = False
+    recompute_feed_forward: bool = False
     seed: int = 0
     snr_gamma: float = 0.0
     noise_offset: float = 0.0
