@@ -33,12 +33,16 @@ def test_bench_table1_tiny_end_to_end(tmp_path, tiny_config):
     for r in data["rows"]:
         assert r["trainable_params"] > 0 and r["peak_bytes"] > 0 and r["step_time_s"] > 0
         assert r["memory_ratio"] is not None and r["time_ratio"] is not None
-        assert r["paper_mem_ratio"] is not None and r["paper_time_ratio"] is not None
+        in_paper = "recompute" not in r["label"]
+        assert (r["paper_mem_ratio"] is not None and r["paper_time_ratio"] is not None) == in_paper
+        assert r["train"] == {"recompute_feed_forward": not in_paper}
     full = data["rows"][0]
     assert full["memory_ratio"] == pytest.approx(1.0) and full["time_ratio"] == pytest.approx(1.0)
     sc = next(r for r in data["rows"] if r["label"] == "SCEdit")
     assert sc["saved_encoder_bytes"] == 0 and full["saved_encoder_bytes"] > 0
     assert sc["memory_ratio"] < 1.0
+    sc_ff = next(r for r in data["rows"] if r["label"] == "SCEdit + FF recompute")
+    assert sc_ff["memory"]["saved_bytes"] < sc["memory"]["saved_bytes"]
     assert {(t["method"], t["versus"], t["metric"]) for t in data["targets"]} == {
         ("SCEdit", "LoRA r=64", "memory"), ("SCEdit", "Full", "memory"),
         ("SCEdit", "Full", "time"), ("SCEdit", "LoRA r=64", "time")}

@@ -30,8 +30,9 @@ def render(result) -> None:
     m = result.machine
     where = m.get("gpu") or f"{m.get('cpu', '?')} ({m.get('cpu_count')} cores)"
     mem_name = "CUDA peak" if "gpu" in m else "accounted"
+    ff = " · feed-forward recompute" if s.get("recompute_feed_forward") else ""
     t = Table(title=f"{result.title}\n{result.base} · batch {s['batch']} · {s['resolution']} px · "
-                    f"precision {s['precision']} · {where}")
+                    f"precision {s['precision']}{ff} · {where}")
     for col in ("method", "params M", "paper M", f"mem GiB ({mem_name})", "x base", "paper x base",
                 "peak RSS GiB", "step s", "x base", "paper x base", "encoder saved MiB"):
         t.add_column(col, justify="left" if col == "method" else "right")
@@ -78,12 +79,14 @@ def _make(name: str):
         json_out: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
         check: bool = typer.Option(False, "--check", help="Exit 1 if a target ratio is missed."),
         seed: int = typer.Option(0, "--seed", help="Seed of the random weights and inputs."),
+        recompute_ff: bool = typer.Option(False, "--recompute-ff", help="Every method recomputes its transformer "
+                                          "feed-forwards in backward (recipe key train.recompute_feed_forward)."),
     ) -> None:
         from ..bench.tables import BenchSettings, run_table, write_outputs
 
         s = BenchSettings(arch=arch, unet_config=str(unet_config) if unet_config else None, model=model,
                           device=device, batch=batch, resolution=resolution, steps=steps, warmup=warmup,
-                          precision=precision, seed=seed,
+                          precision=precision, seed=seed, recompute_feed_forward=recompute_ff,
                           methods=[m for m in methods.split(",") if m.strip()] if methods else None)
         with progress() as bar:
             task = {}
