@@ -355,6 +355,27 @@ def test_half_precision_base_with_fp32_tuners(tiny_unet):
     assert all(p.dtype == torch.float32 and p.grad is not None for p in tuner.parameters())
 
 
+def test_ops_in_half_precision_for_inference(tiny_unet):
+    """Sampling runs the per-skip OPs in the base's dtype; the fp32 tuner given is never rounded."""
+    layout = SkipLayout.from_unet(tiny_unet)
+    csc = _csc(layout)
+    before = {k: v.clone() for k, v in csc.state_dict().items()}
+    half = csc.ops_in(torch.bfloat16)
+    assert half is not csc
+    assert all(p.dtype == torch.bfloat16 for p in half.tuners.parameters())
+    assert all(p.dtype == torch.float32 for p in half.hint.parameters())  # run once per image: kept
+    assert all(torch.equal(v, before[k]) and v.dtype == torch.float32 for k, v in csc.state_dict().items())
+    assert half.ops_in(torch.bfloat16) is half
+    unet = tiny_unet.to(torch.bfloat16)
+    inputs = {k: (v.to(torch.bfloat16) if torch.is_floating_point(v) else v) for k, v in unet_inputs(unet).items()}
+    half.set_condition(_cond())
+    attach(unet, half)
+    with torch.no_grad():
+        assert torch.isfinite(unet(**inputs).sample).all()
+    sc = SCTuner(SCTunerConfig(), layout)
+    assert sc.ops_in(torch.float16, copy=False) is sc and next(sc.parameters()).dtype == torch.float16
+
+
 def test_pre_hint_encoder_keeps_the_condition_signal():
     """The condition must reach the hint features at a usable scale from step 0."""
     from scedit_cli.tuners.csc import _pre_hint

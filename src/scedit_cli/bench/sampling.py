@@ -145,11 +145,12 @@ def bench_sampling(
 
     sc = SCTuner(SCTunerConfig(), layout)
     _randomize_(sc, 1)
+    sc.ops_in(torch_dtype, copy=False)  # as `scedit sample` runs them: OPs in the base's precision
     cscs = []
     for i, cond_name in enumerate(("canny", "color")):
         t = CSCTuner(CSCTunerConfig(hint_kernel=hint_kernel, hint_downscale=factor, condition=cond_name), layout)
         _randomize_(t, 2 + i)
-        cscs.append(t)
+        cscs.append(t.ops_in(torch_dtype, copy=False))
     controlnet = None
     cpipe = None
     if "controlnet" in variants:

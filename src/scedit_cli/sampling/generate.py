@@ -158,8 +158,13 @@ def load_model(model: str | BaseModel, device: str | None = "auto", dtype: str |
 def load_tuners(paths: Sequence[str | Path | SkipTuner], base: BaseModel) -> list[SkipTuner]:
     """Load tuner files for `base`; refuses tuners built for another U-Net layout or VAE factor."""
     tuners = []
+    dtype = base.unet.dtype
     for p in paths:
-        tuner = p if isinstance(p, SkipTuner) else load_tuner(p, unet=base.unet)
+        # OPs in the base's precision (a tuner object passed in is copied, not rounded).
+        if isinstance(p, SkipTuner):
+            tuner = p.ops_in(dtype)
+        else:
+            tuner = load_tuner(p, unet=base.unet).ops_in(dtype, copy=False)
         if isinstance(tuner, CSCTuner) and tuner.config.hint_downscale != base.vae_scale_factor:
             raise SceditError(
                 f"{p}: CSC-Tuner's hint encoder downsamples by {tuner.config.hint_downscale} but this base "

