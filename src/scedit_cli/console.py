@@ -7,6 +7,7 @@ machine-readable; bars disappear when stderr is not a terminal.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from typing import Any
 
@@ -20,8 +21,17 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-err_console = Console(stderr=True)
-out_console = Console()
+def _console(stderr: bool = False) -> Console:
+    """A console; off a terminal (CI logs, pipes) 160 columns wide unless COLUMNS says otherwise, so
+    tables are not squeezed into rich's default 80."""
+    console = Console(stderr=stderr)
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        console = Console(stderr=stderr, width=160)
+    return console
+
+
+err_console = _console(stderr=True)
+out_console = _console()
 
 
 def progress(*extra_columns: Any, transient: bool = False) -> Progress:
