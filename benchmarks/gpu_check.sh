@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# One prepared GPU session: the efficiency tables at the paper's batch, the sampling overhead at 50
+# steps, the fp16 training path, and the CUDA-only tests. Writes at most 8 files under $OUT:
+#   gpu.log (everything printed), table1/table1.json|png, table2/table2.json|png, sampling.json,
+#   quickstart.json, train-fp16.json (train needs quickstart's data: /tmp/scedit-qs)
+# Usage (from the repository root, scedit importable): OUT=results bash benchmarks/gpu_check.sh
+# STAGES picks a subset (default: all): tests table1 table2 table5 sampling quickstart train
+set -u
+STAGES=" ${STAGES:-tests table1 table2 sampling quickstart train} "
+want() { [[ "$STAGES" == *" $1 "* ]]; }
+OUT=${OUT:?set OUT to a folder}
+mkdir -p "$OUT"
+LOG="$OUT/gpu.log"
+S="python3 -m scedit_cli.cli"
+stage() { echo "=== $(date -u +%T) $*" | tee -a "$LOG"; }
+run() { "$@" >>"$LOG" 2>&1; rc=$?; echo "--- rc=$rc" | tee -a "$LOG"; }
+
+stage machine
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv >>"$LOG" 2>&1
+python3 -c "import torch, diffusers; print('torch', torch.__version__, 'diffusers', diffusers.__version__)" >>"$LOG" 2>&1
+
+if want tests; then
+stage "tests needing a GPU (lean autograd under fp16 autocast)"
+run python3 -m pytest -q -p no:cacheprovider tests/test_lean.py tests/test_tuners.py
+fi
+
+for t in table1 table2 table5; do
+  want $t || continue
+  stage "$t: batch 32 (the paper's: 32 for Tables 1/5, 64 for 2), 512 px, AMP fp16"
+  run $S bench $t --device cuda --resolution 512 --batch 32 --steps 8 --warmup 3 --out "$OUT/$t"
+done
+
+if want sampling; then
+stage "sampling: SD 1.5, 512 px, 50 DDIM steps, CFG 7.5, fp16"
+$S bench sampling --device cuda --resolution 512 --steps 50 --repeats 3 --json >"$OUT/sampling.json" 2>>"$LOG"
+echo "--- rc=$?" | tee -a "$LOG"
+fi
+
+want quickstart && {
+stage "quickstart on the GPU (fp32 recipes)"
+QS=/tmp/scedit-qs
+$S quickstart --output "$QS" --json >"$OUT/quickstart.json" 2>>"$LOG"
+echo "--- rc=$?" | tee -a "$LOG"
+}
+
+want train && {
+stage "fp16 training: the quickstart's style (SC) and canny (CSC) recipes with train.mixed_precision=fp16"
+R=src/scedit_cli/assets/quickstart
+{
+  echo '{"style":'
+  $S train $R/style.toml --set data.source=$QS/data/style --set train.output_dir=/tmp/fp16-style \
+    --set train.mixed_precision=fp16 --json 2>>"$LOG" || echo null
+  echo ',"canny":'
+  $S train $R/canny.toml --set data.source=$QS/data/control --set train.output_dir=/tmp/fp16-canny \
+    --set train.mixed_precision=fp16 --json 2>>"$LOG" || echo null
+  echo '}'
+} >"$OUT/train-fp16.json"
+echo "--- rc=$?" | tee -a "$LOG"
+}
+stage done
