@@ -28,6 +28,16 @@ def test_edge_f1_identical_is_one_and_drops_when_shifted():
     assert edge_f1(_edges(), np.zeros((64, 64), np.uint8))["f1"] == 0.0
 
 
+def test_edge_f1_square_footprint_matches_diagonal_steps():
+    dots = np.zeros((16, 16), np.uint8)
+    dots[4, 4] = dots[10, 7] = 255
+    diagonal = np.roll(np.roll(dots, 1, axis=0), 1, axis=1)
+    assert edge_f1(dots, diagonal, tolerance=1, footprint="square")["f1"] == 1.0
+    assert edge_f1(dots, diagonal, tolerance=1)["f1"] == 0.0  # a radius-1 disk has no corners
+    with pytest.raises(Exception, match="footprint"):
+        edge_f1(dots, dots, footprint="star")
+
+
 def test_color_and_seg_errors():
     a = np.full((8, 8, 3), 100, np.uint8)
     assert color_error(a, a) == 0.0

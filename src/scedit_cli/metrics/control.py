@@ -47,19 +47,26 @@ def _binary(edges: np.ndarray) -> np.ndarray:
     return a > 127 if a.dtype == np.uint8 else a > 0.5
 
 
-def _dilate(mask: np.ndarray, radius: int) -> np.ndarray:
+_FOOTPRINTS = ("disk", "square")
+
+
+def _dilate(mask: np.ndarray, radius: int, footprint: str = "disk") -> np.ndarray:
     if radius <= 0:
         return mask
     import cv2
 
-    k = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
+    size = (2 * radius + 1, 2 * radius + 1)
+    k = cv2.getStructuringElement(cv2.MORPH_ELLIPSE if footprint == "disk" else cv2.MORPH_RECT, size)
     return cv2.dilate(mask.astype(np.uint8), k) > 0
 
 
-def edge_f1(reference: np.ndarray, generated: np.ndarray, tolerance: int = 0) -> dict[str, float]:
+def edge_f1(reference: np.ndarray, generated: np.ndarray, tolerance: int = 0,
+            footprint: str = "disk") -> dict[str, float]:
     """Precision, recall and F1 of `generated` edges against `reference` edges.
 
-    Maps are (H, W) or (H, W, C), uint8 (edge > 127) or float (edge > 0.5). Two
+    Maps are (H, W) or (H, W, C), uint8 (edge > 127), bool, or float (edge > 0.5).
+    An edge pixel matches within `tolerance` px: inside a disk, or a square
+    (Chebyshev distance, for tiny images where diagonal steps matter). Two
     empty maps agree perfectly (F1 = 1); one empty map gives F1 = 0.
     """
     ref, gen = _binary(reference), _binary(generated)
@@ -67,13 +74,15 @@ def edge_f1(reference: np.ndarray, generated: np.ndarray, tolerance: int = 0) ->
         raise SceditError(f"edge maps differ in size: {ref.shape} vs {gen.shape}")
     if tolerance < 0:
         raise SceditError(f"edge tolerance must be >= 0 pixels, got {tolerance}")
+    if footprint not in _FOOTPRINTS:
+        raise SceditError(f"edge footprint {footprint!r}: choose disk or square")
     n_ref, n_gen = int(ref.sum()), int(gen.sum())
     if n_ref == 0 and n_gen == 0:
         return {"precision": 1.0, "recall": 1.0, "f1": 1.0}
     if n_ref == 0 or n_gen == 0:
         return {"precision": 0.0 if n_gen else 1.0, "recall": 0.0 if n_ref else 1.0, "f1": 0.0}
-    precision = float((gen & _dilate(ref, tolerance)).sum()) / n_gen
-    recall = float((ref & _dilate(gen, tolerance)).sum()) / n_ref
+    precision = float((gen & _dilate(ref, tolerance, footprint)).sum()) / n_gen
+    recall = float((ref & _dilate(gen, tolerance, footprint)).sum()) / n_ref
     f1 = 0.0 if precision + recall == 0 else 2 * precision * recall / (precision + recall)
     return {"precision": precision, "recall": recall, "f1": f1}
 
