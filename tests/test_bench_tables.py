@@ -50,6 +50,18 @@ def test_bench_table1_tiny_end_to_end(tmp_path, tiny_config):
     assert data["machine"]["cpu_count"] >= 1 and data["settings"]["resolution"] == 64
 
 
+def test_bench_recompute_ff_applies_to_every_row(tmp_path, tiny_config):
+    out = tmp_path / "out"
+    res = CliRunner().invoke(app, ["bench", "table5", "--unet-config", str(tiny_config), "--resolution", "64",
+                                   "--steps", "1", "--warmup", "0", "--methods", "ratio 10", "--recompute-ff",
+                                   "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    data = json.loads((out / "table5.json").read_text())
+    assert data["settings"]["recompute_feed_forward"] is True
+    assert [r["train"] for r in data["rows"]] == [{"recompute_feed_forward": True}] * 2
+    assert "feed-forward recompute" in res.output
+
+
 @pytest.mark.parametrize("kwargs, match", [
     ({"resolution": 60}, "multiple of"),
     ({"batch": 0}, "--batch"),
