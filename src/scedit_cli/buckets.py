@@ -19,8 +19,8 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
+from .data import StepSampler
 from .errors import SceditError
 
 
@@ -80,32 +80,21 @@ def assign_buckets(data, step: int, max_ratio: float) -> BucketAssignment:
     return BucketAssignment(sizes, of_row)
 
 
-class BucketSampler(torch.utils.data.Sampler):
+class BucketSampler(StepSampler):
     """Micro-batches of (stream position, row index), each optimizer step's batch from one bucket.
 
-    Same contract as `data.StreamSampler`: optimizer step s's batch is split into
-    micro-step a of process r as the slice ((a*W + r)*b, +b) (shorter or empty for
-    a bucket's last, short batch); `step_size(s)` is that step's total batch.
+    The `data.StepSampler` contract, with a bucket's last batch shorter (its micro-batches
+    shorter or empty); `step_size(s)` is that step's total batch.
     """
 
     def __init__(self, buckets: BucketAssignment, seed: int, total_batch: int, accumulation: int, rank: int,
                  world: int, start_step: int, max_steps: int):
-        per = total_batch // (accumulation * world)
-        if per * accumulation * world != total_batch:
-            raise SceditError(
-                f"train.batch_size {total_batch} is not divisible by {world} process(es) x "
-                f"{accumulation} accumulation step(s); change train.batch_size or train.gradient_accumulation_steps"
-            )
+        super().__init__(total_batch, accumulation, rank, world, start_step, max_steps)
         self.members = [m for m in buckets.members() if m]
         self.n = sum(len(m) for m in self.members)
-        self.seed, self.B, self.A, self.r, self.W, self.b = seed, total_batch, accumulation, rank, world, per
-        self.start, self.max_steps = start_step, max_steps
+        self.seed = seed
         self.per_epoch = sum(math.ceil(len(m) / total_batch) for m in self.members)
         self._epoch, self._batches = -1, None
-
-    @property
-    def per_device_batch(self) -> int:
-        return self.b
 
     def epoch_batches(self, epoch: int) -> list[tuple[int, list[int]]]:
         """The epoch's batches in order, each as (stream position of its first sample, row indices)."""
@@ -134,11 +123,3 @@ class BucketSampler(torch.utils.data.Sampler):
         p0, rows = self.step_batch(step)
         lo = (micro * self.W + self.r) * self.b
         return [(p0 + i, rows[i]) for i in range(lo, min(lo + self.b, len(rows)))]
-
-    def __iter__(self):
-        for step in range(self.start, self.max_steps):
-            for a in range(self.A):
-                yield self.micro_batch(step, a)
-
-    def __len__(self) -> int:
-        return max(0, self.max_steps - self.start) * self.A
