@@ -28,18 +28,17 @@ import concurrent.futures as cf
 import itertools
 import json
 import multiprocessing
-import os
 import shutil
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from ..conditions import get_spec
 from ..errors import SceditError
 from ..fsutil import write_json_atomic, write_text_atomic
-from .inputs import InputSource, Record, open_input
+from .inputs import InputSource, open_input
 from .records import JobContext, Skip, Task, init_worker, load_image, process, process_in_worker, skip_entry, write_outputs
 
 STATE_DIR = ".scedit-prepare"

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 import signal
 import time
 from dataclasses import dataclass, field
@@ -568,7 +567,7 @@ class _Trainer:
                     if stop.requested:
                         result.interrupted = True
                         break
-            except (StopIteration, RuntimeError) as e:
+            except (StopIteration, RuntimeError):
                 if not stop.requested:
                     raise
                 result.interrupted = True  # a DataLoader worker died of the same Ctrl-C
