@@ -1,8 +1,12 @@
 """Exact activation-memory savings for training on a (mostly) frozen base.
 
-Autograd keeps more than backward needs in three places that dominate an
-SD U-Net's activations once its convolutions are lean (`frozen.py`):
+Autograd keeps more than backward needs in four places that dominate an SD
+U-Net's activations:
 
+- PyTorch's convolution backward keeps the layer's *input* for the weight
+  gradient even when the weight is frozen; in SCEdit training every convolution
+  of the base is frozen. `_FrozenConv2d` keeps only the weight (needed for the
+  input gradient).
 - GroupNorm / LayerNorm under fp16 autocast run in fp32, and autograd keeps
   the fp32 *copy* of their input (twice the bytes of the fp16 tensor that
   already exists). `_Norm` keeps the input as it came (no copy) plus the
@@ -36,8 +40,6 @@ import torch
 import torch.nn.functional as F
 import torch.utils.checkpoint
 from torch import nn
-
-from .frozen import lean_frozen_convs, restore_convs
 
 _PATCHED = "_scedit_lean"
 _SILU_DONE = "_scedit_silu_applied"  # tag on a fused norm's output: the resnet's SiLU is already applied
@@ -166,6 +168,42 @@ def _recomputed_geglu(self, hidden_states, *args, **kwargs):
     return _lean_geglu(self, hidden_states)
 
 
+class _FrozenConv2d(torch.autograd.Function):
+    """conv2d whose backward returns only the input gradient (weight and bias frozen)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, stride, padding, dilation, groups):
+        out = F.conv2d(x, weight, bias, stride, padding, dilation, groups)
+        ctx.save_for_backward(weight)
+        ctx.conf = (x.shape, x.dtype, stride, padding, dilation, groups)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        (weight,) = ctx.saved_tensors
+        shape, dtype, stride, padding, dilation, groups = ctx.conf
+        gx = torch.nn.grad.conv2d_input(shape, weight.to(grad.dtype), grad, stride, padding, dilation, groups)
+        return gx.to(dtype), None, None, None, None, None, None
+
+
+def _lean_conv(self: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    # Decided per call, so a layer that is later unfrozen (full fine-tuning, ControlNet copies)
+    # trains exactly as before.
+    weight_frozen = not self.weight.requires_grad and (self.bias is None or not self.bias.requires_grad)
+    if (
+        weight_frozen
+        and torch.is_grad_enabled()
+        and x.requires_grad
+        and self.padding_mode == "zeros"
+        and isinstance(self.padding, tuple)
+    ):
+        dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
+        w = self.weight.to(dtype)
+        b = self.bias.to(dtype) if self.bias is not None else None
+        return _FrozenConv2d.apply(x.to(dtype), w, b, self.stride, self.padding, self.dilation, self.groups)
+    return nn.Conv2d.forward(self, x)
+
+
 def _patch(module: nn.Module, forward) -> bool:
     if _PATCHED in module.__dict__:
         return False
@@ -180,7 +218,7 @@ def lean_autograd(model: nn.Module, recompute_feed_forward: bool = False) -> dic
     from diffusers.models.activations import GEGLU
     from diffusers.models.resnet import ResnetBlock2D
 
-    counts = {"conv": lean_frozen_convs(model), "norm": 0, "norm_silu": 0, "geglu": 0, "feed_forward": 0}
+    counts = {"conv": 0, "norm": 0, "norm_silu": 0, "geglu": 0, "feed_forward": 0}
     for m in model.modules():
         if isinstance(m, ResnetBlock2D) and type(m.nonlinearity) in (nn.SiLU, _SiLUUnlessFused):
             # norm1 always feeds the nonlinearity directly; norm2 unless scale-shift sits between.
@@ -193,7 +231,9 @@ def lean_autograd(model: nn.Module, recompute_feed_forward: bool = False) -> dic
                 if type(m.nonlinearity) is nn.SiLU:
                     m.nonlinearity = _SiLUUnlessFused()
     for m in model.modules():
-        if type(m) is nn.GroupNorm and m.affine:
+        if type(m) is nn.Conv2d:
+            counts["conv"] += _patch(m, _lean_conv)
+        elif type(m) is nn.GroupNorm and m.affine:
             counts["norm"] += _patch(m, _lean_group_norm)
         elif type(m) is nn.LayerNorm and len(m.normalized_shape) == 1:
             counts["norm"] += _patch(m, _lean_layer_norm)
@@ -206,7 +246,6 @@ def lean_autograd(model: nn.Module, recompute_feed_forward: bool = False) -> dic
 
 def restore_autograd(model: nn.Module) -> None:
     """Undo `lean_autograd`: stock forwards and SiLU modules again."""
-    restore_convs(model)
     for m in model.modules():
         m.__dict__.pop(_SILU_DONE, None)
         if m.__dict__.pop(_PATCHED, None):
