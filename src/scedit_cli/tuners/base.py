@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy as copylib
 from dataclasses import asdict, dataclass, fields
 from typing import ClassVar
 
@@ -90,9 +91,7 @@ class SkipTuner(nn.Module):
         """
         if all(p.dtype == dtype for p in self.tuners.parameters()):
             return self
-        import copy as _copy
-
-        tuner = _copy.deepcopy(self) if copy else self
+        tuner = copylib.deepcopy(self) if copy else self
         tuner.tuners.to(dtype)
         return tuner
 
