@@ -68,6 +68,7 @@ def test_lean_autograd_same_values_and_gradients_fewer_bytes(method):
     _, plain_saved, plain_out, plain_eval, plain_grads, _ = _run(False, method)
     counts, lean_saved, lean_out, lean_eval, lean_grads, unet = _run(True, method)
     assert counts["conv"] > 10 and counts["norm_silu"] > 10 and counts["geglu"] > 2 and counts["norm"] > 20
+    assert type(unet.conv_act).__name__ == "_SiLUUnlessFused"  # the output head's norm+SiLU fused too
     assert torch.equal(plain_out, lean_out)
     assert torch.equal(plain_eval, lean_eval)  # no-grad path: the fused SiLU is not applied twice
     for a, b in zip(plain_grads, lean_grads):
@@ -77,6 +78,7 @@ def test_lean_autograd_same_values_and_gradients_fewer_bytes(method):
     restore_autograd(unet)
     assert not any("forward" in m.__dict__ for m in unet.modules())
     assert all(type(getattr(m, "nonlinearity", torch.nn.SiLU())) is torch.nn.SiLU for m in unet.modules())
+    assert type(unet.conv_act) is torch.nn.SiLU
 
 
 @pytest.mark.parametrize("method", ["sc", "full"])
@@ -175,3 +177,33 @@ def test_norm_with_a_permuted_gradient():
     x.grad = None
     loss(lambda x: _Norm.apply(x, w, None, 2, None, 1e-6, False, torch.float32)).backward()
     torch.testing.assert_close(x.grad, ref)
+
+
+@pytest.mark.parametrize("groups,silu", [(2, False), (2, True), (0, False)])
+def test_backward_in_batch_slices_matches_whole(monkeypatch, groups, silu):
+    """Slicing the batch in the norms' and GEGLU's backward (to bound temporaries) changes no value."""
+    import scedit_cli.lean as lean
+
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(5, 4, 3, 3, generator=g, dtype=torch.float64)
+    shape = [3] if not groups else None
+    w = torch.randn(3 if not groups else 4, generator=g, dtype=torch.float64)
+    b = torch.randn(3 if not groups else 4, generator=g, dtype=torch.float64)
+    h = torch.randn(5, 7, 6, generator=g, dtype=torch.float64)
+
+    def grads():
+        leaves = [t.clone().requires_grad_() for t in (x, w, b, h)]
+        y = _Norm.apply(leaves[0], leaves[1], leaves[2], groups, shape, 1e-5, silu, torch.float64)
+        z = _GegluProduct.apply(leaves[3], "none")
+        (y.sin().sum() + z.cos().sum()).backward()
+        return [t.grad for t in leaves]
+
+    whole = grads()
+    monkeypatch.setattr(lean, "BACKWARD_SLICE_ELEMENTS", 40)  # 2 samples of x (36 each) -> 1 per slice
+    assert len(lean._batch_slices(x)) == 5 and len(lean._batch_slices(torch.zeros(5, 4, 5))) == 3
+    sliced = grads()
+    for a, c in zip(whole, sliced):
+        torch.testing.assert_close(a, c, rtol=1e-12, atol=1e-12)
+    x_, w_, b_ = (t.clone().requires_grad_() for t in (x, w, b))
+    assert torch.autograd.gradcheck(lambda x, w, b: _Norm.apply(x, w, b, groups, shape, 1e-5, silu, torch.float64),
+                                    (x_, w_, b_))
