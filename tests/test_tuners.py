@@ -388,3 +388,40 @@ def test_pre_hint_encoder_keeps_the_condition_signal():
     with torch.no_grad():
         diff = (enc(a) - enc(b)).std() / a.std()
     assert diff > 0.3, float(diff)  # PyTorch's default init gives ~3e-4
+
+
+def test_linear_op_matches_per_pixel_linears_and_keeps_only_its_input():
+    """LinearOp runs as 1x1 convolutions that keep only x; values and gradients are those of
+    ln2(GELU(ln1(x))) over channels-last pixels, the official form."""
+    from scedit_cli.tuners.ops import LinearOp, _PixelMLP
+
+    g = torch.Generator().manual_seed(0)
+    op = LinearOp(6, 4).double()
+    with torch.no_grad():
+        for p in op.parameters():
+            p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float64))
+    x = torch.randn(2, 6, 3, 5, generator=g, dtype=torch.float64, requires_grad=True)
+
+    def reference(x):
+        return op.ln2(op.act(op.ln1(x.permute(0, 2, 3, 1)))).permute(0, 3, 1, 2)
+
+    ref = reference(x)
+    ref.square().sum().backward()
+    ref_grads = [x.grad.clone()] + [p.grad.clone() for p in op.parameters()]
+    x.grad = None
+    op.zero_grad()
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        out = op(x)
+    out.square().sum().backward()
+    torch.testing.assert_close(out, ref)
+    for a, b in zip(ref_grads, [x.grad] + [p.grad for p in op.parameters()]):
+        torch.testing.assert_close(a, b)
+    activations = [t for t in saved if t.dim() == 4 and t.shape[0] == 2]
+    assert len(activations) == 1 and activations[0] is x  # the hidden 4-channel maps are recomputed
+    w1, b1 = op.ln1.weight.detach()[:, :, None, None], op.ln1.bias.detach()
+    w2, b2 = op.ln2.weight.detach()[:, :, None, None], op.ln2.bias.detach()
+    args = [t.clone().requires_grad_() for t in (x.detach(), w1, b1, w2, b2)]
+    assert torch.autograd.gradcheck(_PixelMLP.apply, args)
+    with torch.no_grad():
+        torch.testing.assert_close(op(x), ref)

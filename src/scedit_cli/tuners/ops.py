@@ -6,6 +6,8 @@ layer starts at zero, so `x + op(x)` is exactly `x` before training.
 
 from __future__ import annotations
 
+import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -18,8 +20,9 @@ def _zero_(layer: nn.Module) -> None:
 class LinearOp(nn.Module):
     """`W_up · GELU(W_down · x)` over channels (the paper's SC-Tuner, Table 5c "Linear").
 
-    Applied per pixel on a channels-last view; parameters `2·C·d + d + C`.
-    Names `ln1` / `ln2` follow the official checkpoints (down / up projection).
+    Applied per pixel: as 1x1 convolutions on the (B, C, H, W) skip itself, so no channels-last
+    copies. Parameters `2·C·d + d + C`. Names `ln1` / `ln2` follow the official checkpoints (down /
+    up projection) and stay `nn.Linear`, so their weights load unchanged.
     """
 
     def __init__(self, channels: int, hidden: int):
@@ -30,8 +33,45 @@ class LinearOp(nn.Module):
         _zero_(self.ln2)
 
     def forward(self, x):
-        y = self.ln2(self.act(self.ln1(x.permute(0, 2, 3, 1))))
-        return y.permute(0, 3, 1, 2)
+        # Under autocast, compute in its dtype as nn.Linear would; the casts stay on autograd's graph.
+        dev = x.device.type
+        dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else self.ln1.weight.dtype
+        x = x.to(dtype)
+        w1, b1 = self.ln1.weight.to(dtype)[:, :, None, None], self.ln1.bias.to(dtype)
+        w2, b2 = self.ln2.weight.to(dtype)[:, :, None, None], self.ln2.bias.to(dtype)
+        if torch.is_grad_enabled() and any(t.requires_grad for t in (x, w1, b1, w2, b2)):
+            return _PixelMLP.apply(x, w1, b1, w2, b2)
+        return F.conv2d(F.gelu(F.conv2d(x, w1, b1)), w2, b2)
+
+
+class _PixelMLP(torch.autograd.Function):
+    """conv1x1(gelu(conv1x1(x, w1, b1)), w2, b2), keeping only x (and the weights) for backward.
+
+    Autograd would keep the hidden activation twice (before and after GELU) besides x, 3x the skip's
+    size in all; the backward instead reruns the first 1x1 convolution, a C x d matmul per pixel.
+    """
+
+    @staticmethod
+    def forward(ctx, x, w1, b1, w2, b2):
+        ctx.save_for_backward(x, w1, b1, w2)
+        return F.conv2d(F.gelu(F.conv2d(x, w1, b1)), w2, b2)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, w1, b1, w2 = ctx.saved_tensors
+        need = ctx.needs_input_grad
+        h = F.conv2d(x, w1, b1)
+        g_act, g_w2, g_b2 = _conv1x1_backward(grad, F.gelu(h), w2, [True, need[3], need[4]])
+        g_h = torch.ops.aten.gelu_backward(g_act, h)
+        del g_act, h
+        g_x, g_w1, g_b1 = _conv1x1_backward(g_h, x, w1, [need[0], need[1], need[2]])
+        return g_x, g_w1, g_b1, g_w2, g_b2
+
+
+def _conv1x1_backward(grad, inp, weight, mask):
+    """(input, weight, bias) gradients of a bias-carrying 1x1 convolution; None where not asked."""
+    return torch.ops.aten.convolution_backward(
+        grad, inp, weight, [weight.shape[0]], [1, 1], [0, 0], [1, 1], False, [0, 0], 1, mask)
 
 
 class ConvOp(nn.Module):
