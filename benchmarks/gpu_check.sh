@@ -4,7 +4,8 @@
 #   gpu.log (everything printed), table1/table1.json|png, table2/table2.json|png, sampling.json,
 #   quickstart.json, train-fp16.json (train needs quickstart's data: /tmp/scedit-qs)
 # Usage (from the repository root, scedit importable): OUT=results bash benchmarks/gpu_check.sh
-# STAGES picks a subset (default: all): tests table1 table2 table5 sampling quickstart train
+# STAGES picks a subset (default: all): tests table1 table2 table5 probe sampling quickstart train
+#   (probe: probe.json, where SCEdit's and LoRA's memory peaks fall; benchmarks/peak_probe.py)
 set -u
 STAGES=" ${STAGES:-tests table1 table2 sampling quickstart train} "
 want() { [[ "$STAGES" == *" $1 "* ]]; }
@@ -29,6 +30,11 @@ for t in table1 table2 table5; do
   stage "$t: batch 32 (the paper's: 32 for Tables 1/5, 64 for 2), 512 px, AMP fp16"
   run $S bench $t --device cuda --resolution 512 --batch 32 --steps 8 --warmup 3 --out "$OUT/$t"
 done
+
+if want probe; then
+stage "probe: where the memory peak falls, SCEdit and LoRA r=64 (batch 32, 512 px)"
+run python3 benchmarks/peak_probe.py --methods "SCEdit,LoRA r=64" --batch 32 --out "$OUT/probe.json"
+fi
 
 if want sampling; then
 stage "sampling: SD 1.5, 512 px, 50 DDIM steps, CFG 7.5, fp16"

@@ -326,10 +326,21 @@ def _check_layout(base, s: BenchSettings) -> None:
     del cfg
 
 
-def run_method(spec: MethodSpec, factory: BaseFactory, s: BenchSettings,
-               on_step: Callable[[], None] | None = None) -> MethodResult:
-    """Set up one method on a fresh base, time `steps` training steps after `warmup`, then
-    account one more step's memory."""
+@dataclass
+class MethodRun:
+    """One method set up on a fresh base, ready to take training steps (`step()`)."""
+
+    method: object
+    base: object
+    params: list
+    optimizer: torch.optim.Optimizer
+    train: object  # the TrainSection it runs with
+    step: Callable[[], None]
+    state: dict
+
+
+def setup_method(spec: MethodSpec, factory: BaseFactory, s: BenchSettings) -> MethodRun:
+    """Build a fresh base, set `spec`'s method up on it as `scedit train` would, and return its step."""
     from ..methods import build_method
     from ..recipes import TrainSection
     from ..training.loop import prepare_training, training_step
@@ -356,6 +367,17 @@ def run_method(spec: MethodSpec, factory: BaseFactory, s: BenchSettings,
         state["loss"] = training_step(method, base, batch, optimizer, noise_scheduler, g, autocast, scaler,
                                       max_grad_norm=cfg.max_grad_norm, params=params)
 
+    return MethodRun(method, base, params, optimizer, cfg, step, state)
+
+
+def run_method(spec: MethodSpec, factory: BaseFactory, s: BenchSettings,
+               on_step: Callable[[], None] | None = None) -> MethodResult:
+    """Set up one method on a fresh base, time `steps` training steps after `warmup`, then
+    account one more step's memory."""
+    run = setup_method(spec, factory, s)
+    method, base, params, optimizer, cfg, step, state = (
+        run.method, run.base, run.params, run.optimizer, run.train, run.step, run.state)
+    device = torch.device(s.device)
     timing: StepTiming = time_steps(step, s.steps, s.warmup, device, on_step)
     modules = [base.unet, *[m for m in method.extra_modules() if m is not base.unet]]
     regions = unet_regions(base.unet)
@@ -376,7 +398,7 @@ def run_method(spec: MethodSpec, factory: BaseFactory, s: BenchSettings,
         paper_mem_ratio=spec.paper_mem_ratio, paper_time_ratio=spec.paper_time_ratio,
         final_loss=state["loss"], train={"recompute_feed_forward": cfg.recompute_feed_forward},
     )
-    del method, base, params, optimizer, batch, scaler
+    del run, method, base, params, optimizer, step
     release_memory()
     return result
 
