@@ -12,8 +12,9 @@ U-Net's activations:
   already exists). `_Norm` keeps the input as it came (no copy) plus the
   per-group statistics, and casts again in backward.
 - In every ResnetBlock2D (and the U-Net's output head) a GroupNorm feeds a
-  SiLU, and the SiLU keeps the norm's fp32 output. `_Norm` with `silu=True` applies both and recomputes the
-  norm's output in backward (an elementwise pass) instead of keeping it.
+  SiLU, and the SiLU keeps the norm's fp32 output. `_Norm` with `silu=True`
+  applies both and recomputes the norm's output in backward (an elementwise
+  pass) instead of keeping it.
 - GEGLU (the transformer feed-forward) keeps its projection, a copy of one
   half of it and the GELU output; `_GegluProduct` keeps the projection only and
   recomputes the GELU in backward.
