@@ -65,6 +65,12 @@ def _batch_slices(t: torch.Tensor):
     return [slice(i, min(i + step, n)) for i in range(0, n, step)]
 
 
+def amp_dtype(device_type: str, default: torch.dtype) -> torch.dtype:
+    """The dtype a matmul or convolution computes in on `device_type` now: autocast's where it is
+    enabled, else `default` (the layer's own)."""
+    return torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else default
+
+
 def _norm_compute_dtype(x: torch.Tensor) -> torch.dtype:
     """The dtype stock group/layer norm computes in for `x` under the current autocast state
     (fp32 under CUDA fp16 autocast; the input's own dtype elsewhere), found once per state."""
@@ -234,7 +240,7 @@ def _lean_conv(self: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
         and self.padding_mode == "zeros"
         and isinstance(self.padding, tuple)
     ):
-        dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
+        dtype = amp_dtype(x.device.type, x.dtype)
         w = self.weight.to(dtype)
         b = self.bias.to(dtype) if self.bias is not None else None
         return _FrozenConv2d.apply(x.to(dtype), w, b, self.stride, self.padding, self.dilation, self.groups)

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from ..errors import SceditError
+from ..lean import amp_dtype
 from .layout import SkipLayout
 from .ops import OPS
 
@@ -99,6 +100,5 @@ class SkipTuner(nn.Module):
 def run_op(op: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """Run a tuner OP in its own dtype (tuners stay fp32 beside a half-precision base), or in
     autocast's, where the OP's layers would cast an fp32 copy of `x` straight back."""
-    dev = x.device.type
-    dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else next(op.parameters()).dtype
+    dtype = amp_dtype(x.device.type, next(op.parameters()).dtype)
     return op(x.to(dtype)).to(x.dtype)

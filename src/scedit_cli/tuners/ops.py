@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..lean import amp_dtype
+
 
 def _zero_(layer: nn.Module) -> None:
     nn.init.zeros_(layer.weight)
@@ -34,14 +36,17 @@ class LinearOp(nn.Module):
 
     def forward(self, x):
         # Under autocast, compute in its dtype as nn.Linear would; the casts stay on autograd's graph.
-        dev = x.device.type
-        dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else self.ln1.weight.dtype
+        dtype = amp_dtype(x.device.type, self.ln1.weight.dtype)
         x = x.to(dtype)
         w1, b1 = self.ln1.weight.to(dtype)[:, :, None, None], self.ln1.bias.to(dtype)
         w2, b2 = self.ln2.weight.to(dtype)[:, :, None, None], self.ln2.bias.to(dtype)
         if torch.is_grad_enabled() and any(t.requires_grad for t in (x, w1, b1, w2, b2)):
             return _PixelMLP.apply(x, w1, b1, w2, b2)
-        return F.conv2d(F.gelu(F.conv2d(x, w1, b1)), w2, b2)
+        return _pixel_mlp(x, w1, b1, w2, b2)
+
+
+def _pixel_mlp(x, w1, b1, w2, b2):
+    return F.conv2d(F.gelu(F.conv2d(x, w1, b1)), w2, b2)
 
 
 class _PixelMLP(torch.autograd.Function):
@@ -54,7 +59,7 @@ class _PixelMLP(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, w1, b1, w2, b2):
         ctx.save_for_backward(x, w1, b1, w2)
-        return F.conv2d(F.gelu(F.conv2d(x, w1, b1)), w2, b2)
+        return _pixel_mlp(x, w1, b1, w2, b2)
 
     @staticmethod
     def backward(ctx, grad):
