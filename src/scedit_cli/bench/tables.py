@@ -375,30 +375,28 @@ def run_method(spec: MethodSpec, factory: BaseFactory, s: BenchSettings,
     """Set up one method on a fresh base, time `steps` training steps after `warmup`, then
     account one more step's memory."""
     run = setup_method(spec, factory, s)
-    method, base, params, optimizer, cfg, step, state = (
-        run.method, run.base, run.params, run.optimizer, run.train, run.step, run.state)
-    device = torch.device(s.device)
-    timing: StepTiming = time_steps(step, s.steps, s.warmup, device, on_step)
-    modules = [base.unet, *[m for m in method.extra_modules() if m is not base.unet]]
-    regions = unet_regions(base.unet)
-    for i, m in enumerate(method.extra_modules()):
-        if m is not base.unet:
-            regions[f"{type(m).__name__}" + (f"[{i}]" if len(method.extra_modules()) > 1 else "")] = m
-    memory: MemoryReport = measure_step_memory(step, modules=modules, trainable=params, optimizer=optimizer,
-                                               device=device, regions=regions)
+    unet, extra = run.base.unet, run.method.extra_modules()
+    timing: StepTiming = time_steps(run.step, s.steps, s.warmup, s.device, on_step)
+    regions = unet_regions(unet)
+    for i, m in enumerate(extra):
+        if m is not unet:
+            regions[f"{type(m).__name__}" + (f"[{i}]" if len(extra) > 1 else "")] = m
+    memory: MemoryReport = measure_step_memory(run.step, modules=[unet, *[m for m in extra if m is not unet]],
+                                               trainable=run.params, optimizer=run.optimizer, device=s.device,
+                                               regions=regions)
     if on_step:
         on_step()
     result = MethodResult(
         label=spec.label, method=spec.method, config=dict(spec.config),
-        trainable_params=sum(p.numel() for p in params),
+        trainable_params=sum(p.numel() for p in run.params),
         memory=memory.to_dict(), timing=timing.to_dict(),
         peak_bytes=memory.peak_bytes, step_time_s=timing.median_s,
         saved_encoder_bytes=memory.saved_upstream_bytes(),
         paper_params_m=spec.paper_params_m, paper_mem_gb=spec.paper_mem_gb,
         paper_mem_ratio=spec.paper_mem_ratio, paper_time_ratio=spec.paper_time_ratio,
-        final_loss=state["loss"], train={"recompute_feed_forward": cfg.recompute_feed_forward},
+        final_loss=run.state["loss"], train={"recompute_feed_forward": run.train.recompute_feed_forward},
     )
-    del run, method, base, params, optimizer, step
+    del run, unet, extra  # the base, optimizer and activations go before the next method is built
     release_memory()
     return result
 
