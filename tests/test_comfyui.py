@@ -478,8 +478,9 @@ def _fake_comfyui(root):
     return root
 
 
-def test_install_writes_a_loader_that_exposes_the_nodes(tmp_path, capsys):
+def test_install_writes_a_loader_that_exposes_the_nodes(tmp_path, capsys, monkeypatch):
     from scedit_cli.cli import main
+    from scedit_cli.comfyui import install as install_module
 
     comfy = _fake_comfyui(tmp_path / "ComfyUI")
     main(["comfyui", "install", str(comfy), "--json"])
@@ -501,9 +502,11 @@ def test_install_writes_a_loader_that_exposes_the_nodes(tmp_path, capsys):
         main(["comfyui", "install", str(tmp_path)])
     assert e.value.code == 2 and "not a ComfyUI checkout" in capsys.readouterr().err
     # ComfyUI's Python without scedit: the loader says how to install it (-I -S: no site-packages, no PYTHONPATH)
+    monkeypatch.setattr(install_module, "pip_source", lambda: r"C:\Users\me\scedit")  # a Windows checkout
+    assert install(comfy, force=True).status == "replaced"
     run = subprocess.run([sys.executable, "-I", "-S", str(loader)], capture_output=True, text=True, timeout=60)
     assert run.returncode != 0 and "scedit is not installed in the Python that runs ComfyUI" in run.stderr
-    assert "-m pip install" in run.stderr
+    assert r"-m pip install C:\Users\me\scedit` and restart ComfyUI" in run.stderr
 
 
 CORE_NODES = {  # ComfyUI's nodes.py / comfy_extras: input names (linked inputs with their type) and outputs

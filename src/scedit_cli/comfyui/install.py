@@ -26,10 +26,12 @@ installed in the Python that runs ComfyUI. Run the command again after moving th
 import importlib.util
 import sys
 
+SCEDIT_SOURCE = {source!r}
+
 if importlib.util.find_spec("scedit_cli") is None:
     raise ImportError(
         "scedit is not installed in the Python that runs ComfyUI (" + sys.executable + "): run `"
-        + sys.executable + " -m pip install {source}` and restart ComfyUI"
+        + sys.executable + " -m pip install " + SCEDIT_SOURCE + "` and restart ComfyUI"
     )
 
 from scedit_cli.comfyui import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS  # noqa: E402
