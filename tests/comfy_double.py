@@ -3,8 +3,7 @@
 CI has no ComfyUI, so this models, from comfyanonymous/ComfyUI:
 - `comfy/model_patcher.py`: `ModelPatcher.clone()` (model_options copied with
   `patcher_extension.copy_nested_dicts`: dicts copied recursively, lists shallow-copied; older versions
-  `copy.deepcopy` them), `set_model_patch` / `set_model_output_block_patch` (a new list each time),
-  `get_model_object`;
+  `copy.deepcopy` them), `set_model_patch` / `set_model_output_block_patch` (a new list each time);
 - `comfy/model_sampling.py`: `ModelSamplingDiscrete` (sigmas from alphas_cumprod, log-linear `sigma(t)`,
   `percent_to_sigma`);
 - `comfy/ldm/modules/diffusionmodules/openaimodel.py`: `UNetModel.forward`: input blocks push every skip
@@ -56,9 +55,6 @@ class ModelPatcher:
 
     def set_model_output_block_patch(self, patch):
         self.set_model_patch(patch, "output_block_patch")
-
-    def get_model_object(self, name):
-        return getattr(self.model, name)
 
 
 class ModelSamplingDiscrete:

@@ -17,7 +17,7 @@ import pytest
 import torch
 from PIL import Image
 
-from comfy_double import apply_model, comfy_model
+from comfy_double import ModelSamplingDiscrete, apply_model, comfy_model
 from scedit_cli.comfyui import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
 from scedit_cli.comfyui import model as comfy_info
 from scedit_cli.comfyui.hints import fit_hint
@@ -320,9 +320,12 @@ def test_start_end_percent_follow_controlnets_sigma_range(toy):
             early, late = run(0.0, 0.5, t), run(0.5, 1.0, t)
             on, off = (early, late) if t == 900 else (late, early)
             assert torch.equal(on, full) and torch.equal(off, plain)
-    sampling = _model(toy).model.model_sampling
-    entry = entries_of(Control.apply(_model(toy), toy.paths["canny"], img, 1.0, 0.25, 0.75)[0])[0]
-    assert entry.sigmas == (sampling.percent_to_sigma(0.25), sampling.percent_to_sigma(0.75))
+    m = Control.apply(_model(toy), toy.paths["canny"], img, 1.0, 0.25, 0.75)[0]
+    entry = entries_of(m)[0]
+    for sampling in (m.model.model_sampling, ModelSamplingDiscrete(torch.linspace(0.99, 0.01, 1000))):
+        # read while sampling: a model-sampling node later in the graph patches MODEL.model by then
+        m.model.model_sampling = sampling
+        assert entry.sigma_range() == (sampling.percent_to_sigma(0.25), sampling.percent_to_sigma(0.75))
     with pytest.raises(SceditError, match="start_percent 0.8 and end_percent 0.2"):
         Control.apply(_model(toy), toy.paths["canny"], img, 1.0, 0.8, 0.2)
     with pytest.raises(SceditError, match=r"sampler's current sigma"):
@@ -368,9 +371,9 @@ def test_tuners_follow_the_skip_dtype_and_leave_the_loaded_tuner_alone(toy):
 
 
 def test_errors_are_one_line_and_name_what_to_fix(toy, tmp_path, caplog):
-    from tiny_models import make_tiny_unet
-
-    sd15 = save_tuner(SCTuner(SCTunerConfig(), SkipLayout.from_unet(make_tiny_unet("sd15"))), tmp_path / "sd15")
+    sd15_unet = SimpleNamespace(model_channels=8, channel_mult=(1, 2, 4, 4), num_res_blocks=2, output_blocks=[0] * 12)
+    sd15_layout = comfy_info.skip_layout(SimpleNamespace(model=SimpleNamespace(diffusion_model=sd15_unet)))
+    sd15 = save_tuner(SCTuner(SCTunerConfig(), sd15_layout), tmp_path / "sd15")
     img = _image(toy.maps["canny"])
     cases = [
         (lambda: Tuner.apply(_model(toy), str(sd15), 1.0), r"12 skips, channels \[8, 8.*this U-Net has 6 skips, "

@@ -3,8 +3,7 @@
 Only attributes ComfyUI has had for a long time are read: the U-Net
 (`model.model.diffusion_model`, an `openaimodel.UNetModel`) with its
 `model_channels`, `channel_mult` and `num_res_blocks`; `model.model.model_config.unet_config`;
-`model.model.latent_format`; and `model.get_model_object("model_sampling")`, whose
-`percent_to_sigma` is what ComfyUI's own ControlNet uses for start / end percent.
+and `model.model.latent_format`.
 """
 
 from __future__ import annotations
@@ -116,11 +115,3 @@ def warn_if_other_base(tuner: SkipTuner, model, name: str) -> str | None:
     log.warning(message)
     return message
 
-
-def percent_to_sigma(model, percent: float) -> float:
-    """The sigma at `percent` of the schedule, as ComfyUI's ControlNet computes its start / end."""
-    try:
-        sampling = model.get_model_object("model_sampling")
-    except AttributeError:
-        raise SceditError("SCEdit: this MODEL has no model_sampling; start/end percent need one") from None
-    return float(sampling.percent_to_sigma(percent))

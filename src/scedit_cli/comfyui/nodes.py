@@ -34,24 +34,27 @@ def _load(model, name: str) -> SkipTuner:
     return tuner
 
 
-class SCEditTuner:
-    """An SC-Tuner (style / text-to-image tuning) applied to a MODEL."""
+class _Node:
+    """What both nodes share: a MODEL and a tuner in, a MODEL out."""
 
     CATEGORY = CATEGORY
     RETURN_TYPES = ("MODEL",)
     FUNCTION = "apply"
+
+    @staticmethod
+    def required(**inputs) -> dict:
+        return {"required": {"model": ("MODEL",), "tuner": _tuner_input(), **inputs}}
+
+
+class SCEditTuner(_Node):
+    """An SC-Tuner (style / text-to-image tuning) applied to a MODEL."""
+
     DESCRIPTION = "Applies an SCEdit SC-Tuner to the model's U-Net skip connections (SD 1.x, 2.x, SDXL)."
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {
-            "required": {
-                "model": ("MODEL",),
-                "tuner": _tuner_input(),
-                "strength": ("FLOAT", {"default": 1.0, "min": -10.0, "max": 10.0, "step": 0.01,
-                                       "tooltip": "Weight of the tuner's edit: 0 off, 1 as trained."}),
-            }
-        }
+        return cls.required(strength=("FLOAT", {"default": 1.0, "min": -10.0, "max": 10.0, "step": 0.01,
+                                                "tooltip": "Weight of the tuner's edit: 0 off, 1 as trained."}))
 
     def apply(self, model, tuner, strength):
         if strength == 0:
@@ -65,28 +68,21 @@ class SCEditTuner:
         return (with_entry(model, TunerEntry(loaded, strength, tuner)),)
 
 
-class SCEditControl:
+class SCEditControl(_Node):
     """A CSC-Tuner (controllable generation) applied to a MODEL with its condition image."""
 
-    CATEGORY = CATEGORY
-    RETURN_TYPES = ("MODEL",)
-    FUNCTION = "apply"
     DESCRIPTION = ("Conditions the model on an image (canny, depth, colour, ...) with an SCEdit CSC-Tuner. "
                    "Several in a chain are weighted by their strengths, normalised (the paper's Eq. 7).")
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {
-            "required": {
-                "model": ("MODEL",),
-                "tuner": _tuner_input(),
-                "image": ("IMAGE", {"tooltip": "The condition map (e.g. from Canny), resized to the latent "
-                                               "size as ControlNet resizes its image."}),
-                "strength": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 10.0, "step": 0.01}),
-                "start_percent": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.001}),
-                "end_percent": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.001}),
-            }
-        }
+        return cls.required(
+            image=("IMAGE", {"tooltip": "The condition map (e.g. from Canny), fitted to the image size as "
+                                        "ControlNet fits its image."}),
+            strength=("FLOAT", {"default": 1.0, "min": 0.0, "max": 10.0, "step": 0.01}),
+            start_percent=("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.001}),
+            end_percent=("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.001}),
+        )
 
     def apply(self, model, tuner, image, strength, start_percent, end_percent):
         if image is None:
@@ -108,10 +104,8 @@ class SCEditControl:
                 f"model's latents are 1/{factor} of the image: use a tuner trained for this base model"
             )
         cond = image_to_condition(image, loaded.config.in_channels, tuner)
-        sigmas = None
-        if (start_percent, end_percent) != (0.0, 1.0):
-            sigmas = (comfy_model.percent_to_sigma(model, start_percent), comfy_model.percent_to_sigma(model, end_percent))
-        return (with_entry(model, ControlEntry(loaded, strength, tuner, cond, sigmas, factor)),)
+        percents = None if (start_percent, end_percent) == (0.0, 1.0) else (start_percent, end_percent)
+        return (with_entry(model, ControlEntry(loaded, strength, tuner, cond, percents, model.model, factor)),)
 
 
 NODE_CLASS_MAPPINGS = {"SCEditTuner": SCEditTuner, "SCEditControl": SCEditControl}

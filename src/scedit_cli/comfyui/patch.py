@@ -80,18 +80,30 @@ class ControlEntry(TunerEntry):
     is_control = True
 
     def __init__(self, tuner: CSCTuner, strength: float, name: str, cond: torch.Tensor,
-                 sigmas: tuple[float, float] | None, factor: int):
+                 percents: tuple[float, float] | None, base_model, factor: int):
         super().__init__(tuner, strength, name)
         self.cond = cond  # (B, C, H, W) float32 in [0, 1], on the CPU
-        self.sigmas = sigmas  # (sigma at start percent, sigma at end percent); None: the whole schedule
+        self.percents = percents  # (start, end) of the schedule; None: all of it
+        self.base_model = base_model  # ComfyUI's BaseModel (MODEL.model), whose model_sampling maps percents
         self.factor = factor  # pixels per latent pixel
         self._hints: dict[tuple[int, int], dict[int, torch.Tensor]] = {}
+        self._range: tuple | None = None
 
     def _new_runtime(self) -> None:
         self._hints = {}
 
+    def sigma_range(self) -> tuple[float, float]:
+        """(sigma at start, sigma at end), from the model sampling in use while sampling, as ControlNet's
+        `pre_run` reads it: a model-sampling node later in the graph patches it in by then."""
+        sampling = getattr(self.base_model, "model_sampling", None)
+        if sampling is None:
+            raise SceditError(f"SCEdit Control {self.name}: this MODEL has no model_sampling to map start/end percent")
+        if self._range is None or self._range[0] is not sampling:
+            self._range = (sampling, *(float(sampling.percent_to_sigma(p)) for p in self.percents))
+        return self._range[1], self._range[2]
+
     def active(self, transformer_options: dict) -> bool:
-        if self.sigmas is None:
+        if self.percents is None:
             return True
         sigmas = transformer_options.get("sigmas")
         if sigmas is None:
@@ -100,8 +112,9 @@ class ControlEntry(TunerEntry):
                 "sampler does not pass (transformer_options['sigmas']); use 0 and 1"
             )
         sigma = float(sigmas.flatten()[0]) if torch.is_tensor(sigmas) else float(sigmas[0])
+        start, end = self.sigma_range()
         # ComfyUI's ControlNet: off when t[0] > sigma(start) or t[0] < sigma(end).
-        return self.sigmas[1] <= sigma <= self.sigmas[0]
+        return end <= sigma <= start
 
     def hints(self, latent_hw: tuple[int, int], like: torch.Tensor) -> dict[int, torch.Tensor]:
         tuner = self.runtime(like)
