@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 
 from .errors import SceditError
-from .tuners import CSCTunerConfig, SCTunerConfig, SkipLayout, build_tuner, save_tuner
+from .tuners import CSCTunerConfig, SCTunerConfig, SkipLayout, SkipTuner, build_tuner, save_tuner
 from .tuners.csc import PRE_HINT_CHANNELS
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
@@ -309,6 +309,37 @@ def _convert_csc(state, layout, src, condition, vae_factor):
     return "csc", config, ours, "scepter-control"
 
 
+def is_control_checkpoint(state: dict[str, torch.Tensor]) -> bool:
+    """Whether the tensors are a controllable-generation (CSC) checkpoint, which needs a condition name."""
+    return any(CSC_PATTERN.match(k) for k in state)
+
+
+def tuner_from_state(
+    state: dict[str, torch.Tensor], src: Path, layout: SkipLayout, vae_factor: int = 8, condition: str | None = None,
+) -> tuple[SkipTuner, str]:
+    """An official checkpoint's tensors as a scedit tuner for `layout` (in memory), and the detected format."""
+    if is_control_checkpoint(state):
+        method, config, ours, fmt = _convert_csc(state, layout, src, condition, vae_factor)
+    else:
+        method, config, ours, fmt = _convert_sc(state, layout, src)
+        if condition is not None:
+            raise SceditError(f"{src}: --condition is for controllable-generation checkpoints; this is an SC-Tuner")
+    tuner = build_tuner(method, config.to_dict(), layout)
+    expected = tuner.state_dict()
+    missing = sorted(set(expected) - set(ours))
+    extra = sorted(set(ours) - set(expected))
+    if missing or extra:
+        raise SceditError(f"{src}: converted weights do not fit (missing {missing[:3]}, unexpected {extra[:3]})")
+    for k, v in ours.items():
+        if tuple(v.shape) != tuple(expected[k].shape):
+            raise SceditError(
+                f"{src}: tensor for {k} has shape {tuple(v.shape)}, this base needs {tuple(expected[k].shape)}: "
+                "is --model/--arch the base this checkpoint was trained on?"
+            )
+    tuner.load_state_dict({k: v.float() for k, v in ours.items()})
+    return tuner, fmt
+
+
 def convert_checkpoint(
     src: str | Path,
     out: str | Path,
@@ -322,25 +353,7 @@ def convert_checkpoint(
     if path.resolve() in {(out / n).resolve() for n in ("tuner.safetensors", "tuner_config.json")} or out.is_file():
         raise SceditError(f"{out}: --out must be a new or scedit tuner folder that does not hold the source checkpoint")
     layout, vae_factor, base_name = layout_for(model, arch)
-    is_csc = any(CSC_PATTERN.match(k) for k in state)
-    if is_csc:
-        method, config, ours, fmt = _convert_csc(state, layout, path, condition, vae_factor)
-    else:
-        method, config, ours, fmt = _convert_sc(state, layout, path)
-        if condition is not None:
-            raise SceditError(f"{path}: --condition is for controllable-generation checkpoints; this is an SC-Tuner")
-    tuner = build_tuner(method, config.to_dict(), layout)
-    expected = tuner.state_dict()
-    missing = sorted(set(expected) - set(ours))
-    extra = sorted(set(ours) - set(expected))
-    if missing or extra:
-        raise SceditError(f"{path}: converted weights do not fit (missing {missing[:3]}, unexpected {extra[:3]})")
-    for k, v in ours.items():
-        if tuple(v.shape) != tuple(expected[k].shape):
-            raise SceditError(
-                f"{path}: tensor for {k} has shape {tuple(v.shape)}, this base needs {tuple(expected[k].shape)}: "
-                "is --model/--arch the base this checkpoint was trained on?"
-            )
-    tuner.load_state_dict({k: v.float() for k, v in ours.items()})
+    tuner, fmt = tuner_from_state(state, path, layout, vae_factor, condition)
     save_tuner(tuner, out, base=base_name, extra={"converted_from": str(path), "source_format": fmt})
-    return ConvertResult(out, method, fmt, config.to_dict(), config.decoder_indices(layout), tuner.trainable_parameters)
+    return ConvertResult(out, tuner.method, fmt, tuner.config.to_dict(), tuner.config.decoder_indices(layout),
+                         tuner.trainable_parameters)

@@ -142,15 +142,20 @@ class CSCTuner(SkipTuner):
         self._hints = hints
 
     def delta(self, skip, x):
-        j = self.encoder_to_decoder.get(skip)
-        if j is None:
+        if skip not in self.encoder_to_decoder:
             return None
         if self._hints is None:
             raise SceditError(
                 f"CSC-Tuner for {self.config.condition!r} has no condition image: call set_condition() "
                 "(or pass --control) before running the U-Net"
             )
-        c = self._hints[skip]
+        return self.delta_with_hint(skip, x, self._hints[skip])
+
+    def delta_with_hint(self, skip: int, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor | None:
+        """The edit on skip `skip` (encoder index) given its hint features `c` (from `encode_condition`)."""
+        j = self.encoder_to_decoder.get(skip)
+        if j is None:
+            return None
         if c.shape[0] != x.shape[0]:
             # Classifier-free guidance runs [uncond, cond] in one batch: tile the features.
             if x.shape[0] % c.shape[0]:

@@ -79,8 +79,25 @@ def _read_meta(path: Path) -> tuple[dict, Path]:
     return json.loads(raw), path
 
 
-def load_tuner(path: str | Path, unet: torch.nn.Module | None = None, device="cpu") -> SkipTuner:
-    """Load a tuner file; with `unet`, refuse it unless its skip layout matches."""
+def is_tuner_file(path: str | Path) -> bool:
+    """Whether `path` is a scedit tuner (a folder with tuner.safetensors, or a .safetensors with scedit
+    metadata), as opposed to an official checkpoint that `scedit convert` reads."""
+    path = Path(path)
+    if path.is_dir():
+        return (path / WEIGHTS_NAME).is_file()
+    if path.suffix != ".safetensors" or not path.is_file():
+        return False
+    try:
+        with safe_open(str(path), "pt") as f:
+            return "scedit" in (f.metadata() or {})
+    except Exception:  # not readable as safetensors: let the loader that handles it report why
+        return False
+
+
+def load_tuner(path: str | Path, unet: torch.nn.Module | None = None, device="cpu",
+               model_layout: SkipLayout | None = None) -> SkipTuner:
+    """Load a tuner file; with `unet` (or `model_layout`, the skip layout of the model it is for),
+    refuse it unless its skip layout matches."""
     path = Path(path)
     meta, weights = _read_meta(path)
     if meta.get("format") != "scedit-tuner":
@@ -92,8 +109,8 @@ def load_tuner(path: str | Path, unet: torch.nn.Module | None = None, device="cp
         layout = SkipLayout.from_dict(meta["layout"])
     except (KeyError, TypeError) as e:
         raise SceditError(f"{path}: tuner config has no valid `layout` ({e}); re-save the tuner") from None
-    if unet is not None:
-        actual = SkipLayout.from_unet(unet)
+    actual = model_layout if unet is None else SkipLayout.from_unet(unet)
+    if actual is not None:
         if actual != layout:
             raise SceditError(
                 f"{path}: tuner was trained on a U-Net with {layout.num_skips} skips, channels "
