@@ -35,6 +35,7 @@ import torch
 
 from .errors import SceditError
 from .tuners import CSCTunerConfig, SCTunerConfig, SkipLayout, build_tuner, save_tuner
+from .tuners.card import CardFacts, write_model_card
 from .tuners.csc import PRE_HINT_CHANNELS
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
@@ -343,4 +344,5 @@ def convert_checkpoint(
             )
     tuner.load_state_dict({k: v.float() for k, v in ours.items()})
     save_tuner(tuner, out, base=base_name, extra={"converted_from": str(path), "source_format": fmt})
+    write_model_card(out, CardFacts(base=base_name, converted_from=str(path), source_format=fmt))
     return ConvertResult(out, method, fmt, config.to_dict(), config.decoder_indices(layout), tuner.trainable_parameters)
