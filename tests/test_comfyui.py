@@ -10,6 +10,7 @@ import logging
 import subprocess
 import sys
 from importlib.resources import files
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -18,6 +19,7 @@ import torch
 from PIL import Image
 
 from comfy_double import ModelSamplingDiscrete, apply_model, comfy_model
+from hub_helpers import add_to_cache, hf_cache  # noqa: F401  (hf_cache: a fixture)
 from scedit_cli.comfyui import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
 from scedit_cli.comfyui import model as comfy_info
 from scedit_cli.comfyui.hints import fit_hint
@@ -27,7 +29,8 @@ from scedit_cli.comfyui.patch import STATE_KEY, entries_of, output_block_patch, 
 from scedit_cli.errors import SceditError
 from scedit_cli.sampling import ControlSpec, SampleSettings, compose, load_model, make_scheduler, sample
 from scedit_cli.toy import base_model_path
-from scedit_cli.tuners import CSCTuner, CSCTunerConfig, SCTuner, SCTunerConfig, SkipLayout, attach, detach, save_tuner
+from scedit_cli.tuners import (CSCTuner, CSCTunerConfig, SCTuner, SCTunerConfig, SkipLayout, attach, detach, load_tuner,
+                               save_tuner)
 
 STEPS, CFG, PROMPT = 3, 7.5, "a red circle on a blue background"
 Tuner, Control = NODE_CLASS_MAPPINGS["SCEditTuner"](), NODE_CLASS_MAPPINGS["SCEditControl"]()
@@ -159,8 +162,11 @@ def test_node_contracts():
         required = cls.INPUT_TYPES()["required"]
         assert {k: v[0] for k, v in required.items()} == expected[key]
         assert cls.RETURN_TYPES == ("MODEL",) and cls.CATEGORY == "scedit"
-        params = list(__import__("inspect").signature(getattr(cls, cls.FUNCTION)).parameters)
-        assert params == ["self", *required]  # ComfyUI calls FUNCTION with the inputs as keywords
+        optional = cls.INPUT_TYPES()["optional"]
+        assert {k: v[0] for k, v in optional.items()} == {"hub_id": "STRING"}
+        params = __import__("inspect").signature(getattr(cls, cls.FUNCTION)).parameters
+        assert list(params) == ["self", *required, *optional]  # ComfyUI calls FUNCTION with the inputs as keywords
+        assert params["hub_id"].default == ""  # an optional input ComfyUI may leave out
         for name, (kind, *opts) in required.items():
             if kind == "FLOAT":
                 o = opts[0]
@@ -382,7 +388,7 @@ def test_errors_are_one_line_and_name_what_to_fix(toy, tmp_path, caplog):
         (lambda: Control.apply(_model(toy), toy.paths["sc"], img, 1.0, 0.0, 1.0), "SC-Tuner.*SCEdit Tuner node"),
         (lambda: Control.apply(_model(toy), toy.paths["canny"], None, 1.0, 0.0, 1.0), "needs a condition image"),
         (lambda: Control.apply(_model(toy), toy.paths["canny"], img[..., :2], 1.0, 0.0, 1.0), "3-channel conditions"),
-        (lambda: Tuner.apply(_model(toy), str(tmp_path / "missing"), 1.0), "no such file or folder"),
+        (lambda: Tuner.apply(_model(toy), str(tmp_path / "missing"), 1.0), "missing: tuner file not found; pass a tuner folder"),
         (lambda: Tuner.apply(_model(toy), "", 1.0), "no tuner chosen"),
     ]
     latent8 = comfy_model(toy.base.unet, toy.base.pipeline.scheduler.config, 64, 8)
@@ -550,3 +556,16 @@ def test_example_workflows_are_valid_api_json(name, node):
                     assert opts[0]["min"] <= n["inputs"][k] <= opts[0]["max"]
                 elif kind == "STRING":
                     assert isinstance(n["inputs"][k], str) and n["inputs"][k]
+
+
+def test_hub_id_input_loads_a_tuner_from_the_hf_cache(toy, hf_cache, tmp_path, monkeypatch):
+    files = {n: Path(toy.paths["sc"]) / n for n in ("tuner.safetensors", "tuner_config.json")}
+    snap = add_to_cache(hf_cache, "someone/style", files)
+    monkeypatch.setitem(sys.modules, "folder_paths", _fake_folder_paths(tmp_path / "models"))
+    m = Tuner.apply(_model(toy), "", 1.0, hub_id=" someone/style ")[0]
+    entry = entries_of(m)[0]
+    assert entry.name == "someone/style"
+    ref = load_tuner(snap)
+    assert all(torch.equal(a, b) for a, b in zip(entry.tuner.state_dict().values(), ref.state_dict().values()))
+    with pytest.raises(SceditError, match="cannot load tuner 'nobody/missing'"):
+        Tuner.apply(_model(toy), "", 1.0, hub_id="nobody/missing")

@@ -196,6 +196,15 @@ def test_named_architecture_layout(tmp_path):
     torch.save(state, tmp_path / "pytorch_model.bin")
     res = convert_checkpoint(tmp_path / "pytorch_model.bin", tmp_path / "out", arch="sd15")
     assert round(res.trainable_parameters / 1e6, 2) == 1.98  # paper: SC-Tuner ratio 10 on SD 1.5
+    # The model card: an architecture is no base model id, so none in the front matter and BASE in the examples.
+    from huggingface_hub import ModelCard
+
+    card = ModelCard.load(tmp_path / "out" / "README.md")
+    assert card.data.library_name == "scedit" and card.data.tags == ["scedit", "sc-tuner"]
+    assert card.data.base_model is None and "scedit sample -m BASE -t USER/REPO" in card.text
+    assert f"`{tmp_path / 'pytorch_model.bin'}` (scepter) with `scedit convert`" in card.text
+    assert f"| trainable parameters | {res.trainable_parameters:,} (1.98M) |" in card.text
+    assert "# SC-Tuner for `sd15` models" in card.text and "| base model | any `sd15` model" in card.text
     with pytest.raises(SceditError, match="decoder layer 2 of this base has 640"):
         convert_checkpoint(tmp_path / "pytorch_model.bin", tmp_path / "o2", arch="sdxl")
 
@@ -244,6 +253,8 @@ def test_convert_cli(tiny, tmp_path, capsys):
     torch.save(state, tmp_path / "pytorch_model.bin")
     main(["convert", str(tmp_path / "pytorch_model.bin"), "-o", str(tmp_path / "t"), "-m", str(root / "sd15"), "--json"])
     assert json.loads(capsys.readouterr().out)["method"] == "sc"
+    card = (tmp_path / "t" / "README.md").read_text()
+    assert card.startswith("---\n") and "library_name: scedit" in card and f"-m {root / 'sd15'} -t USER/REPO" in card
     torch.save({"x": Evil()}, tmp_path / "evil.bin")
     with pytest.raises(SystemExit) as e:
         main(["convert", str(tmp_path / "evil.bin"), "-o", str(tmp_path / "t2"), "--arch", "sd15"])

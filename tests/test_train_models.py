@@ -26,7 +26,7 @@ def test_missing_hub_model_offline_is_one_clear_line():
     with pytest.raises(SceditError) as e:
         load_base("nobody/no-such-model")
     msg = str(e.value)
-    assert "huggingface-cli download nobody/no-such-model" in msg and "\n" not in msg
+    assert "hf download nobody/no-such-model" in msg and "\n" not in msg
 
 
 def test_bad_single_files(tmp_path):

@@ -57,3 +57,8 @@ def print_json(data: Any) -> None:
 
 def info(message: str) -> None:
     err_console.print(message, highlight=False)
+
+
+def warn(message: str) -> None:
+    """`warning: message` on stderr as one line (never wrapped or read as markup), like an error."""
+    err_console.print(f"warning: {message}", highlight=False, soft_wrap=True, markup=False)

@@ -35,6 +35,7 @@ import torch
 
 from .errors import SceditError
 from .tuners import CSCTunerConfig, SCTunerConfig, SkipLayout, SkipTuner, build_tuner, save_tuner
+from .tuners.card import CardFacts, write_model_card
 from .tuners.csc import PRE_HINT_CHANNELS
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
@@ -355,5 +356,6 @@ def convert_checkpoint(
     layout, vae_factor, base_name = layout_for(model, arch)
     tuner, fmt = tuner_from_state(state, path, layout, vae_factor, condition)
     save_tuner(tuner, out, base=base_name, extra={"converted_from": str(path), "source_format": fmt})
+    write_model_card(out, CardFacts(base=base_name, converted_from=str(path), source_format=fmt))
     return ConvertResult(out, tuner.method, fmt, tuner.config.to_dict(), tuner.config.decoder_indices(layout),
                          tuner.trainable_parameters)

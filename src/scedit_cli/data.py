@@ -300,6 +300,11 @@ class TrainDataset(torch.utils.data.Dataset):
             out.append("")
         return out
 
+    def first_captions(self, limit: int = 1000) -> list[str]:
+        """The captions of the first `limit` rows (a read of the text column only; no image is opened)."""
+        head = self.ds.select_columns([self.cfg.text_column]).select(range(min(limit, len(self.ds))))
+        return [c for row in head for c in self.captions_of(row)]
+
     def crop_image(self, row: dict, index: int, position: int, size=None) -> tuple:
         """(PIL crop, the full RGB image, original (h, w), crop (top, left), resized (w, h)) of row `index`."""
         img, _ = _open_image(row.get(self.cfg.image_column), self.loaded.base_dir)

@@ -56,6 +56,13 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
+def looks_like_path(s: str) -> bool:
+    """Whether a source string is meant as a file path (not a hub id) even when nothing is there."""
+    return s.startswith(("./", "../", "/", "~", ".\\", "..\\")) or s.endswith(
+        (".safetensors", ".ckpt", ".parquet", ".jsonl", ".json", ".csv")
+    )
+
+
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")

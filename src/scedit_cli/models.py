@@ -9,7 +9,6 @@ recognised from the components, not from names.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ from typing import Any
 import torch
 
 from .errors import SceditError
+from .hubutil import first_line, hub_offline, hub_source_error
 
 DTYPES = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16, "float16": torch.float16,
           "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
@@ -72,6 +72,21 @@ class BaseModel:
         return p is not None and p.device.type == "meta"
 
     @classmethod
+    def from_pipeline(cls, pipe, source: str | None) -> "BaseModel":
+        """The facts about a loaded diffusers Stable Diffusion pipeline (any task: text-to-image, img2img, ...).
+        `source`: where it was loaded from, if known (compared with the base a tuner records)."""
+        if getattr(pipe, "unet", None) is None or getattr(pipe, "vae", None) is None:
+            raise SceditError(
+                f"{source or 'pipe'}: pipeline {type(pipe).__name__} has no U-Net/VAE; SCEdit needs a Stable "
+                "Diffusion model"
+            )
+        is_sdxl = getattr(pipe, "text_encoder_2", None) is not None or \
+            getattr(pipe.unet.config, "addition_embed_type", None) == "text_time"
+        prediction_type = getattr(pipe.scheduler.config, "prediction_type", "epsilon")
+        factor = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
+        return cls(pipe, source or "", is_sdxl, prediction_type, factor)
+
+    @classmethod
     def from_unet(cls, unet, *, is_sdxl: bool | None = None, prediction_type: str = "epsilon",
                   vae_scale_factor: int = 8, source: str = "unet") -> "BaseModel":
         """A U-Net-only base (no VAE, no text encoders): for --dry-run on the meta device and
@@ -118,7 +133,7 @@ def load_pipeline(source: str, dtype: str | torch.dtype | None = None, config: s
     if torch_dtype is not None:
         kwargs["torch_dtype"] = torch_dtype
     path = Path(source).expanduser()
-    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+    offline = hub_offline()
     try:
         if path.is_dir():
             if not (path / "model_index.json").is_file():
@@ -138,9 +153,8 @@ def load_pipeline(source: str, dtype: str | torch.dtype | None = None, config: s
             except (SceditError, KeyboardInterrupt):
                 raise
             except Exception as e:  # diffusers' SingleFileComponentError, KeyError on odd keys, ...
-                first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
                 raise SceditError(
-                    f"cannot load base model {source!r} as a single-file checkpoint ({first[:200]}); it must be a "
+                    f"cannot load base model {source!r} as a single-file checkpoint ({first_line(e)}); it must be a "
                     "complete original-format Stable Diffusion checkpoint; offline, also set model.single_file_config "
                     "to a diffusers folder (or cached hub id) of the same architecture"
                 ) from None
@@ -151,22 +165,28 @@ def load_pipeline(source: str, dtype: str | torch.dtype | None = None, config: s
     except SceditError:
         raise
     except (OSError, ValueError, EnvironmentError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        hint = (
-            "it is not in the local HF cache and the hub is offline: run `huggingface-cli download "
-            f"{source}` on a machine with internet, or pass a local diffusers folder"
-            if not path.exists()
-            else "check that the file/folder is a complete Stable Diffusion checkpoint"
-        )
-        raise SceditError(f"cannot load base model {source!r} ({first[:200]}); {hint}") from None
+        if not path.exists():
+            raise hub_source_error("base model", source, e, "a local diffusers folder") from None
+        raise SceditError(
+            f"cannot load base model {source!r} ({first_line(e)}); check that the file/folder is a complete "
+            "Stable Diffusion checkpoint"
+        ) from None
+
+
+def same_base(recorded: str | None, used: str | None) -> bool:
+    """Whether a tuner's recorded `base_model` is the base in use, as far as the names tell.
+
+    Unknown names and architecture names (`scedit convert --arch sd15`) count as the same; two local
+    paths are compared as resolved paths, anything else as text."""
+    from .recipes import ARCHES
+
+    if not recorded or not used or recorded in ARCHES:
+        return True
+    a, b = Path(recorded).expanduser(), Path(used).expanduser()
+    if a.exists() and b.exists():
+        return a.resolve() == b.resolve()
+    return recorded.rstrip("/") == used.rstrip("/")
 
 
 def load_base(source: str, dtype: str | torch.dtype | None = None, config: str | None = None) -> BaseModel:
-    pipe = load_pipeline(source, dtype=dtype, config=config)
-    if not hasattr(pipe, "unet") or not hasattr(pipe, "vae"):
-        raise SceditError(f"{source}: pipeline {type(pipe).__name__} has no U-Net/VAE; SCEdit needs a Stable Diffusion model")
-    is_sdxl = getattr(pipe, "text_encoder_2", None) is not None or \
-        getattr(pipe.unet.config, "addition_embed_type", None) == "text_time"
-    prediction_type = getattr(pipe.scheduler.config, "prediction_type", "epsilon")
-    factor = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
-    return BaseModel(pipe, source, is_sdxl, prediction_type, factor)
+    return BaseModel.from_pipeline(load_pipeline(source, dtype=dtype, config=config), source)

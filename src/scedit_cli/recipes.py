@@ -32,6 +32,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 from .errors import SceditError
+from .fsutil import looks_like_path
 
 ARCHES = ("sd15", "sd21", "sd21-base", "sdxl")
 PRECISIONS = ("no", "fp16", "bf16")
@@ -317,12 +318,6 @@ def apply_overrides(raw: dict, overrides: list[str] | dict | None) -> set[str]:
     return done
 
 
-def _looks_like_path(s: str) -> bool:
-    return s.startswith(("./", "../", "/", "~", ".\\", "..\\")) or s.endswith(
-        (".safetensors", ".ckpt", ".parquet", ".jsonl", ".json", ".csv")
-    )
-
-
 def resolve_source(value: str, base_dir: Path) -> str:
     """A path (absolute, or relative to `base_dir`) when it names one; otherwise a hub id, unchanged."""
     if not value:
@@ -331,7 +326,7 @@ def resolve_source(value: str, base_dir: Path) -> str:
     if p.is_absolute():
         return str(p)
     candidate = (base_dir / p)
-    if candidate.exists() or _looks_like_path(value):
+    if candidate.exists() or looks_like_path(value):
         return str(candidate.resolve())
     return value
 

@@ -64,7 +64,9 @@ _model = typer.Option(..., "--model", "-m", help="Base model: diffusers folder, 
 _prompt = typer.Option(None, "--prompt", "-p", help="One prompt.")
 _prompts = typer.Option(None, "--prompts", help="Prompts file: .txt (one a line) or .jsonl ({\"prompt\", \"negative_prompt\", \"seed\"}).")
 _neg = typer.Option(None, "--negative-prompt", "-n", help="Negative prompt (jsonl lines may override it).")
-_tuner = typer.Option(None, "--tuner", "-t", help="Tuner folder or .safetensors (from `scedit train` or `scedit convert`). Repeatable.")
+_HELP_TUNER = ("Tuner folder or .safetensors (from `scedit train` or `scedit convert`), or a Hub id "
+               "user/repo[/sub/folder][@revision] (offline: from the HF cache).")
+_tuner = typer.Option(None, "--tuner", "-t", help=_HELP_TUNER + " Repeatable.")
 _out = typer.Option(..., "--out", "-o", help="Output folder: PNGs, manifest.jsonl, grid.png. Re-running resumes.")
 _steps = typer.Option(50, "--steps", help="Denoising steps.")
 _sched = typer.Option("ddim", "--scheduler", help="Scheduler: ddim, euler, euler_a, dpm++, unipc, pndm, ... or any compatible diffusers class name.")
@@ -124,7 +126,7 @@ def sample_command(
 def compose_command(
     model: str = _model,
     out: Path = _out,
-    tuner: list[str] = typer.Option(..., "--tuner", "-t", help="CSC-Tuner (one per condition) and optional SC-Tuners. Repeatable."),
+    tuner: list[str] = typer.Option(..., "--tuner", "-t", help="CSC-Tuner (one per condition) and optional SC-Tuners: " + _HELP_TUNER + " Repeatable."),
     prompt: Optional[str] = _prompt,
     prompts: Optional[Path] = _prompts,
     negative_prompt: Optional[str] = _neg,

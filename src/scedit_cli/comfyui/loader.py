@@ -15,6 +15,7 @@ from pathlib import Path
 from ..convert import PICKLE_SUFFIXES, is_control_checkpoint, read_state_dict, tuner_from_state
 from ..errors import SceditError
 from ..tuners import SkipLayout, SkipTuner
+from ..tuners.hub import resolve_tuner_source
 from ..tuners.io import is_tuner_file, load_tuner
 
 FOLDER = "scedit"
@@ -52,7 +53,8 @@ def tuner_choices() -> list[str] | None:
 
 
 def resolve_name(name: str) -> Path:
-    """A node's tuner input -> the file it means."""
+    """A node's tuner input -> the file it means: a name from models/scedit/ inside ComfyUI, else a path or
+    a Hub id (`user/repo[/sub/folder][@revision]`)."""
     if not name:
         raise SceditError("SCEdit: no tuner chosen; put tuner files or folders in ComfyUI's models/scedit/")
     fp = folder_paths_module()
@@ -65,10 +67,7 @@ def resolve_name(name: str) -> Path:
                 "refresh ComfyUI after adding tuners to models/scedit/"
             )
         return Path(full)
-    path = Path(name).expanduser()
-    if not path.exists():
-        raise SceditError(f"SCEdit: tuner {name}: no such file or folder")
-    return path
+    return resolve_tuner_source(name)
 
 
 def load_for_model(source: str | Path, layout: SkipLayout, factor: int) -> SkipTuner:

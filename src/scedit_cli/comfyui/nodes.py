@@ -9,12 +9,15 @@ from __future__ import annotations
 
 from ..errors import SceditError
 from ..tuners import CSCTuner, SkipTuner
+from ..tuners.hub import resolve_tuner_source
 from . import model as comfy_model
 from .hints import image_to_condition
 from .loader import load_for_model, resolve_name, tuner_choices
 from .patch import ControlEntry, TunerEntry, with_entry
 
 CATEGORY = "scedit"
+HUB_ID_TOOLTIP = ("Optional Hugging Face Hub id of a tuner, user/repo[/sub/folder][@revision]; when set it is used "
+                  "instead of `tuner` (read from the HF cache when offline).")
 _TUNER_KINDS = ("a scedit tuner (folder or .safetensors from `scedit train` / `scedit convert`) or an official "
                 "SCEdit checkpoint")
 
@@ -26,9 +29,11 @@ def _tuner_input() -> tuple:
     return (choices, {"tooltip": f"{_TUNER_KINDS[0].upper()}{_TUNER_KINDS[1:]}, from ComfyUI's models/scedit/."})
 
 
-def _load(model, name: str) -> SkipTuner:
+def _load(model, name: str, hub_id: str = "") -> SkipTuner:
     layout = comfy_model.skip_layout(model)
-    tuner = load_for_model(resolve_name(name), layout, comfy_model.latent_factor(model))
+    source = resolve_tuner_source(hub_id.strip()) if hub_id.strip() else resolve_name(name)
+    name = hub_id.strip() or name
+    tuner = load_for_model(source, layout, comfy_model.latent_factor(model))
     comfy_model.check_layout(tuner, layout, name)
     comfy_model.warn_if_other_base(tuner, model, name)
     return tuner
@@ -43,7 +48,8 @@ class _Node:
 
     @staticmethod
     def required(**inputs) -> dict:
-        return {"required": {"model": ("MODEL",), "tuner": _tuner_input(), **inputs}}
+        return {"required": {"model": ("MODEL",), "tuner": _tuner_input(), **inputs},
+                "optional": {"hub_id": ("STRING", {"default": "", "tooltip": HUB_ID_TOOLTIP})}}
 
 
 class SCEditTuner(_Node):
@@ -56,10 +62,11 @@ class SCEditTuner(_Node):
         return cls.required(strength=("FLOAT", {"default": 1.0, "min": -10.0, "max": 10.0, "step": 0.01,
                                                 "tooltip": "Weight of the tuner's edit: 0 off, 1 as trained."}))
 
-    def apply(self, model, tuner, strength):
+    def apply(self, model, tuner, strength, hub_id=""):
         if strength == 0:
             return (model,)
-        loaded = _load(model, tuner)
+        loaded = _load(model, tuner, hub_id)
+        tuner = hub_id.strip() or tuner
         if isinstance(loaded, CSCTuner):
             raise SceditError(
                 f"SCEdit Tuner: {tuner} is a CSC-Tuner for {loaded.config.condition!r} control; it needs a condition "
@@ -84,7 +91,7 @@ class SCEditControl(_Node):
             end_percent=("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.001}),
         )
 
-    def apply(self, model, tuner, image, strength, start_percent, end_percent):
+    def apply(self, model, tuner, image, strength, start_percent, end_percent, hub_id=""):
         if image is None:
             raise SceditError(f"SCEdit Control: the CSC-Tuner {tuner} needs a condition image: connect an IMAGE")
         if not 0.0 <= start_percent <= end_percent <= 1.0:
@@ -94,7 +101,8 @@ class SCEditControl(_Node):
             )
         if strength == 0:
             return (model,)
-        loaded = _load(model, tuner)
+        loaded = _load(model, tuner, hub_id)
+        tuner = hub_id.strip() or tuner
         if not isinstance(loaded, CSCTuner):
             raise SceditError(f"SCEdit Control: {tuner} is an SC-Tuner (no condition input); use the SCEdit Tuner node")
         factor = comfy_model.latent_factor(model)

@@ -90,13 +90,19 @@ def fit_to(image: Image.Image, width: int, height: int, resample=Image.BICUBIC) 
 
 def load_control_map(spec: ControlSpec, width: int, height: int, weights: str | Path | None = None) -> Image.Image:
     """The condition map for `spec` at the output size (RGB)."""
-    image = open_image(spec.path)
-    if spec.is_map:
+    return control_map(spec.name, open_image(spec.path), width, height, spec.is_map, weights, dict(spec.params))
+
+
+def control_map(name: str, image: Image.Image, width: int, height: int, is_map: bool = False,
+                weights: str | Path | None = None, params: dict | None = None) -> Image.Image:
+    """Condition `name`'s map at (width, height) from a raw image (computed with the `prepare` code) or,
+    with `is_map`, from a ready-made map (only resized)."""
+    if is_map:
         return fit_to(image.convert("RGB"), width, height, Image.BILINEAR)
     from ..conditions import compute_condition
 
     raw = fit_to(image.convert("RGB"), width, height, Image.BICUBIC)
-    cond = compute_condition(spec.name, raw, weights=weights, params=dict(spec.params) or None)
+    cond = compute_condition(name, raw, weights=weights, params=params or None)
     return cond.convert("RGB")
 
 

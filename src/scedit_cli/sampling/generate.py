@@ -31,10 +31,11 @@ from pathlib import Path
 import torch
 
 from .. import __version__
-from ..console import progress
+from ..console import progress, warn
 from ..errors import SceditError
-from ..models import BaseModel, load_base
+from ..models import BaseModel, load_base, same_base
 from ..tuners import CSCTuner, SkipTuner, attach, detach, get_editor, load_tuner
+from ..tuners.hub import resolve_tuner_source
 from .controls import ControlSpec, file_digest, known_condition_names, load_control_map, map_to_tensor
 from .grid import write_contact_sheet
 from .manifest import fingerprint, is_done, save_png, write_manifest
@@ -156,7 +157,8 @@ def load_model(model: str | BaseModel, device: str | None = "auto", dtype: str |
 
 
 def load_tuners(paths: Sequence[str | Path | SkipTuner], base: BaseModel) -> list[SkipTuner]:
-    """Load tuner files for `base`; refuses tuners built for another U-Net layout or VAE factor."""
+    """Load tuners (folders, files, Hub ids, tuner objects) for `base`; refuses tuners built for another
+    U-Net layout or VAE factor, warns when a tuner records another base model."""
     tuners = []
     dtype = base.unet.dtype
     for p in paths:
@@ -164,7 +166,12 @@ def load_tuners(paths: Sequence[str | Path | SkipTuner], base: BaseModel) -> lis
         if isinstance(p, SkipTuner):
             tuner = p.ops_in(dtype)
         else:
+            p = resolve_tuner_source(p)
             tuner = load_tuner(p, unet=base.unet).ops_in(dtype, copy=False)
+        recorded = (getattr(tuner, "file_meta", None) or {}).get("base_model")
+        if not same_base(recorded, base.source):
+            warn(f"{p}: tuner was trained on base model {recorded!r}, not {base.source!r}; "
+                 "its edits may not fit this base")
         if isinstance(tuner, CSCTuner) and tuner.config.hint_downscale != base.vae_scale_factor:
             raise SceditError(
                 f"{p}: CSC-Tuner's hint encoder downsamples by {tuner.config.hint_downscale} but this base "
@@ -183,14 +190,14 @@ def load_tuners(paths: Sequence[str | Path | SkipTuner], base: BaseModel) -> lis
     return tuners
 
 
-def check_inputs(tuners: Sequence, controls: Sequence[ControlSpec]) -> None:
-    """Fail on missing tuner and control files before the (slow) base model loads."""
-    for t in tuners:
-        if not isinstance(t, SkipTuner) and not Path(t).exists():
-            raise SceditError(f"{t}: tuner file not found; pass a tuner folder or its tuner.safetensors")
+def check_inputs(tuners: Sequence, controls: Sequence[ControlSpec]) -> list[Path | SkipTuner]:
+    """Fail on missing tuners and control files before the (slow) base model loads; returns the tuners
+    with Hub ids resolved to their cached folders."""
+    resolved = [t if isinstance(t, SkipTuner) else resolve_tuner_source(t) for t in tuners]
     for c in controls:
         if not c.path.is_file():
             raise SceditError(f"{c.path}: control image not found (--control {c.name}:{c.path})")
+    return resolved
 
 
 def _tuner_record(t: SkipTuner) -> dict:
@@ -472,7 +479,7 @@ def sample(
     settings = settings or SampleSettings()
     settings.validate()
     prompts = _as_prompts(prompts)
-    check_inputs(tuners, controls)
+    tuners = check_inputs(tuners, controls)
     base = load_model(model, device, dtype)
     loaded = load_tuners(tuners, base)
     binding = bind_controls(loaded, controls)
@@ -528,7 +535,7 @@ def compose(
     prompts = _as_prompts(prompts)
     if not controls:
         raise SceditError("compose needs at least one --control (or --control-map)")
-    check_inputs(tuners, controls)
+    tuners = check_inputs(tuners, controls)
     base = load_model(model, device, dtype)
     loaded = load_tuners(tuners, base)
     binding = bind_controls(loaded, controls, allow_repeats=sweep is None)

@@ -413,6 +413,9 @@ class _Trainer:
 
         _quiet_loaders()
         data = load_training_data(r.data, method.conditions, seed)  # data errors first: no model load to wait for
+        from ..tuners.card import caption_trigger
+
+        trigger = caption_trigger(data.first_captions())  # for the model card
         base = load_base(r.model.source, dtype=None, config=r.model.single_file_config or None)
         if r.model.arch and r.model.arch.replace("-base", "") != _arch_of(base):
             raise SceditError(
@@ -593,6 +596,10 @@ class _Trainer:
             if r.logging.loss_curve:
                 curve = save_loss_curve(history, out / "loss.png", f"{r.name}: {method.name}")
                 result.loss_curve = str(curve) if curve else None
+            if result.outputs:
+                from ..tuners.card import write_training_cards
+
+                write_training_cards([Path(p) for p in result.outputs], r, step, result.final_loss, out, trigger)
         if r.logging.tensorboard and main:
             acc.end_training()
         acc.wait_for_everyone()
