@@ -19,15 +19,9 @@ from scedit_cli.sampling import ControlSpec, SampleSettings, compose, sample
 from scedit_cli.sampling.masked import MaskSpec, load_masked, parse_extend, parse_mask
 from scedit_cli.toy import base_model_path
 from scedit_cli.tuners import CSCTuner, CSCTunerConfig, SkipLayout, save_tuner
+from tiny_models import randomize_
 
 SIZE = 32  # the toy base's native size
-
-
-def _randomize_(module, seed):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * 0.2)
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +33,7 @@ def toy(tmp_path_factory):
     for seed, (cond, ch) in enumerate((("inpaint", 4), ("outpaint", 4), ("canny", 3))):
         t = CSCTuner(CSCTunerConfig(hint_downscale=base.vae_scale_factor, hint_kernel=1, condition=cond,
                                     in_channels=ch), layout)
-        _randomize_(t, seed)
+        randomize_(t, seed)
         tuners[cond] = save_tuner(t, root / cond, base="toy")
     rng = np.random.default_rng(0)
     for name, shape in (("photo", (SIZE, SIZE, 3)), ("wide", (40, 48, 3))):

@@ -208,16 +208,12 @@ class SkipAnalysisSettings:
         return self.map_steps if self.map_steps is not None else min(4, self.steps)
 
     def validate(self) -> None:
-        if self.steps < 1:
-            raise SceditError(f"--steps must be >= 1, got {self.steps}")
-        if self.batch_size < 1:
-            raise SceditError(f"--batch-size must be >= 1, got {self.batch_size}")
-        if self.guidance_scale < 0:
-            raise SceditError(f"--guidance-scale must be >= 0, got {self.guidance_scale}")
+        from ..sampling import SampleSettings  # steps, batch size, guidance and seeds: as `scedit sample` checks them
+
+        SampleSettings(steps=self.steps, guidance_scale=self.guidance_scale, seeds=self.seeds,
+                       batch_size=self.batch_size).validate()
         if self.map_steps is not None and not 1 <= self.map_steps <= self.steps:
             raise SceditError(f"--map-steps must be between 1 and --steps ({self.steps}), got {self.map_steps}")
-        if not self.seeds or any(s < 0 for s in self.seeds):
-            raise SceditError(f"give one or more --seed >= 0, got {list(self.seeds)}")
         bad = [m for m in self.modes if m not in MODES]
         if bad or not self.modes:
             raise SceditError(f"--mode {', '.join(bad) or '(none)'}: choose zero and/or mean")
