@@ -22,7 +22,7 @@ PAPER_M = {
     "table6b-skips-0-3-4-6-7-9-11": 17.14,
 }
 EXPECTED = {
-    "table1": 5, "table2": 6, "table5": 4, "table6": 2, "style": 6, "fig7": 7,
+    "table1": 5, "table2": 6, "table5": 4, "table6": 2, "style": 6, "fig7": 8,
 }
 
 
@@ -30,7 +30,7 @@ def test_every_experiment_has_a_recipe():
     names = [p.stem for p in RECIPES]
     for prefix, n in EXPECTED.items():
         assert sum(1 for s in names if s.startswith(prefix)) == n, prefix
-    for cond in ("canny", "depth", "hed", "segmentation", "pose", "color", "inpainting"):
+    for cond in ("canny", "depth", "hed", "segmentation", "pose", "color", "inpainting", "outpainting"):
         assert f"fig7-{cond}" in names
     for style in ("3d", "anime", "flat-illustration", "oil-painting", "sketch", "watercolor"):
         assert f"style-{style}" in names

@@ -23,16 +23,11 @@ from scedit_cli.sampling import (
 )
 from scedit_cli.sampling.controls import fit_to, load_control_map
 from scedit_cli.tuners import CSCTuner, CSCTunerConfig, SCTuner, SCTunerConfig, SkipLayout, save_tuner
-from tiny_models import make_tiny_pipeline
+from tiny_models import make_tiny_pipeline, randomize_
 
 STEPS = 2
 
 
-def _randomize_(module, seed):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * 0.2)
 
 
 
@@ -47,10 +42,10 @@ def world(tmp_path_factory):
     tuners = {}
     for seed, cond in enumerate(("canny", "color")):
         t = CSCTuner(CSCTunerConfig(hint_downscale=2, hint_kernel=1, condition=cond), layout)
-        _randomize_(t, seed)
+        randomize_(t, seed)
         tuners[cond] = save_tuner(t, root / f"csc_{cond}", base="tiny")
     sc = SCTuner(SCTunerConfig(ratio=2), layout)
-    _randomize_(sc, 7)
+    randomize_(sc, 7)
     tuners["sc"] = save_tuner(sc, root / "sc_trained", base="tiny")
     tuners["sc_fresh"] = save_tuner(SCTuner(SCTunerConfig(), layout), root / "sc_fresh", base="tiny")
     rng = np.random.default_rng(0)

@@ -47,6 +47,14 @@ def tiny_unet_config(kind: str = "sd15") -> dict:
     raise ValueError(kind)
 
 
+def randomize_(module: torch.nn.Module, seed: int = 0, scale: float = 0.2) -> None:
+    """Give every parameter (zero-initialised ones too) random N(0, scale^2) values: a "trained" module."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * scale)
+
+
 def make_tiny_unet(kind: str = "sd15", seed: int = 0) -> UNet2DConditionModel:
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(**tiny_unet_config(kind))

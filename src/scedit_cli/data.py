@@ -25,10 +25,11 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .conditions import MASKED_CONDITIONS
+from .conditions.tensor import condition_tensor, image_tensor
 from .errors import SceditError
 from .methods.base import condition_channels
 
-MASKED_CONDITIONS = ("inpaint", "outpaint")  # fed as cut-out + mask
 NEAREST_CONDITIONS = ("seg", "segmentation", "pose")  # label colours must not blend
 VALIDATION_OFFSET = 1 << 40  # stream positions for validation samples, apart from training ones
 
@@ -229,11 +230,7 @@ def _resize_crop(img: Image.Image, size, center: bool, rng: np.random.Generator,
 
 
 def _to_tensor(img: Image.Image, channels: int) -> torch.Tensor:
-    arr = np.asarray(img, dtype=np.float32) / 255.0
-    if arr.ndim == 2:
-        arr = arr[:, :, None]
-    t = torch.from_numpy(arr.copy()).permute(2, 0, 1)
-    return t[:channels]
+    return image_tensor(img)[:channels]
 
 
 class TrainDataset(torch.utils.data.Dataset):
@@ -335,8 +332,7 @@ class TrainDataset(torch.utils.data.Dataset):
         conds = []
         for cond in self.conditions:
             maps = self._condition_maps(cond, row, index, img, image, resized, crop_tl, rng)
-            tensors = [_to_tensor(m, 3 if m.mode != "L" else 1) for m in maps]
-            t = torch.cat(tensors, 0)[: condition_channels(cond)]
+            t = condition_tensor(maps)[: condition_channels(cond)]
             if t.shape[0] != condition_channels(cond):
                 raise BadSample(f"row {index}: condition {cond!r} has {t.shape[0]} channels, expected {condition_channels(cond)}")
             conds.append(t)
@@ -347,7 +343,7 @@ class TrainDataset(torch.utils.data.Dataset):
         col = condition_column(cfg, cond)
         masked = cond in MASKED_CONDITIONS
         if cfg.compute_conditions:
-            from .conditions import compute_condition_maps
+            from .conditions import compute_condition_maps, get_spec
 
             try:
                 maps = compute_condition_maps(cond, image, rng=rng, weights=cfg.detector_weights or None)
@@ -355,8 +351,7 @@ class TrainDataset(torch.utils.data.Dataset):
                 raise
             except Exception as e:
                 raise BadSample(f"row {index}: computing {cond!r} failed ({type(e).__name__}: {str(e)[:80]})") from None
-            keys = [cond, f"{cond}_mask"] if masked else [cond]
-            return [maps[k].convert("L" if k.endswith("_mask") else "RGB") for k in keys]
+            return [maps[k].convert("L" if k.endswith("_mask") else "RGB") for k in get_spec(cond).columns]
         cols = [col, f"{col}_mask"] if masked else [col]
         out = []
         for c in cols:

@@ -41,12 +41,14 @@ def _settings(steps, scheduler, guidance_scale, width, height, size, negative_pr
     )
 
 
-def _controls(control, control_map):
+def _controls(control, control_map, mask, extend):
     from ..sampling import parse_control
+    from ..sampling.masked import with_mask_options
 
-    return [parse_control(c, False, "--control") for c in control or []] + [
+    controls = [parse_control(c, False, "--control") for c in control or []] + [
         parse_control(c, True, "--control-map") for c in control_map or []
     ]
+    return with_mask_options(controls, mask, extend)
 
 
 def _report(result, json_out: bool, what: str) -> None:
@@ -73,7 +75,8 @@ _sched = typer.Option("ddim", "--scheduler", help="Scheduler: ddim, euler, euler
 _cfg = typer.Option(7.5, "--guidance-scale", "--cfg", help="Classifier-free guidance scale (<= 1 turns guidance off).")
 _seed = typer.Option(None, "--seed", "-s", help="Seed; repeat for several images per prompt (default 0).")
 _bs = typer.Option(1, "--batch-size", "-b", help="Images per pipeline call.")
-_w = typer.Option(None, "--width", help="Image width in px (default: the base model's native size).")
+_w = typer.Option(None, "--width", help="Image width in px (default: the base model's native size; outpaint: the "
+                 "image inside the canvas, default its own size).")
 _h = typer.Option(None, "--height", help="Image height in px.")
 _size = typer.Option(None, "--size", help="Square image size in px (instead of --width/--height).")
 _grid = typer.Option(64, "--grid-max", help="Images in the contact sheet grid.png (0: none).")
@@ -82,6 +85,10 @@ _dev = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N.")
 _dtype = typer.Option(None, "--dtype", help="fp32, fp16 or bf16 (default: fp16 on GPU, fp32 on CPU).")
 _annot = typer.Option(None, "--annotator-weights", help="Folder with detector weights for depth/hed/seg/pose maps.")
 _json = typer.Option(False, "--json", help="Print a JSON summary on stdout.")
+_mask = typer.Option(None, "--mask", help="For --control inpaint:IMAGE: a mask of the image's size (white = repaint), "
+                     "or auto[:SEED] for the LaMa-style mask `scedit prepare --seed SEED` draws for that image.")
+_extend = typer.Option(None, "--extend", help="For --control outpaint:IMAGE: margins as fractions of the image, "
+                       "e.g. left=0.25,right=0.25 (multiples of 8 px); the output is the extended canvas.")
 
 
 @app.command("sample")
@@ -94,6 +101,8 @@ def sample_command(
     tuner: Optional[list[str]] = _tuner,
     control: Optional[list[str]] = typer.Option(None, "--control", "-c", help=_HELP_CONTROL),
     control_map: Optional[list[str]] = typer.Option(None, "--control-map", help=_HELP_CONTROL_MAP),
+    mask: Optional[str] = _mask,
+    extend: Optional[str] = _extend,
     tuner_scale: float = typer.Option(1.0, "--tuner-scale", help="Weight of the SC-Tuners' edits (0: off, 1: as trained)."),
     control_scale: float = typer.Option(1.0, "--control-scale", help="Multiplies every condition's scale."),
     steps: int = _steps,
@@ -117,7 +126,7 @@ def sample_command(
     specs = prompt_list(prompt, prompts)
     settings = _settings(steps, scheduler, guidance_scale, width, height, size, negative_prompt, seed, batch_size,
                          tuner_scale, control_scale, grid_max, overwrite, annotator_weights)
-    result = sample(model, specs, out, tuners=tuner or [], controls=_controls(control, control_map),
+    result = sample(model, specs, out, tuners=tuner or [], controls=_controls(control, control_map, mask, extend),
                     settings=settings, device=device, dtype=dtype)
     _report(result, json_out, "sample")
 
@@ -135,6 +144,8 @@ def compose_command(
         help="NAME:IMAGE[:WEIGHT], map computed from a raw image. Weights are normalised to sum to 1 (Eq. 7). "
              "Give one condition several times for one image per map (Fig. 9a)."),
     control_map: Optional[list[str]] = typer.Option(None, "--control-map", help="NAME:MAP[:WEIGHT], a ready-made map."),
+    mask: Optional[str] = _mask,
+    extend: Optional[str] = _extend,
     sweep: Optional[int] = typer.Option(None, "--sweep", help="With two conditions: N images whose weights go from (1, 0) to (0, 1) (Fig. 9b)."),
     control_scale: float = typer.Option(1.0, "--control-scale", help="Multiplies the normalised weights."),
     tuner_scale: float = typer.Option(1.0, "--tuner-scale", help="Weight of SC-Tuners' edits."),
@@ -159,8 +170,8 @@ def compose_command(
     specs = prompt_list(prompt, prompts)
     settings = _settings(steps, scheduler, guidance_scale, width, height, size, negative_prompt, seed, batch_size,
                          tuner_scale, control_scale, grid_max, overwrite, annotator_weights)
-    result = compose(model, specs, out, tuners=tuner, controls=_controls(control, control_map), settings=settings,
-                     sweep=sweep, device=device, dtype=dtype)
+    result = compose(model, specs, out, tuners=tuner, controls=_controls(control, control_map, mask, extend),
+                     settings=settings, sweep=sweep, device=device, dtype=dtype)
     _report(result, json_out, "compose")
 
 

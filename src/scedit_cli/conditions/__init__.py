@@ -62,6 +62,9 @@ CONDITIONS: dict[str, ConditionSpec] = {
     )
 }
 
+# Conditions fed as a masked cut-out plus its mask (4 channels, see tensor.py).
+MASKED_CONDITIONS = tuple(name for name, spec in CONDITIONS.items() if len(spec.columns) > 1)
+
 
 def get_spec(name: str) -> ConditionSpec:
     try:
@@ -201,4 +204,4 @@ def record_rng(seed: int, key: str) -> np.random.Generator:
     return np.random.default_rng([seed, digest])
 
 
-__all__ = ["CONDITIONS", "ConditionSpec", "compute_condition", "compute_condition_maps", "get_spec", "record_rng"]
+__all__ = ["CONDITIONS", "MASKED_CONDITIONS", "ConditionSpec", "compute_condition", "compute_condition_maps", "get_spec", "record_rng"]

@@ -52,6 +52,12 @@ class InputSource:
         return {"kind": self.kind, "location": self.location, "records": self.count}
 
 
+def safe_key(raw: str) -> str:
+    """A relative path (without extension) or id as a filesystem-safe stem: a record's key before
+    de-duplication. Keys seed a record's random settings (`conditions.record_rng`)."""
+    return (_UNSAFE.sub("_", raw.replace("/", "__").replace("\\", "__")).strip("._") or "item")[:150]
+
+
 class _KeyMaker:
     """Turns a relative path or id into a unique, filesystem-safe stem, deterministically."""
 
@@ -59,8 +65,7 @@ class _KeyMaker:
         self.seen: set[str] = set()
 
     def __call__(self, raw: str, index: int) -> str:
-        stem = _UNSAFE.sub("_", raw.replace("/", "__").replace("\\", "__")).strip("._") or "item"
-        stem = stem[:150]
+        stem = safe_key(raw)
         key = stem
         if key in self.seen:
             key = f"{stem}-{index:09d}"

@@ -7,7 +7,9 @@ a ready-made map as it is. Either way the image is brought to the output size
 the way training images are (resize the short side, centre crop) before the
 map is computed, and the map becomes a (1, C, H, W) float tensor in [0, 1]
 (torchvision's ToTensor convention, as the official code feeds its hints).
-The user's files are only read, never changed.
+Inpaint and outpaint controls carry a mask (`--mask`) or margins (`--extend`)
+and become a cut-out plus its mask: see `masked.py`. The user's files are only
+read, never changed.
 """
 
 from __future__ import annotations
@@ -15,12 +17,16 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
 from ..errors import SceditError
+
+if TYPE_CHECKING:
+    from .masked import MaskSpec
 
 
 @dataclass(frozen=True)
@@ -32,10 +38,24 @@ class ControlSpec:
     scale: float = 1.0
     is_map: bool = False
     params: tuple = field(default=())
+    mask: "MaskSpec | None" = None  # inpaint: which pixels to repaint
+    extend: tuple[tuple[str, float], ...] = ()  # outpaint: (side, fraction of the image) margins
 
     def describe(self) -> dict:
-        return {"condition": self.name, "image": str(self.path), "scale": self.scale,
-                "input": "map" if self.is_map else "image"}
+        d = {"condition": self.name, "image": str(self.path), "scale": self.scale,
+             "input": "map" if self.is_map else "image"}
+        if self.mask is not None:
+            d["mask"] = self.mask.describe()
+        if self.extend:
+            d["extend"] = dict(self.extend)
+        return d
+
+    def record(self) -> dict:
+        """`describe()` plus digests of the files read: what decides the condition tensor."""
+        rec = {**self.describe(), "digest": file_digest(self.path)}
+        if self.mask is not None and self.mask.path is not None:
+            rec["mask_digest"] = file_digest(self.mask.path)
+        return rec
 
 
 def parse_control(text: str, is_map: bool = False, option: str = "--control") -> ControlSpec:
@@ -107,17 +127,40 @@ def control_map(name: str, image: Image.Image, width: int, height: int, is_map: 
 
 
 def map_to_tensor(image: Image.Image, channels: int = 3) -> torch.Tensor:
-    """(1, C, H, W) float32 in [0, 1]."""
+    """(1, C, H, W) float32 in [0, 1], as training feeds a one-map condition (see `conditions.tensor`)."""
+    from ..conditions.tensor import image_tensor
+
     if channels not in (1, 3):
         raise SceditError(
-            f"this CSC-Tuner takes {channels}-channel conditions (a cut-out plus its mask, as inpaint/outpaint "
-            "tuners do); `scedit sample` feeds 1- or 3-channel maps only in this version"
+            f"this CSC-Tuner reads {channels}-channel conditions (a cut-out plus its mask, as inpaint/outpaint "
+            "tuners do): give the image with --control inpaint:IMAGE --mask MASK.png or --control outpaint:IMAGE "
+            "--extend left=0.25"
         )
-    image = image.convert("RGB" if channels == 3 else "L")
-    arr = np.asarray(image, dtype=np.float32) / 255.0
-    if arr.ndim == 2:
-        arr = arr[:, :, None]
-    return torch.from_numpy(arr).permute(2, 0, 1).unsqueeze(0).contiguous()
+    return image_tensor(image.convert("RGB" if channels == 3 else "L")).unsqueeze(0).contiguous()
+
+
+@dataclass
+class LoadedControl:
+    """A control ready for the tuner: its (1, C, H, W) tensor, and for inpaint/outpaint the
+    input and mask shown beside the result in the contact sheet."""
+
+    tensor: torch.Tensor
+    panels: list[Image.Image] = field(default_factory=list)
+
+
+def load_control(spec: ControlSpec, width: int, height: int, channels: int, weights: str | Path | None = None,
+                 area: tuple[int | None, int | None] = (None, None)) -> LoadedControl:
+    """The condition tensor of `spec` at the output size, for a tuner that reads `channels` channels.
+
+    `area`: --width/--height as given, the size of an outpainting image inside its canvas.
+    """
+    from ..conditions import MASKED_CONDITIONS
+
+    if spec.name in MASKED_CONDITIONS:
+        from .masked import load_masked
+
+        return load_masked(spec, width, height, channels, area)
+    return LoadedControl(map_to_tensor(load_control_map(spec, width, height, weights=weights), channels))
 
 
 def file_digest(path: Path, chunk: int = 1 << 20) -> str:

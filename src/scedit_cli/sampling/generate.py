@@ -36,8 +36,9 @@ from ..errors import SceditError
 from ..models import BaseModel, load_base, same_base
 from ..tuners import CSCTuner, SkipTuner, attach, detach, get_editor, load_tuner
 from ..tuners.hub import resolve_tuner_source
-from .controls import ControlSpec, file_digest, known_condition_names, load_control_map, map_to_tensor
+from .controls import ControlSpec, file_digest, known_condition_names, load_control
 from .grid import write_contact_sheet
+from .masked import check_masked, output_size
 from .manifest import fingerprint, is_done, save_png, write_manifest
 from .prompts import PromptSpec
 from .schedulers import make_scheduler
@@ -197,6 +198,7 @@ def check_inputs(tuners: Sequence, controls: Sequence[ControlSpec]) -> list[Path
     for c in controls:
         if not c.path.is_file():
             raise SceditError(f"{c.path}: control image not found (--control {c.name}:{c.path})")
+    check_masked(controls)
     return resolved
 
 
@@ -224,6 +226,8 @@ def bind_controls(tuners: list[SkipTuner], controls: Sequence[ControlSpec], allo
     binding: dict[int, list[int]] = {i: [] for i in csc}
     for k, spec in enumerate(controls):
         match = [i for i, c in csc.items() if c == spec.name]
+        if not match and spec.name == "outpaint":  # an inpainting tuner outpaints too (paper Fig. 10)
+            match = [i for i, c in csc.items() if c == "inpaint"]
         if not match:
             known = known_condition_names()
             if spec.name not in known and spec.name not in loaded:
@@ -307,18 +311,16 @@ def run_jobs(
     if out.exists() and not out.is_dir():
         raise SceditError(f"{out}: exists and is not a folder; choose another --out")
     pipe = base.pipeline
-    width, height = _image_size(base, settings)
+    area = (settings.width, settings.height)
+    width, height = output_size(controls, area) or _image_size(base, settings)  # outpainting: the canvas
     new_scheduler = make_scheduler(settings.scheduler, pipe.scheduler)
 
-    # Condition maps: read/computed once, at the output size.
-    control_tensors = {}
-    control_records = []
-    for k, spec in enumerate(controls):
-        cmap = load_control_map(spec, width, height, weights=settings.annotator_weights)
-        channels = next((t.config.in_channels for i, t in enumerate(tuners)
-                         if isinstance(t, CSCTuner) and t.config.condition == spec.name), 3)
-        control_tensors[k] = map_to_tensor(cmap, channels)
-        control_records.append({**spec.describe(), "digest": file_digest(spec.path)})
+    # Condition tensors: read/computed once, at the output size, for the tuner each control feeds.
+    channels = {k: tuners[i].config.in_channels for j in jobs for i, k in enumerate(j.controls) if k is not None}
+    loaded = {k: load_control(spec, width, height, channels.get(k, 3), settings.annotator_weights, area)
+              for k, spec in enumerate(controls)}
+    control_tensors = {k: c.tensor for k, c in loaded.items()}
+    control_records = [spec.record() for spec in controls]
 
     run_settings = {
         "command": command,
@@ -426,7 +428,14 @@ def run_jobs(
     images = [out / n for n in names]
     grid = None
     if settings.grid_max and images:
-        grid = write_contact_sheet(images[: settings.grid_max], out / GRID_NAME, cols=grid_cols)
+        shown = jobs[: settings.grid_max]
+        panels = [[p for k in j.controls if k is not None for p in loaded[k].panels] for j in shown]
+        if any(panels):  # inpaint/outpaint: input, mask, result per image
+            rows = [row + [out / j.filename] for row, j in zip(panels, shown)]
+            grid = write_contact_sheet([x for row in rows for x in row], out / GRID_NAME, cols=len(rows[0]),
+                                       background=(128, 128, 128))  # white would merge with the masks
+        else:
+            grid = write_contact_sheet(images[: settings.grid_max], out / GRID_NAME, cols=grid_cols)
     return SampleResult(
         out=out,
         images=images,

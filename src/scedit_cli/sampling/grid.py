@@ -30,12 +30,17 @@ def contact_sheet(images: list[Image.Image], cols: int | None = None, cell: int 
     return sheet
 
 
-def write_contact_sheet(paths: list[Path], out: Path, cols: int | None = None, cell: int = 256) -> Path:
+def write_contact_sheet(items: list[Path | Image.Image], out: Path, cols: int | None = None, cell: int = 256,
+                        background=(255, 255, 255)) -> Path:
+    """`contact_sheet` of image files and/or PIL images, written atomically to `out`."""
     images = []
-    for p in paths:
+    for p in items:
+        if isinstance(p, Image.Image):
+            images.append(p.convert("RGB"))
+            continue
         with Image.open(p) as im:
             images.append(im.convert("RGB"))
-    sheet = contact_sheet(images, cols=cols, cell=cell)
+    sheet = contact_sheet(images, cols=cols, cell=cell, background=background)
     with atomic_path(out) as tmp:
         sheet.save(tmp, format="PNG")
     return out
