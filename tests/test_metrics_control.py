@@ -5,6 +5,7 @@ missing detector weights."""
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -274,3 +275,28 @@ def test_missing_detector_weights_name_the_file(tmp_path):
     assert "'pose' needs body_pose_model.pth" in res.not_measured["pose"]
     with pytest.raises(SceditError, match=r"'depth' needs dpt_hybrid-midas-501f0c75.pt .* not in " + str(tmp_path)):
         evaluate_controls(out, annotator_weights=tmp_path)  # weights folder given: a missing file is an error
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.environ.get("SCEDIT_SLOW_TESTS"), reason="builds MiDaS DPT-Hybrid and OpenPose on CPU (~1 min); set SCEDIT_SLOW_TESTS=1")
+def test_depth_rmse_and_pose_pck_through_real_format_detectors(tmp_path):
+    import torch
+
+    from test_prepare_detectors import _controlnet_aux, _strided
+
+    midas = _controlnet_aux("midas.api")
+    body, hand, face = _controlnet_aux("open_pose.body"), _controlnet_aux("open_pose.hand"), _controlnet_aux("open_pose.face")
+    with torch.device("meta"):
+        dpt = midas.DPTDepthModel(path=None, backbone="vitb_rn50_384", non_negative=True)
+        models = body.bodypose_model(), hand.handpose_model(), face.FaceNet()
+    w = tmp_path / "w"
+    w.mkdir()
+    torch.save(_strided(dpt.state_dict()), w / "dpt_hybrid-midas-501f0c75.pt")
+    torch.save(_strided(models[0].state_dict(), strip_first=True), w / "body_pose_model.pth")
+    torch.save(_strided(models[1].state_dict(), strip_first=True), w / "hand_pose_model.pth")
+    torch.save(_strided(models[2].state_dict()), w / "facenet.pth")
+    photo = _photo(3)
+    out = _sample_folder(tmp_path, {"same.png": photo}, photo, ["depth", "pose"])
+    res = evaluate_controls(out, annotator_weights=w, detect_resolution=128)
+    m = {r.condition: r.metrics for r in res.rows}
+    assert m["depth"]["depth_rmse"] == 0.0 and m["pose"]["pose_pck"] == 1.0

@@ -84,7 +84,8 @@ def sdxl_rows() -> list[ParamRow]:
         ParamRow("SDXL", "SCEdit", "sc", name, SCTuner(SCTunerConfig(), layout).trainable_parameters, None, NO_PAPER,
                  "ratio 1, all 9 skips"),
         ParamRow("SDXL", "SCEdit k=1", "csc", name, csc(1), None, NO_PAPER, hint),
-        ParamRow("SDXL", "SCEdit k=3", "csc", name, csc(3), None, NO_PAPER, hint + "; k=3, the official configs' kernel"),
+        ParamRow("SDXL", "SCEdit k=3", "csc", name, csc(3), None, NO_PAPER,
+                 hint + "; k=3, the official configs' kernel"),
     ]
 
 

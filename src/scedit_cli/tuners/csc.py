@@ -45,6 +45,8 @@ def pre_hint_channels(dim_ratio: float = 1.0, out_channels: int = PRE_HINT_CHANN
 def default_pre_hint(is_sdxl: bool) -> tuple[float, int]:
     """(pre_hint_dim_ratio, pre_hint_out_channels) of the official controllers for this kind of base."""
     return SDXL_PRE_HINT if is_sdxl else SD_PRE_HINT
+
+
 # Init gain of the pre-hint convs. PyTorch's default conv init shrinks the
 # signal ~3x per layer, so after 7 convs the condition-dependent part of the
 # features is ~1e-4 of the input and a CSC-Tuner needs many thousand steps to
