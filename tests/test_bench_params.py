@@ -6,6 +6,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from scedit_cli.bench.params import EXACT, param_rows
 
 PAPER_EXACT = {
@@ -26,8 +28,13 @@ PAPER_EXACT = {
 }
 
 
-def test_every_exact_row_matches_the_paper_to_001m():
-    rows = {(r.table, r.setting): r for r in param_rows()}
+@pytest.fixture(scope="module")
+def all_rows():
+    return param_rows()
+
+
+def test_every_exact_row_matches_the_paper_to_001m(all_rows):
+    rows = {(r.table, r.setting): r for r in all_rows}
     for key, paper in PAPER_EXACT.items():
         row = rows[key]
         assert row.kind == EXACT
@@ -47,3 +54,25 @@ def test_bench_params_cli_json():
     data = json.loads(proc.stdout)
     assert data["all_exact_rows_match"] is True
     assert len(data["rows"]) >= 25
+    assert [r["setting"] for r in data["rows"] if r["table"] == "SDXL" and r["paper_m"] is None] == \
+        ["SCEdit", "SCEdit k=1", "SCEdit k=3"]
+
+
+def test_sdxl_rows_have_no_paper_figure_and_count_by_hand(all_rows):
+    from scedit_cli.bench.params import NO_PAPER
+
+    rows = {r.setting: r for r in all_rows if r.table == "SDXL"}
+    assert set(rows) == {"SCEdit", "SCEdit k=1", "SCEdit k=3"}
+    assert all(r.kind == NO_PAPER and r.paper_m is None and r.diff_m is None and r.ok for r in rows.values())
+    skips = [320] * 4 + [640] * 3 + [1280] * 2  # SDXL's 9 skips (DESIGN.md section 1)
+    sc = sum(2 * c * c + 2 * c for c in skips)  # W_down, W_up and their biases, ratio 1
+    pre = [3, 32, 32, 64, 64, 192, 192, 320]  # official SDXL pre-hint: widths x2, 320 out
+    pre_hint = sum(a * b * 9 + b for a, b in zip(pre, pre[1:]))
+    chain = list(zip([320] + skips, skips))  # dense cascade: 320 -> skip 0 -> skip 1 -> ...
+
+    def cascade(k):
+        return sum(a * b * k * k + b for a, b in chain)
+
+    assert rows["SCEdit"].params == sc
+    assert rows["SCEdit k=1"].params == sc + pre_hint + cascade(1)
+    assert rows["SCEdit k=3"].params == sc + pre_hint + cascade(3)

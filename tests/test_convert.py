@@ -41,10 +41,13 @@ class _SCTuner(nn.Module):  # scepter SCTuner: `.tuner_op`
         self.tuner_op = _TunerOp(dim, length)
 
 
-def _official_csc(layout: SkipLayout, kernel: int, down_ratio: float = 1.0, downscale: int = 2):
-    """An nn.Module with scepter CSCTuners' names and shapes (pre-hint strided `downscale`x)."""
+def _official_csc(layout: SkipLayout, kernel: int, down_ratio: float = 1.0, downscale: int = 2,
+                  dim_ratio: float = 1.0, out_channels: int = 256):
+    """An nn.Module with scepter CSCTuners' names and shapes (pre-hint strided `downscale`x;
+    PRE_HINT_DIM_RATIO `dim_ratio`, PRE_HINT_OUT_CHANNELS `out_channels`)."""
     m = nn.Module()
-    chans, strided = [16, 16, 32, 32, 96, 96, 256], {2: 2, 4: 2, 6: 2}
+    chans = [int(c * dim_ratio) for c in (16, 16, 32, 32, 96, 96)] + [out_channels]
+    strided = {2: 2, 4: 2, 6: 2}
     n_strided = {1: 0, 2: 1, 4: 2, 8: 3}[downscale]
     layers, c_in = [], 3
     for i, c in enumerate(chans):
@@ -54,7 +57,7 @@ def _official_csc(layout: SkipLayout, kernel: int, down_ratio: float = 1.0, down
         layers.append(nn.Conv2d(c_in, c, 3, padding=1, stride=stride))
         c_in = c
     m.pre_hint_blocks = nn.Sequential(*layers)
-    dense, ch = [], 256
+    dense, ch = [], out_channels
     scale = 1
     for i, c in enumerate(layout.channels):
         stride = layout.downscale[i] // scale
@@ -113,10 +116,23 @@ def _ours_output(unet, tuner, cond=None):
         detach(unet)
 
 
-@pytest.mark.parametrize("kernel, down_ratio, prefix", [(3, 1.0, "0."), (1, 0.5, "model.0.")])
-def test_official_control_checkpoint_reproduces_outputs(tiny, tmp_path, kernel, down_ratio, prefix):
-    root, unet, layout = tiny
-    official = _official_csc(layout, kernel, down_ratio)
+@pytest.fixture(scope="module")
+def tiny_xl(tmp_path_factory):
+    root = tmp_path_factory.mktemp("conv-xl")
+    make_tiny_pipeline(root / "sdxl", "sdxl")
+    unet = make_tiny_unet("sdxl")
+    return root, unet, SkipLayout.from_unet(unet)
+
+
+@pytest.mark.parametrize("kind, kernel, down_ratio, prefix, dim_ratio, out_channels", [
+    ("sd15", 3, 1.0, "0.", 1.0, 256),
+    ("sd15", 1, 0.5, "model.0.", 1.0, 256),
+    ("sdxl", 3, 1.0, "0.", 2.0, 320),  # the official SDXL controllers' pre-hint width
+])
+def test_official_control_checkpoint_reproduces_outputs(request, tmp_path, kind, kernel, down_ratio, prefix,
+                                                        dim_ratio, out_channels):
+    root, unet, layout = request.getfixturevalue("tiny" if kind == "sd15" else "tiny_xl")
+    official = _official_csc(layout, kernel, down_ratio, dim_ratio=dim_ratio, out_channels=out_channels)
     state = {prefix + k: v for k, v in official.state_dict().items()}
     torch.save(state, tmp_path / "pytorch_model.bin")
     cond = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(3))
@@ -134,8 +150,9 @@ def test_official_control_checkpoint_reproduces_outputs(tiny, tmp_path, kernel, 
 
     want = _reference_output(unet, layout, edit)
     plain = _reference_output(unet, layout, lambda m, x: x)
-    res = convert_checkpoint(tmp_path, tmp_path / "out", model=str(root / "sd15"), condition="canny")
+    res = convert_checkpoint(tmp_path, tmp_path / "out", model=str(root / kind), condition="canny")
     assert res.method == "csc" and res.config["hint_kernel"] == kernel and res.config["ratio"] == 1 / down_ratio
+    assert (res.config["pre_hint_dim_ratio"], res.config["pre_hint_out_channels"]) == (dim_ratio, out_channels)
     assert res.tuned_skips == list(range(n))
     tuner = load_tuner(tmp_path / "out", unet=unet)
     got = _ours_output(unet, tuner, cond)

@@ -3,9 +3,11 @@ the recipe parser is strict and its overrides and paths behave."""
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import pytest
+import torch
 
 from scedit_cli.errors import SceditError
 from scedit_cli.recipes import load_recipe, parse_override
@@ -22,7 +24,7 @@ PAPER_M = {
     "table6b-skips-0-3-4-6-7-9-11": 17.14,
 }
 EXPECTED = {
-    "table1": 5, "table2": 6, "table5": 4, "table6": 2, "style": 6, "fig7": 8,
+    "table1": 5, "table2": 6, "table5": 4, "table6": 2, "style": 6, "fig7": 8, "sdxl": 3,
 }
 
 
@@ -34,6 +36,8 @@ def test_every_experiment_has_a_recipe():
         assert f"fig7-{cond}" in names
     for style in ("3d", "anime", "flat-illustration", "oil-painting", "sketch", "watercolor"):
         assert f"style-{style}" in names
+    for cond in ("canny", "depth", "color"):  # the official release's SDXL controllers
+        assert f"sdxl-{cond}" in names
 
 
 @pytest.mark.parametrize("path", RECIPES, ids=[p.stem for p in RECIPES])
@@ -45,14 +49,26 @@ def test_recipe_dry_run(path, monkeypatch, tmp_path):
     assert plan["steps"] in (100000, 1500)
     r = load_recipe(path)
     assert r.train.learning_rate == 5e-5 and r.train.weight_decay == 0.01 and r.train.mixed_precision == "fp16"
-    assert r.data.resolution == 512 and r.data.center_crop and r.train.lr_scheduler == "constant"
+    assert r.data.resolution == (1024 if r.model.arch == "sdxl" else 512)
+    assert r.data.center_crop and r.train.lr_scheduler == "constant"
     stem = path.stem
     assert r.train.batch_size == (8 if stem.startswith("style") else 32 if stem.startswith(("table1", "table5")) else 64)
     if path.stem in PAPER_M:
         assert plan["trainable_parameters_m"] == pytest.approx(PAPER_M[path.stem], abs=0.005), plan["method"]
+    if stem.startswith("sdxl"):
+        assert plan["sdxl"] and r.method.conditions == [stem.split("-", 1)[1]]
+        assert plan["trainable_parameters"] == sdxl_csc_k3_params(), "the `bench params` SDXL k=3 row"
     assert "dataset_error" in plan and "not found" in plan["dataset_error"]  # the datasets are the user's to fetch
     text = path.read_text()
     assert "# Data:" in text, "each recipe documents what to download"
+
+
+@functools.lru_cache(maxsize=1)
+def sdxl_csc_k3_params() -> int:
+    from scedit_cli.bench.params import sdxl_rows
+
+    with torch.device("meta"):
+        return next(r.params for r in sdxl_rows() if r.setting == "SCEdit k=3")
 
 
 def _write(tmp_path, body: str) -> Path:

@@ -124,6 +124,22 @@ def test_pre_hint_downscales_by_vae_factor():
     assert hints[0].shape[-2:] == (16, 16)
 
 
+def test_sdxl_hint_encoder_official_width_feeds_all_nine_skips(tiny_sdxl_unet):
+    from scedit_cli.tuners.csc import default_pre_hint
+
+    layout = SkipLayout.from_unet(tiny_sdxl_unet)
+    ratio, out = default_pre_hint(is_sdxl=True)
+    tuner = CSCTuner(CSCTunerConfig(hint_downscale=8, pre_hint_dim_ratio=ratio, pre_hint_out_channels=out), layout)
+    convs = [m for m in tuner.hint.pre_hint_blocks if isinstance(m, torch.nn.Conv2d)]
+    assert [c.out_channels for c in convs] == [32, 32, 64, 64, 192, 192, 320]
+    hints = tuner.encode_condition(torch.rand(1, 3, 128, 128))
+    assert sorted(hints) == list(range(9))
+    for s, c in hints.items():
+        assert c.shape == (1, layout.channels[s], 16 // layout.downscale[s], 16 // layout.downscale[s])
+    with pytest.raises(SceditError, match="pre_hint_dim_ratio 0.01"):
+        CSCTuner(CSCTunerConfig(pre_hint_dim_ratio=0.01), layout)
+
+
 def test_detach_restores_base_exactly(tiny_unet):
     inputs = unet_inputs(tiny_unet)
     before = {k: v.clone() for k, v in tiny_unet.state_dict().items()}

@@ -36,7 +36,7 @@ import torch
 from .errors import SceditError
 from .tuners import CSCTunerConfig, SCTunerConfig, SkipLayout, SkipTuner, build_tuner, save_tuner
 from .tuners.card import CardFacts, write_model_card
-from .tuners.csc import PRE_HINT_CHANNELS
+from .tuners.csc import PRE_HINT_CHANNELS, pre_hint_channels
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
 CANDIDATE_FILES = (
@@ -262,10 +262,11 @@ def _convert_csc(state, layout, src, condition, vae_factor):
     if conv_ids != expected_ids:
         raise SceditError(f"{src}: pre_hint_blocks convs at {conv_ids}, expected {expected_ids}")
     outs = tuple(pre[f"{i}.weight"].shape[0] for i in conv_ids)
-    if outs != PRE_HINT_CHANNELS:
+    dim_ratio = outs[0] / PRE_HINT_CHANNELS[0]
+    if outs != pre_hint_channels(dim_ratio, outs[-1]):
         raise SceditError(
-            f"{src}: pre-hint encoder channels {outs} differ from SCEdit's {PRE_HINT_CHANNELS} "
-            "(PRE_HINT_DIM_RATIO != 1 is not supported)"
+            f"{src}: pre-hint encoder channels {outs} are not SCEdit's {PRE_HINT_CHANNELS[:-1]} times one "
+            f"PRE_HINT_DIM_RATIO ({dim_ratio:g} from the first conv) followed by PRE_HINT_OUT_CHANNELS"
         )
     in_channels = pre["0.weight"].shape[1]
     # dense hint blocks: `{i}.1.{weight,bias}` in encoder order.
@@ -299,6 +300,7 @@ def _convert_csc(state, layout, src, condition, vae_factor):
     config = CSCTunerConfig(
         ratio=ratio, op="linear", skips=None if len(js) == n else js, hint_kernel=kernels.pop(),
         hint_downscale=vae_factor, condition=condition, in_channels=in_channels,
+        pre_hint_dim_ratio=dim_ratio, pre_hint_out_channels=outs[-1],
     )
     ours = {f"hint.pre_hint_blocks.{k}": v for k, v in pre.items()}
     for pos, i in enumerate(sorted(dense)):

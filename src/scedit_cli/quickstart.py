@@ -403,7 +403,7 @@ def _control_eval(base, scenes, tuners: dict[str, Path], out: Path, ss, s: Quick
 
     from .sampling import ControlSpec, PromptSpec, compose, load_tuners, sample
     from .toy import ToyWorld, edge_f1, score_images
-    from .metrics.control import color_error
+    from .metrics.control_maps import color_error
 
     world = ToyWorld(jitter=CONTROL_JITTER, caption_positions=CONTROL_CAPTION_POSITIONS)
     ev = out / "eval"

@@ -1,10 +1,11 @@
-"""`scedit bench params`: every Params figure of the paper's Tables 1, 2, 5 and 6.
+"""`scedit bench params`: every Params figure of the paper's Tables 1, 2, 5 and 6, plus SDXL rows.
 
 All models are built at real size on the `meta` device (shapes, no memory, no
 download) from the same builders that training uses, and counted. Rows the
 paper describes exactly must match to 0.01M; rows whose exact configuration is
 not published are built in the closest honest configuration and the
-difference is shown.
+difference is shown. The SDXL SC / CSC rows have no paper figure (the paper
+has no SDXL experiment); they are counted the same way.
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ import torch
 from .. import baselines
 from ..architectures import ARCH_NAMES, build_unet
 from ..tuners import CSCTuner, CSCTunerConfig, SCTuner, SCTunerConfig, SkipLayout
+from ..tuners.csc import default_pre_hint
 
-EXACT, CLOSEST, MISSING = "exact", "closest", "not implemented"
+EXACT, CLOSEST, MISSING, NO_PAPER = "exact", "closest", "not implemented", "no paper figure"
 # ControlNet-XS' size is a free choice; this ratio is the closest to the paper's 55.30M.
 CONTROLNET_XS_SIZE_RATIO = 0.21
 
@@ -30,8 +32,8 @@ class ParamRow:
     method: str
     base: str
     params: int | None
-    paper_m: float
-    kind: str  # exact / closest / not implemented
+    paper_m: float | None  # None: the paper has no figure for this row
+    kind: str  # exact / closest / not implemented / no paper figure
     note: str = ""
 
     @property
@@ -40,7 +42,9 @@ class ParamRow:
 
     @property
     def diff_m(self) -> float | None:
-        return None if self.params is None else round(self.params / 1e6 - self.paper_m, 4)
+        if self.params is None or self.paper_m is None:
+            return None
+        return round(self.params / 1e6 - self.paper_m, 4)
 
     @property
     def ok(self) -> bool:
@@ -62,6 +66,27 @@ def _tuner(cls, cfg_cls, layout, **kw) -> Callable[[], int]:
 def param_rows() -> list[ParamRow]:
     with torch.device("meta"):
         return _param_rows()
+
+
+def sdxl_rows() -> list[ParamRow]:
+    """SC / CSC on the SDXL U-Net (9 skips): the paper has no SDXL figures; the official release has
+    SDXL controllers, whose hint encoder is wider (`default_pre_hint`)."""
+    layout = SkipLayout.from_unet(build_unet("sdxl"))
+    name = ARCH_NAMES["sdxl"]
+    ratio, out = default_pre_hint(is_sdxl=True)
+
+    def csc(k: int) -> int:
+        return CSCTuner(CSCTunerConfig(hint_kernel=k, pre_hint_dim_ratio=ratio, pre_hint_out_channels=out),
+                        layout).trainable_parameters
+
+    hint = f"pre-hint width x{ratio:g}, {out} channels (official SDXL configs)"
+    return [
+        ParamRow("SDXL", "SCEdit", "sc", name, SCTuner(SCTunerConfig(), layout).trainable_parameters, None, NO_PAPER,
+                 "ratio 1, all 9 skips"),
+        ParamRow("SDXL", "SCEdit k=1", "csc", name, csc(1), None, NO_PAPER, hint),
+        ParamRow("SDXL", "SCEdit k=3", "csc", name, csc(3), None, NO_PAPER,
+                 hint + "; k=3, the official configs' kernel"),
+    ]
 
 
 def _param_rows() -> list[ParamRow]:
@@ -130,4 +155,4 @@ def _param_rows() -> list[ParamRow]:
         ParamRow("Table 6c", "Dual Conv", "csc", sd21, csc(hint_kernel=1, op="conv3x3", ratio=6), 37.82, CLOSEST,
                  "two 3x3 convs with ratio 6 (the paper's exact dual-conv layout is not published)"),
     ]
-    return rows
+    return rows + sdxl_rows()

@@ -17,7 +17,8 @@ app.add_typer(bench_app, name="bench")
 def params_command(
     json_out: bool = typer.Option(False, "--json", help="Print the rows as JSON on stdout."),
 ) -> None:
-    """Every Params figure of Tables 1, 2, 5 and 6, counted on real-size models built on the meta device."""
+    """Every Params figure of Tables 1, 2, 5 and 6 (and SDXL SC / CSC rows, which the paper has no figure for),
+    counted on real-size models built on the meta device."""
     from ..bench.params import param_rows
 
     rows = param_rows()
@@ -30,14 +31,15 @@ def params_command(
         notes = []
         for r in rows:
             status = {"exact": "[green]match[/]" if r.ok else "[red]MISMATCH[/]",
-                      "closest": "[yellow]closest[/]", "not implemented": "[dim]not implemented[/]"}[r.kind]
+                      "closest": "[yellow]closest[/]", "not implemented": "[dim]not implemented[/]",
+                      "no paper figure": "[dim]no paper figure[/]"}[r.kind]
             if r.kind != "exact":
                 notes.append(f"{r.table} {r.setting}: {r.note}")
                 status += f" ({len(notes)})"
             table.add_row(
                 r.table, r.setting, r.base,
                 "-" if r.params is None else f"{r.params_m:.2f}",
-                f"{r.paper_m:.2f}",
+                "–" if r.paper_m is None else f"{r.paper_m:.2f}",
                 "-" if r.diff_m is None else f"{r.diff_m:+.2f}",
                 status,
             )

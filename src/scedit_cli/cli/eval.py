@@ -18,7 +18,8 @@ def eval_command(
     recipe: Path = typer.Argument(None, help="Training recipe (TOML) for --params / --memory / --time."),
     fid: bool = typer.Option(False, "--fid", help="FID of --generated against --reference (pytorch-fid Inception)."),
     control: bool = typer.Option(False, "--control", help="Controllability of a `scedit sample` output folder "
-                                 "(--generated): edge F1 for canny, colour-map error for color, ..."),
+                                 "(--generated): canny edge F1, HED SSIM, depth RMSE, seg mIoU, pose PCK, "
+                                 "colour-map error; writes a per-image CSV, a summary JSON and a worst-cases PNG."),
     params: bool = typer.Option(False, "--params", help="Trainable parameters of RECIPE."),
     memory: bool = typer.Option(False, "--memory", help="Peak training memory of RECIPE (one real step)."),
     time_: bool = typer.Option(False, "--time", help="Median training-step time of RECIPE after warm-up."),
@@ -35,7 +36,16 @@ def eval_command(
     no_cache: bool = typer.Option(False, "--no-cache", help="Do not read or write cached reference statistics."),
     edge_tolerance: int = typer.Option(0, "--edge-tolerance", help="Edge F1: pixels an edge may be off by."),
     annotator_weights: Path = typer.Option(None, "--annotator-weights", help="Folder of detector weights "
-                                           "(depth / hed / seg controllability)."),
+                                           "(hed / depth / seg / pose controllability)."),
+    pose_threshold: float = typer.Option(0.05, "--pose-threshold", help="Pose PCK: a keypoint is correct within "
+                                         "this fraction of the image's longer side."),
+    detect_resolution: int = typer.Option(None, "--detect-resolution", help="--control: working resolution of "
+                                          "the hed / depth / seg / pose detectors (default 512)."),
+    report: Path = typer.Option(None, "--report", help="--control: folder for control_per_image.csv, "
+                                "control_summary.json and control_worst.png (default: GENERATED-control beside "
+                                "the generated folder)."),
+    worst: int = typer.Option(8, "--worst", help="--control: worst images per condition in control_worst.png "
+                              "(0: no sheet)."),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda[:N]."),
     steps: int = typer.Option(5, "--steps", help="--time: timed steps (median reported)."),
     warmup: int = typer.Option(2, "--warmup", help="--time: untimed warm-up steps."),
@@ -64,9 +74,12 @@ def eval_command(
         if generated is None:
             raise SceditError("--control needs --generated FOLDER, the output folder of `scedit sample`")
         n = len(read_sample_manifest(generated))
+        report_dir = report if report is not None else default_report_dir(generated)
         with progress() as bar:
             task = bar.add_task("controllability", total=n)
             c = evaluate_controls(generated, tolerance=edge_tolerance, annotator_weights=annotator_weights,
+                                  pose_threshold=pose_threshold, detect_resolution=detect_resolution,
+                                  report_dir=report_dir, worst=worst,
                                   on_image=lambda: bar.advance(task))
         result["control"] = c.to_dict()
     if params or memory or time_:
@@ -86,6 +99,12 @@ def eval_command(
     _render(result)
 
 
+def default_report_dir(generated: Path) -> Path:
+    """`out/samples` -> `out/samples-control`: beside the sample folder, never inside it."""
+    resolved = generated.resolve()
+    return resolved.with_name(resolved.name + "-control")
+
+
 def _render(result: dict) -> None:
     t = Table(title="scedit eval")
     t.add_column("measure")
@@ -99,10 +118,14 @@ def _render(result: dict) -> None:
         c = result["control"]
         for cond, m in c["summary"].items():
             for k, v in m.items():
-                if k != "count":
-                    t.add_row(f"{cond}: {k}", f"{v:.4f}", f"{m['count']} image(s)")
+                if k == "count":
+                    continue
+                detail = "all images together" if k.endswith("_dataset") else f"mean of {m['count']} image(s)"
+                t.add_row(f"{cond}: {k}", "-" if v is None else f"{v:.4f}", detail)
         for cond, why in c["not_measured"].items():
             t.add_row(f"{cond}", "-", f"not measured: {why}")
+        for kind, path in c["report"].items():
+            t.add_row(kind, "", path)
     if "recipe" in result:
         r = result["recipe"]
         t.add_row("trainable parameters", f"{r['trainable_params'] / 1e6:.2f}M", f"{r['method']} on {r['base']}")

@@ -252,10 +252,10 @@ def score_images(images: Sequence, scenes: Sequence[Scene]) -> dict:
 def edge_f1(pred: np.ndarray, target: np.ndarray, tolerance: int = 1) -> float:
     """F1 of two binary edge maps; an edge pixel counts as matched within `tolerance` px (Chebyshev).
 
-    `metrics.control.edge_f1` with a square footprint (on 32-px toy images a
+    `metrics.control_maps.edge_f1` with a square footprint (on 32-px toy images a
     diagonal step is one pixel). Both maps empty -> 1.0; one empty -> 0.0.
     """
-    from ..metrics.control import edge_f1 as f1
+    from ..metrics.control_maps import edge_f1 as f1
 
     p, t = np.asarray(pred), np.asarray(target)
     if p.shape != t.shape:

@@ -30,6 +30,23 @@ from .ops import build_op
 # 32->96, 96->256); with a smaller `hint_downscale` the last ones keep stride 1.
 PRE_HINT_CHANNELS = (16, 16, 32, 32, 96, 96, 256)
 _STRIDE_POSITIONS = (2, 4, 6)
+# The official SDXL controllers (scepter `sdxl_1024_sce_ctr_*.yaml`) widen the
+# inner convs (PRE_HINT_DIM_RATIO 2) and end at 320 channels
+# (PRE_HINT_OUT_CHANNELS); the SD 1.5 / 2.1 ones use width 1 and 256.
+SDXL_PRE_HINT = (2.0, 320)
+SD_PRE_HINT = (1.0, PRE_HINT_CHANNELS[-1])
+
+
+def pre_hint_channels(dim_ratio: float = 1.0, out_channels: int = PRE_HINT_CHANNELS[-1]) -> tuple[int, ...]:
+    """Output channels of the 7 pre-hint convs (scepter: int(c * PRE_HINT_DIM_RATIO), last one given)."""
+    return tuple(int(c * dim_ratio) for c in PRE_HINT_CHANNELS[:-1]) + (out_channels,)
+
+
+def default_pre_hint(is_sdxl: bool) -> tuple[float, int]:
+    """(pre_hint_dim_ratio, pre_hint_out_channels) of the official controllers for this kind of base."""
+    return SDXL_PRE_HINT if is_sdxl else SD_PRE_HINT
+
+
 # Init gain of the pre-hint convs. PyTorch's default conv init shrinks the
 # signal ~3x per layer, so after 7 convs the condition-dependent part of the
 # features is ~1e-4 of the input and a CSC-Tuner needs many thousand steps to
@@ -46,6 +63,8 @@ class CSCTunerConfig(TunerConfig):
 
     `hint_downscale` is the VAE's downscale factor (8 for Stable Diffusion): the
     pre-hint encoder maps the pixel-size condition to the latent size.
+    `pre_hint_dim_ratio` / `pre_hint_out_channels`: the pre-hint encoder's width
+    multiplier and output channels (official SD configs 1.0 / 256, SDXL 2.0 / 320).
     """
 
     method: ClassVar[str] = "csc"
@@ -53,6 +72,8 @@ class CSCTunerConfig(TunerConfig):
     hint_downscale: int = 8
     condition: str = "canny"
     in_channels: int = 3
+    pre_hint_dim_ratio: float = SD_PRE_HINT[0]
+    pre_hint_out_channels: int = SD_PRE_HINT[1]
 
     def validate(self, layout: SkipLayout) -> None:
         super().validate(layout)
@@ -62,14 +83,19 @@ class CSCTunerConfig(TunerConfig):
             raise SceditError(f"hint_downscale must be 1, 2, 4 or 8 (the VAE factor), got {self.hint_downscale}")
         if self.in_channels < 1:
             raise SceditError(f"in_channels must be >= 1, got {self.in_channels}")
+        if min(pre_hint_channels(self.pre_hint_dim_ratio, self.pre_hint_out_channels)) < 1:
+            raise SceditError(
+                f"pre_hint_dim_ratio {self.pre_hint_dim_ratio} / pre_hint_out_channels {self.pre_hint_out_channels} "
+                "leave a pre-hint conv without channels; use a ratio >= 0.0625 and >= 1 output channel"
+            )
 
 
-def _pre_hint(in_channels: int, downscale: int) -> nn.Sequential:
+def _pre_hint(in_channels: int, downscale: int, channels: tuple[int, ...] = PRE_HINT_CHANNELS) -> nn.Sequential:
     n_strided = int(math.log2(downscale))
     strided = set(_STRIDE_POSITIONS[:n_strided])
     layers: list[nn.Module] = []
     c_in = in_channels
-    for i, c_out in enumerate(PRE_HINT_CHANNELS):
+    for i, c_out in enumerate(channels):
         if i:
             layers.append(nn.SiLU())
         conv = nn.Conv2d(c_in, c_out, 3, padding=1, stride=2 if i in strided else 1)
@@ -86,10 +112,11 @@ class HintEncoder(nn.Module):
     def __init__(self, config: CSCTunerConfig, layout: SkipLayout, skips: list[int]):
         super().__init__()
         self.skips = skips  # encoder indices, ascending
-        self.pre_hint_blocks = _pre_hint(config.in_channels, config.hint_downscale)
+        channels = pre_hint_channels(config.pre_hint_dim_ratio, config.pre_hint_out_channels)
+        self.pre_hint_blocks = _pre_hint(config.in_channels, config.hint_downscale, channels)
         k = config.hint_kernel
         levels = []
-        c_in, scale = PRE_HINT_CHANNELS[-1], 1
+        c_in, scale = channels[-1], 1
         for s in skips:
             stride = layout.downscale[s] // scale
             conv = nn.Conv2d(c_in, layout.channels[s], k, stride=stride, padding=k // 2)
