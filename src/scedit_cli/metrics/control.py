@@ -29,6 +29,7 @@ from PIL import Image
 
 from ..errors import SceditError
 from ..fsutil import read_jsonl
+from ..images import to_rgb8
 
 # condition -> (metric name, higher is better)
 METRICS: dict[str, tuple[str, bool]] = {
@@ -112,8 +113,8 @@ def seg_error(reference: np.ndarray, generated: np.ndarray) -> float:
 
 def compare_maps(condition: str, reference: Image.Image, generated: Image.Image, tolerance: int = 0) -> dict:
     """The metric of `condition` between the map the model saw and the map of the generated image."""
-    ref = np.asarray(reference.convert("RGB"))
-    gen = np.asarray(generated.convert("RGB"))
+    ref = np.asarray(to_rgb8(reference))
+    gen = np.asarray(to_rgb8(generated))
     if condition == "canny":
         r = edge_f1(ref, gen, tolerance)
         return {"edge_f1": r["f1"], "edge_precision": r["precision"], "edge_recall": r["recall"]}
@@ -190,7 +191,7 @@ def evaluate_controls(folder: str | Path, *, tolerance: int = 0, annotator_weigh
         if not image_path.is_file():
             raise SceditError(f"{image_path}: listed in the manifest but missing; re-run `scedit sample` to resume")
         with Image.open(image_path) as im:
-            generated = im.convert("RGB")
+            generated = to_rgb8(im).copy()
         result.images += 1
         for c in controls:
             name = c.get("condition")

@@ -192,9 +192,11 @@ class _ImageFiles(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> torch.Tensor:
         from PIL import Image
 
+        from ..images import to_rgb8
+
         try:
             with Image.open(self.files[i]) as im:
-                arr = np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
+                arr = np.asarray(to_rgb8(im), dtype=np.float32) / 255.0
         except Exception as e:  # noqa: BLE001
             raise SceditError(f"{self.files[i]}: cannot read image ({type(e).__name__}: {e})") from None
         x = torch.from_numpy(arr).permute(2, 0, 1).unsqueeze(0)

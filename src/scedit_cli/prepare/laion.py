@@ -129,6 +129,8 @@ def _phash(value: Any, base: Path) -> int:
     import imagehash
     from PIL import Image
 
+    from ..images import to_rgb8
+
     if isinstance(value, dict):
         value = value.get("bytes") or (str(base / value["path"]) if value.get("path") else None)
     if isinstance(value, (bytes, bytearray)):
@@ -138,7 +140,7 @@ def _phash(value: Any, base: Path) -> int:
     else:
         raise OSError("no image")
     img.load()
-    return int(str(imagehash.phash(img.convert("RGB"))), 16)
+    return int(str(imagehash.phash(to_rgb8(img))), 16)
 
 
 def _resolve_columns(names: list[str], cfg: LaionFilterConfig) -> dict[str, str]:

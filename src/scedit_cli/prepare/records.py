@@ -20,6 +20,8 @@ from typing import Any, Callable
 
 from PIL import Image, UnidentifiedImageError
 
+from ..images import to_rgb8
+
 _FORMAT_EXT = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp", "GIF": ".gif", "BMP": ".bmp", "TIFF": ".tif", "MPO": ".jpg"}
 
 
@@ -72,13 +74,16 @@ def load_image(task: Task) -> tuple[Image.Image, bytes, str]:
             img = Image.open(io.BytesIO(raw))
             fmt = img.format
             img.load()  # decode now: truncated files fail here, not later
-            rgb = img.convert("RGB")
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise Skip("too_large", str(e)) from None
     except UnidentifiedImageError:
         raise Skip("unsupported", "not an image in a format Pillow can read") from None
     except (OSError, SyntaxError, ValueError, EOFError) as e:
         raise Skip("corrupt", f"cannot decode: {e}") from None
+    try:
+        rgb = to_rgb8(img)
+    except ValueError as e:
+        raise Skip("unsupported", str(e)) from None
     if rgb.width < 1 or rgb.height < 1:
         raise Skip("corrupt", "image has zero size")
     ext = Path(task.path).suffix.lower() if task.path and task.data is None else _FORMAT_EXT.get(fmt or "", ".img")

@@ -21,6 +21,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from ..errors import SceditError
+from ..images import to_gray8, to_rgb8
 
 
 @dataclass(frozen=True)
@@ -66,12 +67,13 @@ def known_condition_names() -> list[str]:
 
 
 def open_image(path: Path, what: str = "control image") -> Image.Image:
+    """The image at `path` as 8-bit RGB (`images.to_rgb8`)."""
     if not path.is_file():
         raise SceditError(f"{path}: {what} not found")
     try:
         with Image.open(path) as im:
             im.load()
-            return im.copy()
+            return to_rgb8(im).copy()
     except (UnidentifiedImageError, OSError, ValueError) as e:
         raise SceditError(f"{path}: cannot read {what} ({e}); give a PNG or JPEG file") from None
 
@@ -92,10 +94,10 @@ def load_control_map(spec: ControlSpec, width: int, height: int, weights: str | 
     """The condition map for `spec` at the output size (RGB)."""
     image = open_image(spec.path)
     if spec.is_map:
-        return fit_to(image.convert("RGB"), width, height, Image.BILINEAR)
+        return fit_to(image, width, height, Image.BILINEAR)
     from ..conditions import compute_condition
 
-    raw = fit_to(image.convert("RGB"), width, height, Image.BICUBIC)
+    raw = fit_to(image, width, height, Image.BICUBIC)
     cond = compute_condition(spec.name, raw, weights=weights, params=dict(spec.params) or None)
     return cond.convert("RGB")
 
@@ -107,7 +109,7 @@ def map_to_tensor(image: Image.Image, channels: int = 3) -> torch.Tensor:
             f"this CSC-Tuner takes {channels}-channel conditions (a cut-out plus its mask, as inpaint/outpaint "
             "tuners do); `scedit sample` feeds 1- or 3-channel maps only in this version"
         )
-    image = image.convert("RGB" if channels == 3 else "L")
+    image = to_rgb8(image) if channels == 3 else to_gray8(image)
     arr = np.asarray(image, dtype=np.float32) / 255.0
     if arr.ndim == 2:
         arr = arr[:, :, None]
