@@ -28,6 +28,7 @@ import concurrent.futures as cf
 import itertools
 import json
 import multiprocessing
+import os
 import shutil
 import time
 from collections import Counter
@@ -162,7 +163,10 @@ def _run_pool(ctx: JobContext, tasks: Iterator[Task], workers: int, on_entry: Ca
             on_entry(process(ctx, t))
         return
     # spawn, not fork: the parent may hold torch/OpenMP state that a forked child would deadlock on.
-    pool = cf.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=init_worker, initargs=(ctx,))
+    # Workers end with this process even when it is killed with SIGKILL (`records.die_with_parent`); the
+    # resource tracker that spawn starts then sees its last user gone and ends too.
+    pool = cf.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=init_worker,
+                                  initargs=(ctx, os.getpid()))
     chunk = 4  # records per submit: amortises pickling/IPC, small enough to keep the journal close behind
     limit = workers * 4  # bounded in-flight chunks: 600k records never sit in memory at once
     inflight: set[cf.Future] = set()
