@@ -28,6 +28,7 @@ from PIL import Image
 
 from ..errors import SceditError
 from ..images import to_gray8, to_rgb8
+from ..values import finite_float
 from . import canny as _canny
 from . import color as _color
 from . import masks as _masks
@@ -87,9 +88,9 @@ def _as_int(spec: ConditionSpec, params: Mapping[str, Any], key: str) -> int:
 
 def _as_float(spec: ConditionSpec, params: Mapping[str, Any], key: str, default: float = 0.0) -> float:
     try:
-        return float(params.get(key, default))
+        return finite_float(params.get(key, default))
     except (TypeError, ValueError):
-        raise SceditError(f"condition '{spec.name}' setting {key}={params[key]!r} must be a number") from None
+        raise SceditError(f"condition '{spec.name}' setting {key}={params[key]!r} must be a finite number") from None
 
 
 def _masked(name: str, rgb: np.ndarray, mask: np.ndarray) -> dict[str, Image.Image]:
