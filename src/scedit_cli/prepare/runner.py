@@ -38,7 +38,7 @@ from typing import Any, Callable, Iterator
 
 from ..conditions import get_spec
 from ..errors import SceditError
-from ..fsutil import write_json_atomic, write_text_atomic
+from ..fsutil import check_output_location, write_json_atomic, write_text_atomic
 from .inputs import InputSource, open_input
 from .records import JobContext, Skip, Task, init_worker, load_image, process, process_in_worker, skip_entry, write_outputs
 
@@ -293,7 +293,7 @@ def run_prepare(cfg: PrepareConfig, progress_factory: Callable[[], Any] | None =
     source = open_input(cfg.input, split=cfg.split, image_column=cfg.image_column, text_column=cfg.text_column)
     if cfg.images == "symlink" and source.kind not in ("folder", "jsonl"):
         raise SceditError(f"--images symlink needs image files on disk; the {source.kind} input {source.location} holds image bytes: use --images copy")
-    out = Path(cfg.output).expanduser()
+    out = check_output_location(cfg.output, "--output")
     _check_paths(cfg, source)
     if spec.learned:
         from ..conditions import detectors

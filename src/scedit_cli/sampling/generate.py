@@ -33,6 +33,7 @@ import torch
 from .. import __version__
 from ..console import progress
 from ..errors import SceditError
+from ..fsutil import check_output_location
 from ..models import BaseModel, load_base
 from ..tuners import CSCTuner, SkipTuner, attach, detach, get_editor, load_tuner
 from .controls import ControlSpec, file_digest, known_condition_names, load_control_map, map_to_tensor
@@ -183,8 +184,10 @@ def load_tuners(paths: Sequence[str | Path | SkipTuner], base: BaseModel) -> lis
     return tuners
 
 
-def check_inputs(tuners: Sequence, controls: Sequence[ControlSpec]) -> None:
-    """Fail on missing tuner and control files before the (slow) base model loads."""
+def check_inputs(tuners: Sequence, controls: Sequence[ControlSpec], out: str | Path) -> None:
+    """Fail on missing tuner and control files, or an output folder we cannot write, before the (slow) base
+    model loads."""
+    check_output_location(out, "--out")
     for t in tuners:
         if not isinstance(t, SkipTuner) and not Path(t).exists():
             raise SceditError(f"{t}: tuner file not found; pass a tuner folder or its tuner.safetensors")
@@ -296,9 +299,7 @@ def run_jobs(
 ) -> SampleResult:
     """Generate every job not already in `out`; write PNGs, the manifest and the contact sheet."""
     settings.validate()
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise SceditError(f"{out}: exists and is not a folder; choose another --out")
+    out = check_output_location(out, "--out")
     pipe = base.pipeline
     width, height = _image_size(base, settings)
     new_scheduler = make_scheduler(settings.scheduler, pipe.scheduler)
@@ -472,7 +473,7 @@ def sample(
     settings = settings or SampleSettings()
     settings.validate()
     prompts = _as_prompts(prompts)
-    check_inputs(tuners, controls)
+    check_inputs(tuners, controls, out)
     base = load_model(model, device, dtype)
     loaded = load_tuners(tuners, base)
     binding = bind_controls(loaded, controls)
@@ -528,7 +529,7 @@ def compose(
     prompts = _as_prompts(prompts)
     if not controls:
         raise SceditError("compose needs at least one --control (or --control-map)")
-    check_inputs(tuners, controls)
+    check_inputs(tuners, controls, out)
     base = load_model(model, device, dtype)
     loaded = load_tuners(tuners, base)
     binding = bind_controls(loaded, controls, allow_repeats=sweep is None)
