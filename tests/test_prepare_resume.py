@@ -35,6 +35,12 @@ CHILD = textwrap.dedent(
 )
 
 
+def start_child(src, out) -> subprocess.Popen:
+    """CHILD on `src` -> `out`, in a session of its own (its workers and resource tracker join it)."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    return subprocess.Popen([sys.executable, "-c", CHILD, str(src), str(out)], env=env, start_new_session=True)
+
+
 def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path):
     src = tmp_path / "in"
     n = 24
@@ -44,8 +50,7 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path):
 
     out = tmp_path / "out"
     journal = out / ".scedit-prepare" / "journal-0-of-1.jsonl"
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
-    child = subprocess.Popen([sys.executable, "-c", CHILD, str(src), str(out)], env=env, start_new_session=True)
+    child = start_child(src, out)
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
@@ -111,8 +116,7 @@ def test_workers_and_resource_tracker_end_with_a_parent_killed_by_sigkill(tmp_pa
     make_images(src, 24, size=128)
     out = tmp_path / "out"
     journal = out / ".scedit-prepare" / "journal-0-of-1.jsonl"
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
-    child = subprocess.Popen([sys.executable, "-c", CHILD, str(src), str(out)], env=env, start_new_session=True)
+    child = start_child(src, out)
     try:
         deadline = time.monotonic() + 60
         while not (journal.exists() and journal.read_text().count("\n") >= 2 and len(_session(child.pid)) >= 3):

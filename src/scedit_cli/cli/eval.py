@@ -9,8 +9,8 @@ from rich.table import Table
 
 from ..console import info, out_console, print_json, progress
 from ..errors import SceditError
-from ..fsutil import write_json_atomic
-from . import app
+from ..fsutil import check_output_location, write_json_atomic
+from . import app, on_interrupt
 
 
 @app.command("eval")
@@ -46,8 +46,11 @@ def eval_command(
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
 ) -> None:
     """Measure generated images (FID, controllability) or a training recipe (parameters, memory, time)."""
+    on_interrupt("no result was written; run the command again (FID reference statistics already computed are cached)")
     if not (fid or control or params or memory or time_):
         raise SceditError("nothing to evaluate: give --fid, --control, or --params/--memory/--time RECIPE")
+    if out is not None:
+        check_output_location(out, "--out", folder=False)
     result: dict = {}
     if fid:
         from ..metrics.fid import compute_fid
@@ -58,6 +61,8 @@ def eval_command(
                         num_workers=workers, device=device, cache_dir=stats_cache, use_cache=not no_cache,
                         progress_factory=progress)
         result["fid"] = r.to_dict()
+        for warning in r.warnings:
+            typer.echo(f"warning: {warning}", err=True)  # one line, as errors are: no wrapping
     if control:
         from ..metrics.control import evaluate_controls, read_sample_manifest
 
