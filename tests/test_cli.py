@@ -129,11 +129,11 @@ def test_unusable_output_folders_are_one_line_exit_2_before_any_work(tmp_path, c
     recipe.write_text(f'[model]\nsource = "{toy}"\n[data]\nsource = "{images}"\nresolution = 32\n'
                       f'[method]\nname = "sc"\n[train]\noutput_dir = "{tmp_path / "file" / "run"}"\n')
     cases = [
-        (["sample", "-m", toy, "-p", "x", "-o", str(tmp_path / "file")], "--out", "exists and is a file"),
+        (["sample", "-m", toy, "-p", "x", "-o", str(tmp_path / "file")], "--out", "exists and is not a folder"),
         (["sample", "-m", toy, "-p", "x", "-o", str(tmp_path / "file" / "o")], "--out", "is a file, so no folder"),
-        (["prepare", "-c", "canny", "-i", str(images), "-o", str(tmp_path / "file")], "--output", "exists and is a file"),
+        (["prepare", "-c", "canny", "-i", str(images), "-o", str(tmp_path / "file")], "--output", "is not a folder"),
         (["train", str(recipe)], "train.output_dir", "is a file, so no folder"),
-        (["prepare", "laion", "-i", str(tmp_path / "in.parquet"), "-o", str(images)], "--output", "a folder"),
+        (["prepare", "laion", "-i", str(tmp_path / "in.parquet"), "-o", str(images)], "--output", "is not a file"),
     ]
     for args, what, problem in cases:
         code, err = _main(capsys, *args)

@@ -88,8 +88,7 @@ def check_output_location(path: str | os.PathLike, what: str, folder: bool = Tru
     Creates nothing; returns `path` with `~` expanded."""
     path = Path(path).expanduser()
     if path.exists() and folder != path.is_dir():
-        kind = "a file" if path.is_file() else "a folder" if path.is_dir() else "not a regular file"
-        raise SceditError(f"{what} {path}: exists and is {kind}; give {'a folder' if folder else 'a file'} path")
+        raise SceditError(f"{what} {path}: exists and is not a {'folder' if folder else 'file'}; choose another path")
     probe = path if folder and path.is_dir() else path.parent
     while not probe.exists() and probe != probe.parent:
         probe = probe.parent

@@ -87,7 +87,7 @@ def _make(name: str):
         from ..bench.tables import BenchSettings, run_table, write_outputs
         from ..fsutil import check_output_location
 
-        check_output_location(out, "--out")
+        check_output_location(out, "--out")  # before the measurements, not after them
 
         s = BenchSettings(arch=arch, unet_config=str(unet_config) if unet_config else None, model=model,
                           device=device, batch=batch, resolution=resolution, steps=steps, warmup=warmup,
