@@ -5,6 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 
 def _scedit(*args, timeout=300):
     return subprocess.run([sys.executable, "-m", "scedit_cli.cli", *args], capture_output=True, text=True,
@@ -31,3 +33,148 @@ def test_debug_shows_the_traceback(tmp_path):
     proc = _scedit("--debug", "train", str(tmp_path / "missing.toml"))
     assert proc.returncode != 0
     assert "Traceback" in proc.stderr
+
+
+def _main(capsys, *args) -> tuple[int, str]:
+    from scedit_cli.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(list(args))
+    return e.value.code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args, names", [
+    (["sample", "--cfg", "abc"], ["'--guidance-scale' / '--cfg'", "abc"]),
+    (["sample", "--steps", "abc"], ["'--steps'"]),
+    (["sample", "--stesp", "3"], ["No such option: --stesp", "--steps"]),  # and what it may have meant
+    (["prepare", "laion", "--min-width", "wide"], ["'--min-width'"]),
+    (["train"], ["missing argument 'recipe'"]),
+])
+def test_option_errors_exit_2_and_name_the_option(args, names, capsys):
+    code, err = _main(capsys, *args)
+    assert code == 2 and "Traceback" not in err and f"Try 'scedit {args[0]}" in err, err
+    for n in names:
+        assert n.lower() in err.lower(), err
+
+
+def _float_options():
+    """(command path, first option name) of every float option of every command."""
+    import inspect
+    import typing
+
+    import typer
+
+    from scedit_cli.cli import app
+
+    def walk(t: typer.Typer, path: list[str]):
+        infos = [(path + [c.name], c.callback) for c in t.registered_commands]
+        if t.registered_callback is not None and path:
+            infos.append((path, t.registered_callback.callback))
+        for g in t.registered_groups:
+            yield from walk(g.typer_instance, path + [g.name or g.typer_instance.info.name])
+        for where, fn in infos:
+            hints = typing.get_type_hints(fn)
+            for name, p in inspect.signature(fn).parameters.items():
+                if hints.get(name) in (float, typing.Optional[float]):
+                    yield where, p.default.param_decls[0], p.default.parser
+
+    return list(walk(app, []))
+
+
+def test_every_float_option_refuses_nan_and_inf(capsys):
+    from scedit_cli.values import finite_float
+
+    found = _float_options()
+    assert {" ".join(p) for p, _, _ in found} >= {"sample", "compose", "prepare laion", "quickstart", "bench sampling"}
+    for path, option, parser in found:
+        assert parser is finite_float, (path, option)
+        for bad in ("nan", "inf", "-Infinity"):
+            code, err = _main(capsys, *path, option, bad)
+            assert code == 2 and f"'{option}'" in err and "not a finite number" in err, (path, option, err)
+
+
+def _unwritable(folder):
+    """A folder this process cannot write in, root included (chattr +i); None where that cannot be made."""
+    import os
+    import shutil
+
+    folder.mkdir()
+    if os.geteuid() != 0:
+        folder.chmod(0o555)
+        return folder
+    if shutil.which("chattr") and subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode == 0:
+        return folder
+    return None
+
+
+def _writable_again(folder):
+    import os
+
+    if os.geteuid() == 0:
+        subprocess.run(["chattr", "-i", str(folder)], capture_output=True)
+    folder.chmod(0o755)
+
+
+def test_unusable_output_folders_are_one_line_exit_2_before_any_work(tmp_path, capsys):
+    from scedit_cli.toy import base_model_path
+
+    toy = str(base_model_path())
+    (tmp_path / "file").write_text("x")
+    images = tmp_path / "images"
+    images.mkdir()
+    from PIL import Image
+
+    Image.new("RGB", (16, 16)).save(images / "a.png")
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(f'[model]\nsource = "{toy}"\n[data]\nsource = "{images}"\nresolution = 32\n'
+                      f'[method]\nname = "sc"\n[train]\noutput_dir = "{tmp_path / "file" / "run"}"\n')
+    cases = [
+        (["sample", "-m", toy, "-p", "x", "-o", str(tmp_path / "file")], "--out", "exists and is not a folder"),
+        (["sample", "-m", toy, "-p", "x", "-o", str(tmp_path / "file" / "o")], "--out", "is a file, so no folder"),
+        (["prepare", "-c", "canny", "-i", str(images), "-o", str(tmp_path / "file")], "--output", "is not a folder"),
+        (["train", str(recipe)], "train.output_dir", "is a file, so no folder"),
+        (["prepare", "laion", "-i", str(tmp_path / "in.parquet"), "-o", str(images)], "--output", "is not a file"),
+    ]
+    for args, what, problem in cases:
+        code, err = _main(capsys, *args)
+        assert code == 2 and err.count("\n") == 1 and what in err and problem in err, (args, err)
+    ro = _unwritable(tmp_path / "ro")
+    if ro is None:
+        pytest.skip("cannot make a folder this process cannot write (root without chattr +i)")
+    try:
+        code, err = _main(capsys, "sample", "-m", toy, "-p", "x", "-o", str(ro / "out"))
+        assert code == 2 and err.count("\n") == 1 and f"no permission to write in {ro}" in err, err
+    finally:
+        _writable_again(ro)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "images", "r.toml", "ro"]
+    assert not any(ro.iterdir())
+
+
+def test_an_os_error_on_the_way_is_one_line_naming_the_file(tmp_path, capsys):
+    from PIL import Image
+
+    (tmp_path / "in").mkdir()
+    Image.new("RGB", (16, 16)).save(tmp_path / "in" / "a.png")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / ".scedit-prepare").write_text("a file where the resume state folder goes")
+    code, err = _main(capsys, "prepare", "-c", "canny", "-i", str(tmp_path / "in"), "-o", str(tmp_path / "out"))
+    assert code == 2 and err == f"error: {tmp_path / 'out' / '.scedit-prepare'}: File exists\n", err
+
+
+def test_sample_prints_no_dependency_warnings(tmp_path):
+    import os
+
+    from scedit_cli.cli import _DEPENDENCY_LOG_LEVELS
+    from scedit_cli.toy import base_model_path
+
+    # as a user's shell has it: none of the settings the CLI makes (or the tests set) beforehand
+    env = {k: v for k, v in os.environ.items() if k not in {*_DEPENDENCY_LOG_LEVELS, "PYTHONWARNINGS"}}
+    env["PYTHONPATH"] = os.pathsep.join(sys.path)
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-m", "scedit_cli.cli", "sample", "-m", str(base_model_path()), "-p",
+                           "a red circle", "--steps", "1", "-o", str(out)], capture_output=True, text=True, env=env,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 2 and lines[0].startswith("sample: 1 image(s) generated"), proc.stderr
+    assert lines[1] == f"contact sheet: {out / 'grid.png'}"

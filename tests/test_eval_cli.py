@@ -5,10 +5,15 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from scedit_cli.cli import app, main
 from test_metrics_fid import write_images, write_inception_weights
+
+
+class Evil:  # not a tensor: a weights-only load refuses it
+    pass
 
 
 def test_eval_fid_cli_json(tmp_path):
@@ -22,6 +27,32 @@ def test_eval_fid_cli_json(tmp_path):
     data = json.loads(r.stdout)
     assert data["fid"]["fid"] > 0 and data["fid"]["dims"] == 64
     assert json.loads((tmp_path / "fid.json").read_text()) == data
+    # 3 images for 64 dimensions: said, with what to do; 64 is already the smallest layer
+    warning = data["fid"]["warnings"][0]
+    assert warning.startswith("only 3 generated image(s) for 64-d Inception features") and "more than 64 images" in warning
+    assert f"warning: {warning}\n" in r.stderr
+
+
+def test_fid_with_fewer_images_than_dimensions_offers_smaller_features():
+    from scedit_cli.metrics.fid import few_images_warning
+
+    w = few_images_warning({"generated": 20, "reference": 300}, 2048)
+    assert "only 20 generated image(s) for 2048-d" in w and "--dims 768/192/64" in w
+    assert "or --dims 192 (a smaller" in few_images_warning({"generated": 500, "reference": 300}, 2048)
+    assert few_images_warning({"generated": 3000, "reference": -1}, 2048) is None  # a .npz without a count
+
+
+def test_inception_weights_that_are_not_weights_are_one_line(tmp_path, capsys):
+    gen = write_images(tmp_path / "gen", 2, seed=0)
+    (tmp_path / "notes.pth").write_text("not weights")
+    torch.save({"x": Evil()}, tmp_path / "code.pth")
+    for name, says in (("notes.pth", "not a PyTorch weights file"), ("code.pth", "holds more than tensors")):
+        with pytest.raises(SystemExit) as e:
+            main(["eval", "--fid", "--generated", str(gen), "--reference", str(gen), "--inception-weights",
+                  str(tmp_path / name), "--no-cache"])
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and err.count("\n") == 1 and str(tmp_path / name) in err and says in err, err
+        assert "weights_only` set to `False`" not in err
 
 
 @pytest.mark.parametrize("argv, text", [

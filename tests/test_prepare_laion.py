@@ -29,6 +29,7 @@ def _rows():
         (dict(URL="u/5", TEXT="tall but narrow", HEIGHT=500), "min_size"),
         (dict(URL="u/6", TEXT="ugly picture", aesthetic=4.0), "aesthetic"),
         (dict(URL="u/7", TEXT="unscored picture", aesthetic=None), "aesthetic"),
+        (dict(URL="u/7n", TEXT="picture scored NaN", aesthetic=float("nan")), "aesthetic"),  # missing, not passing
         (dict(URL="u/8", TEXT="stock photo", pwatermark=0.9), "watermark"),
         (dict(URL="u/9", TEXT="bad content", punsafe=0.8), "unsafe"),
         (dict(URL="u/10", TEXT="hi"), "caption_length"),
@@ -66,7 +67,7 @@ def test_removes_exactly_the_violators_and_counts_match(tmp_path):
             expected[want] = expected.get(want, 0) + 1
     assert {k: v for k, v in report["removed"].items() if v} == expected
     assert report["rows_in"] == len(cases) and report["rows_out"] == len(kept)
-    assert report["failing"]["aesthetic"] == 3  # the min_size row with aesthetic 1.0 also fails it
+    assert report["failing"]["aesthetic"] == 4  # the min_size row with aesthetic 1.0 also fails it
     assert set(report["not_applied"]) == {"image_unreadable", "near_duplicate_image"}
     saved = json.loads((tmp_path / "out.parquet.report.json").read_text())
     assert saved["removed"] == report["removed"] and saved["rows_out"] == report["rows_out"]
@@ -134,3 +135,28 @@ def test_cli_laion_report_and_errors(tmp_path, capsys):
         filter_laion(tmp_path / "l.parquet", tmp_path / "l.parquet")
     with pytest.raises(SceditError, match="does not exist"):
         filter_laion(tmp_path / "nope.parquet", tmp_path / "x.parquet")
+
+
+@pytest.mark.parametrize("option, value, column", [
+    ("--min-aesthetic", "6", "aesthetic or aesthetic_score"),
+    ("--max-watermark", "0.3", "pwatermark or watermark"),
+    ("--max-unsafe", "0.3", "punsafe or nsfw_prob"),
+    ("--min-width", "256", "width"),
+    ("--phash-distance", "2", "image or jpg or png"),
+])
+def test_an_explicit_rule_without_its_column_is_refused(option, value, column, tmp_path, capsys):
+    rows = [dict(URL=f"u/{i}", TEXT=f"a red fox number {i}") for i in range(3)]
+    _write(tmp_path / "bare.parquet", rows)  # no size, score or image columns
+    before = sorted(p.name for p in tmp_path.iterdir())
+    with pytest.raises(SystemExit) as e:
+        main(["prepare", "laion", "-i", str(tmp_path / "bare.parquet"), "-o", str(tmp_path / "f.parquet"), option, value])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1, err
+    assert f"{option} was given, but {tmp_path / 'bare.parquet'} has no {column} column" in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == before, "nothing written"
+    # the same rules at their defaults, or turned off, are skipped with the note
+    off = ["--min-aesthetic", "-1"] if option == "--min-aesthetic" else ["--phash-distance", "-1"] \
+        if option == "--phash-distance" else []
+    main(["prepare", "laion", "-i", str(tmp_path / "bare.parquet"), "-o", str(tmp_path / "f.parquet"), "--json", *off])
+    report = json.loads(capsys.readouterr().out)
+    assert report["rows_out"] == 3 and {"min_size", "aesthetic", "near_duplicate_image"} <= set(report["not_applied"])

@@ -35,6 +35,12 @@ CHILD = textwrap.dedent(
 )
 
 
+def start_child(src, out) -> subprocess.Popen:
+    """CHILD on `src` -> `out`, in a session of its own (its workers and resource tracker join it)."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    return subprocess.Popen([sys.executable, "-c", CHILD, str(src), str(out)], env=env, start_new_session=True)
+
+
 def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path):
     src = tmp_path / "in"
     n = 24
@@ -44,8 +50,7 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path):
 
     out = tmp_path / "out"
     journal = out / ".scedit-prepare" / "journal-0-of-1.jsonl"
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
-    child = subprocess.Popen([sys.executable, "-c", CHILD, str(src), str(out)], env=env, start_new_session=True)
+    child = start_child(src, out)
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
@@ -87,3 +92,48 @@ def test_torn_journal_line_is_dropped(tmp_path):
     summary = run_prepare(PrepareConfig("color", str(src), out))
     assert summary["resumed"] == 1 and summary["written_this_run"] == 2
     assert journal.read_text().count("\n") == 3
+
+
+def _session(sid: int) -> dict[int, str]:
+    """Live (not zombie) processes of session `sid`: pid -> command line."""
+    found = {}
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            stat = open(f"/proc/{d}/stat").read()
+            cmd = open(f"/proc/{d}/cmdline", "rb").read().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        state, _ppid, _pgrp, session = stat[stat.rindex(")") + 2:].split()[:4]
+        if int(session) == sid and state != "Z":
+            found[int(d)] = cmd
+    return found
+
+
+def test_workers_and_resource_tracker_end_with_a_parent_killed_by_sigkill(tmp_path):
+    src = tmp_path / "in"
+    make_images(src, 24, size=128)
+    out = tmp_path / "out"
+    journal = out / ".scedit-prepare" / "journal-0-of-1.jsonl"
+    child = start_child(src, out)
+    try:
+        deadline = time.monotonic() + 60
+        while not (journal.exists() and journal.read_text().count("\n") >= 2 and len(_session(child.pid)) >= 3):
+            assert child.poll() is None, "prepare child exited before it could be killed"
+            assert time.monotonic() < deadline, f"no two workers at work within 60 s: {_session(child.pid)}"
+            time.sleep(0.01)
+        helpers = set(_session(child.pid)) - {child.pid}
+        assert len(helpers) >= 2, "two workers (and the resource tracker)"
+        os.kill(child.pid, signal.SIGKILL)  # the parent only: nothing of it can shut the pool down
+        child.wait()
+        deadline = time.monotonic() + 10
+        while _session(child.pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not _session(child.pid), f"still running after the parent was killed: {_session(child.pid)}"
+    finally:
+        try:
+            os.killpg(child.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        child.wait()

@@ -120,6 +120,9 @@ def test_parse_override_values():
     (BASIC.replace('name = "sc"', 'name = "scc"'), "method.name", "did you mean 'sc'"),
     (BASIC + "batch_size = 3\ngradient_accumulation_steps = 2\n", "train.gradient_accumulation_steps", "divide"),
     (BASIC + "learning_rate = true\n", "train.learning_rate", "number"),
+    (BASIC + "learning_rate = nan\n", "train.learning_rate", "not a finite number"),
+    (BASIC + "max_grad_norm = inf\n", "train.max_grad_norm", "not a finite number"),
+    (BASIC + "[validation]\nguidance_scale = -inf\n", "validation.guidance_scale", "not a finite number"),
     (BASIC.replace('[method]\nname = "sc"', '[method]\nname = "controlnet"\nconditions = ["canny", "depth"]'),
      "method", "use method 'csc'"),
     (BASIC.replace("[model]", "[modle]"), "modle", "did you mean 'model'"),
@@ -137,3 +140,11 @@ def test_strict_validation_names_file_key_and_fix(tmp_path, body, key, fix):
 def test_not_toml(tmp_path):
     with pytest.raises(SceditError, match="not valid TOML"):
         load_recipe(_write(tmp_path, "[model\nsource="))
+
+
+def test_overrides_refuse_nan_and_inf(tmp_path):
+    path = _write(tmp_path, BASIC)
+    for value in ("nan", "inf", "-inf"):
+        with pytest.raises(SceditError) as e:
+            load_recipe(path, [f"train.learning_rate={value}"])
+        assert str(e.value).startswith(f"{path}: --set train.learning_rate: {float(value)!r} is not a finite number")

@@ -96,6 +96,8 @@ def test_prompts_txt_and_jsonl(tmp_path):
         ('{"prompt": "a"}\n{oops\n', ".jsonl", ":2: not valid JSON"),
         ('{"text2": "a"}\n', ".jsonl", ":1: no `prompt` key"),
         ('{"prompt": "a", "seed": -1}\n', ".jsonl", "`seed` must be"),
+        ('{"prompt": "a", "seed": NaN}\n', ".jsonl", r":1: `seed` must be .*nan"),
+        ('{"prompt": "a", "seed": [1, Infinity]}\n', ".jsonl", r":1: `seed` must be .*inf"),
         ("a", ".csv", "must end in .txt"),
     ],
 )

@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 from .errors import SceditError
+from .fsutil import check_output_location
 
 CACHE_VERSION = "1"
 DEFAULT_DIRNAME = "scedit-cache"
@@ -508,6 +509,7 @@ def prepare_cache(recipe, overrides: list[str] | dict | None = None, output: str
         raise SceditError(f"{r.path or 'recipe'}: {why}")
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     data = load_training_data(r.data, method.conditions, r.train.seed)
+    folder = check_output_location(output or r.data.cache_dir or default_cache_dir(data), "cache folder")
     base = load_base(r.model.source, dtype=None, config=r.model.single_file_config or None)
     frozen = _frozen_dtype(r, dev)
     # the same casts as training (prepare_training), so fingerprints and encodings match
@@ -515,7 +517,6 @@ def prepare_cache(recipe, overrides: list[str] | dict | None = None, output: str
     _cast_frozen([base.vae], torch.float32 if (base.is_sdxl and frozen == torch.float16) else frozen)
     for m in [base.vae, *base.text_encoders]:
         m.to(dev).eval()
-    folder = Path(output or r.data.cache_dir or default_cache_dir(data))
     plan = make_plan(data, base, folder)
     stats = build_cache(plan, data, base, dev, batch_size=batch_size, shard=shard, on_progress=on_progress)
     store = CacheStore(folder)

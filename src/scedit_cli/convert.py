@@ -26,7 +26,6 @@ skip layout comes from a base model (`model`) or a named architecture (`arch`).
 from __future__ import annotations
 
 import math
-import pickle
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +33,7 @@ from pathlib import Path
 import torch
 
 from .errors import SceditError
+from .fsutil import read_torch_weights
 from .tuners import CSCTunerConfig, SCTunerConfig, SkipLayout, SkipTuner, build_tuner, save_tuner
 from .tuners.card import CardFacts, write_model_card
 from .tuners.csc import PRE_HINT_CHANNELS, pre_hint_channels
@@ -107,15 +107,9 @@ def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], Path]:
             raise SceditError(f"{path}: not a readable safetensors file ({e})") from None
     elif path.suffix in PICKLE_SUFFIXES:
         try:
-            state = torch.load(str(path), map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as e:
-            first = str(e).strip().splitlines()[0][:200]
-            raise SceditError(
-                f"{path}: refused to load: the pickle holds more than tensors ({first}); scedit only "
-                "unpickles with weights_only=True. Re-save the state dict (tensors only) or as .safetensors"
-            ) from None
-        except Exception as e:
-            raise SceditError(f"{path}: cannot read checkpoint ({type(e).__name__}: {str(e)[:200]})") from None
+            state = read_torch_weights(path)
+        except ValueError as e:
+            raise SceditError(f"{path}: {e}. Re-save the state dict (tensors only) or as .safetensors") from None
     else:
         raise SceditError(
             f"{path}: unknown checkpoint type {path.suffix or '(no suffix)'!r}; expected .bin, .pt, .pth, .ckpt "

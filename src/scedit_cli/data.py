@@ -28,6 +28,7 @@ from PIL import Image
 from .conditions import MASKED_CONDITIONS
 from .conditions.tensor import condition_tensor, image_tensor
 from .errors import SceditError
+from .images import to_gray8, to_rgb8
 from .methods.base import condition_channels
 
 NEAREST_CONDITIONS = ("seg", "segmentation", "pose")  # label colours must not blend
@@ -156,12 +157,10 @@ def load_training_data(cfg, conditions: list[str], seed: int = 0) -> "TrainDatas
     return data
 
 
-def _open_image(value, base_dir: Path | None) -> tuple[Image.Image, str]:
-    """(image, description) from a dataset cell; raises BadSample."""
+def _open_image(value, base_dir: Path | None, mode: str | None = None) -> tuple[Image.Image, str]:
+    """(image, description) from a dataset cell, as 8-bit `mode` ("RGB", "L") if given; raises BadSample."""
     desc = "<bytes>"
     try:
-        if isinstance(value, Image.Image):
-            return value, "<image>"
         if isinstance(value, dict):
             if value.get("bytes"):
                 desc = value.get("path") or "<bytes>"
@@ -170,7 +169,9 @@ def _open_image(value, base_dir: Path | None) -> tuple[Image.Image, str]:
                 value = value["path"]
             else:
                 raise BadSample("empty image cell")
-        if isinstance(value, (bytes, bytearray)):
+        if isinstance(value, Image.Image):
+            desc, img = "<image>", value
+        elif isinstance(value, (bytes, bytearray)):
             img = Image.open(io.BytesIO(value))
         elif isinstance(value, str):
             p = Path(value).expanduser()
@@ -185,7 +186,7 @@ def _open_image(value, base_dir: Path | None) -> tuple[Image.Image, str]:
         else:
             raise BadSample(f"unsupported image cell of type {type(value).__name__}")
         img.load()
-        return img, desc
+        return (to_rgb8(img) if mode == "RGB" else to_gray8(img) if mode == "L" else img), desc
     except BadSample:
         raise
     except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError...
@@ -304,9 +305,8 @@ class TrainDataset(torch.utils.data.Dataset):
 
     def crop_image(self, row: dict, index: int, position: int, size=None) -> tuple:
         """(PIL crop, the full RGB image, original (h, w), crop (top, left), resized (w, h)) of row `index`."""
-        img, _ = _open_image(row.get(self.cfg.image_column), self.loaded.base_dir)
+        img, _ = _open_image(row.get(self.cfg.image_column), self.loaded.base_dir, "RGB")
         original_size = (img.height, img.width)
-        img = img.convert("RGB")
         crop_rng = np.random.default_rng([self.seed, int(position), 1])
         image, crop_tl, resized = _resize_crop(img, size or self.target_size(index), self.cfg.center_crop, crop_rng,
                                                Image.BICUBIC)
@@ -355,9 +355,8 @@ class TrainDataset(torch.utils.data.Dataset):
         cols = [col, f"{col}_mask"] if masked else [col]
         out = []
         for c in cols:
-            m, _ = _open_image(row.get(c), self.loaded.base_dir)
             is_mask = c.endswith("_mask")
-            m = m.convert("L" if is_mask else "RGB")
+            m, _ = _open_image(row.get(c), self.loaded.base_dir, "L" if is_mask else "RGB")
             if m.size != full_img.size:
                 m = m.resize(full_img.size, Image.NEAREST if is_mask or cond in NEAREST_CONDITIONS else Image.BILINEAR)
             m = m.resize(resized, Image.NEAREST if is_mask or cond in NEAREST_CONDITIONS else Image.BILINEAR)

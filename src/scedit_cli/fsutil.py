@@ -87,3 +87,53 @@ def read_jsonl(path: str | os.PathLike, fix: str) -> list[tuple[int, Any]]:
             except json.JSONDecodeError as e:
                 raise SceditError(f"{path} line {n} is not valid JSON ({e.msg}); {fix}") from None
     return rows
+
+
+def check_output_location(path: str | os.PathLike, what: str, folder: bool = True) -> Path:
+    """Fail early, before any slow work, when `path` cannot become the output folder (`folder`) or file
+    that `what` (an option or recipe key) names: a file in the way, no permission, a read-only disk.
+    Creates nothing; returns `path` with `~` expanded."""
+    path = Path(path).expanduser()
+    if path.exists() and folder != path.is_dir():
+        raise SceditError(f"{what} {path}: exists and is not a {'folder' if folder else 'file'}; choose another path")
+    probe = path if folder and path.is_dir() else path.parent
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise SceditError(f"{what} {path}: {probe} is a file, so no folder can be made there; choose another path")
+    if hasattr(os, "statvfs") and os.statvfs(probe).f_flag & os.ST_RDONLY:
+        raise SceditError(f"{what} {path}: {probe} is on a read-only file system; choose a folder you can write to")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise SceditError(f"{what} {path}: no permission to write in {probe}; choose a folder you can write to")
+    return path
+
+
+def read_torch_weights(path: str | os.PathLike) -> Any:
+    """`torch.load(path, weights_only=True)`: tensors and plain containers, never code.
+
+    Raises `ValueError` with a one-line reason: torch's own errors run to several lines and
+    advise `weights_only=False`, which would run whatever code the file holds.
+    """
+    import pickle
+    import warnings
+
+    import torch
+
+    with open(path, "rb") as f:
+        head = f.read(2)
+    if head[:1] != b"\x80" and head != b"PK":  # neither a pickle (protocol 2+) nor torch's zip format
+        raise ValueError("not a PyTorch weights file (neither a pickle nor a torch.save zip archive)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # notes on pickle protocols it then reads anyway
+            return torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        text = str(e)
+        detail = text.split("WeightsUnpickler error:", 1)[-1]
+        first = next((line.strip() for line in detail.splitlines() if line.strip()), type(e).__name__)
+        raise ValueError(f"refused to load: the pickle holds more than tensors ({first[:200]}); scedit only "
+                         "unpickles with weights_only=True") from None
+    except Exception as e:  # noqa: BLE001 - KeyError, EOFError, RuntimeError...: not a torch file at all
+        first = next((line.strip() for line in str(e).splitlines() if line.strip()), "")
+        raise ValueError(f"not a PyTorch weights file ({type(e).__name__}{': ' + first[:200] if first else ''})") \
+            from None

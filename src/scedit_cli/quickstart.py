@@ -36,7 +36,7 @@ from typing import Callable
 import numpy as np
 
 from .errors import SceditError
-from .fsutil import atomic_path, write_json_atomic, write_text_atomic
+from .fsutil import atomic_path, check_output_location, write_json_atomic, write_text_atomic
 
 STYLES = ("half", "outline", "striped")
 CONDITIONS = ("canny", "color")
@@ -110,8 +110,7 @@ def _cpu_seconds() -> float:
 
 def prepare_output(out: Path) -> None:
     """Make `out` ready: new, empty, or an earlier quickstart's folder (whose outputs are replaced)."""
-    if out.exists() and not out.is_dir():
-        raise SceditError(f"--output {out}: exists and is not a folder; choose another --output")
+    check_output_location(out, "--output")
     if out.is_dir() and any(out.iterdir()) and not (out / MARKER).exists():
         raise SceditError(
             f"--output {out}: folder is not empty and was not written by `scedit quickstart`; choose another --output"

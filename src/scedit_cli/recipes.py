@@ -33,6 +33,7 @@ else:  # pragma: no cover
 
 from .errors import SceditError
 from .fsutil import looks_like_path
+from .values import finite_float
 
 ARCHES = ("sd15", "sd21", "sd21-base", "sdxl")
 PRECISIONS = ("no", "fp16", "bf16")
@@ -201,7 +202,7 @@ def _type_name(tp) -> str:
 
 
 def _coerce(value, tp):
-    """`value` as type `tp`, or raise TypeError."""
+    """`value` as type `tp`, or raise TypeError (ValueError for NaN and infinities)."""
     origin = get_origin(tp)
     if origin in (typing.Union, types.UnionType):
         args = [a for a in get_args(tp) if a is not type(None)]
@@ -225,7 +226,7 @@ def _coerce(value, tp):
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise TypeError
-        return float(value)
+        return finite_float(value)
     if tp is str:
         if not isinstance(value, str):
             raise TypeError
@@ -279,6 +280,8 @@ def _build(cls, data: dict, section: str, ctx: _Ctx):
             raise ctx.error(
                 dotted, f"must be {_type_name(hints[name])}, got {data[name]!r} ({type(data[name]).__name__})"
             ) from None
+        except ValueError as e:  # nan, inf: TOML has both
+            raise ctx.error(dotted, str(e)) from None
     return cls(**kwargs)
 
 

@@ -26,8 +26,7 @@ import numpy as np
 import torch
 
 from ..console import progress
-from ..errors import SceditError
-from ..fsutil import write_json_atomic
+from ..fsutil import check_output_location, write_json_atomic
 from . import skip_plots
 from ..tuners import SkipLayout
 from .skips import (HIST_RANGE, SkipAnalysisSettings, change_scores, map_step_indices, removal_variants,
@@ -60,9 +59,7 @@ def analyze_skips(model, prompts, out: str | Path, settings: SkipAnalysisSetting
     settings = settings or SkipAnalysisSettings()
     settings.validate()
     prompts = _as_prompts(prompts)
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise SceditError(f"{out}: exists and is not a folder; choose another --out")
+    out = check_output_location(out, "--out")
     t0 = time.perf_counter()
     base = load_model(model, device, dtype)
     images = sum(len(p.seeds or settings.seeds) for p in prompts)

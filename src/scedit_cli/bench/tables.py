@@ -24,7 +24,7 @@ from typing import Callable
 import torch
 
 from ..errors import SceditError
-from ..fsutil import atomic_path, write_json_atomic
+from ..fsutil import atomic_path, check_output_location, write_json_atomic
 from ..metrics.memory import MemoryReport, gib, measure_step_memory, release_memory, unet_regions
 from ..metrics.timing import StepTiming, time_steps
 
@@ -507,9 +507,7 @@ def run_table(name: str, s: BenchSettings, on_event: Callable[[str, int], None] 
 
 def write_outputs(result: TableResult, out_dir: str | Path) -> dict[str, str]:
     """`<table>.json` and `<table>.png` (bar chart of measured vs paper ratios), written atomically."""
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise SceditError(f"--out {out}: exists and is not a folder")
+    out = check_output_location(out_dir, "--out")
     json_path, png_path = out / f"{result.table}.json", out / f"{result.table}.png"
     write_json_atomic(json_path, result.to_dict())
     bar_chart(result, png_path)

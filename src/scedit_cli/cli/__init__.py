@@ -11,6 +11,7 @@ import os
 import sys
 
 import typer
+import typer.main
 
 from ..errors import SceditError
 
@@ -22,20 +23,45 @@ app = typer.Typer(
     add_completion=False,
 )
 
-_state = {"debug": False}
+_NOTHING_YET = "nothing was written; run the command again"  # Ctrl-C before a command says what it keeps
+_state = {"debug": False, "interrupt": _NOTHING_YET}
+
+# Every dependency that logs through its own logger, and the environment variable that sets its level
+# (environment variables reach spawned workers too, and cost no import).
+_DEPENDENCY_LOG_LEVELS = {
+    "DIFFUSERS_VERBOSITY": "error",
+    "TRANSFORMERS_VERBOSITY": "error",
+    "DATASETS_VERBOSITY": "error",
+    "HF_HUB_VERBOSITY": "error",
+    "ACCELERATE_LOG_LEVEL": "error",
+}
+
+
+def _quiet_dependencies() -> None:
+    """Dependencies' deprecation notes and advice are for library authors: users see them with --debug only.
+    scedit itself says what a user needs to know with `console.info`, never through `warnings`."""
+    import warnings
+
+    for name, level in _DEPENDENCY_LOG_LEVELS.items():
+        os.environ.setdefault(name, level)
+    if "PYTHONWARNINGS" not in os.environ and not sys.warnoptions:  # else the user chose what to see
+        os.environ["PYTHONWARNINGS"] = "ignore"  # worker processes
+        warnings.simplefilter("ignore")
 
 
 @app.callback()
 def _root(
-    debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors."),
+    debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors, and dependencies' warnings."),
 ) -> None:
     _state["debug"] = debug or bool(os.environ.get("SCEDIT_DEBUG"))
     if not _state["debug"]:
-        # diffusers/transformers log advice meant for library authors; our own
-        # messages say what a user needs to know. Set through their environment
-        # variables so that commands which never import them start fast.
-        os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
-        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        _quiet_dependencies()
+
+
+def on_interrupt(kept: str) -> None:
+    """What a Ctrl-C from here on leaves behind and how to continue: the line `main` prints before exit 130.
+    Every command calls it first thing, with its own outputs."""
+    _state["interrupt"] = kept
 
 
 def _register() -> None:
@@ -52,31 +78,48 @@ def _register() -> None:
 
 _register()
 
+# The click that typer uses: typer >= 0.2x bundles its own copy (`typer._click`), older typer uses click
+# itself; `typer.BadParameter` comes from whichever it is, so its module holds the exception classes.
+_click_errors = sys.modules[typer.BadParameter.__module__]
+
 
 def main(argv: list[str] | None = None) -> None:
-    """Console-script entry point."""
+    """Console-script entry point: every way a command ends is an exit code and, on failure, one line.
+
+    The click command is invoked directly, not through typer's `main`, which in non-standalone mode
+    turns Ctrl-C into a returned 130 that nothing would see.
+    """
+    args = sys.argv[1:] if argv is None else list(argv)
+    _state["interrupt"] = _NOTHING_YET
+    command = typer.main.get_command(app)
     try:
-        app(args=argv, standalone_mode=False)
+        with command.make_context("scedit", args) as ctx:
+            command.invoke(ctx)
     except SceditError as e:
         if _state["debug"]:
             raise
         typer.echo(f"error: {e}", err=True)
         sys.exit(e.exit_code)
     except KeyboardInterrupt:
-        typer.echo("interrupted", err=True)
+        if _state["debug"]:
+            raise
+        typer.echo(f"interrupted: {_state['interrupt']}", err=True)
         sys.exit(130)
+    except _click_errors.ClickException as e:  # unknown option, bad value, missing argument: click's own message
+        e.show()
+        sys.exit(e.exit_code)
     except typer.Exit as e:
         sys.exit(e.exit_code)
     except typer.Abort:
         typer.echo("aborted", err=True)
         sys.exit(1)
-    except Exception as e:  # click usage errors and the like
-        import click
-
-        if isinstance(e, click.exceptions.ClickException):
-            e.show()
-            sys.exit(e.exit_code)
+    except Exception as e:
         if _state["debug"]:
             raise
+        if isinstance(e, OSError) and e.filename:
+            # A file or folder the environment does not let us use (permissions, read-only, full disk).
+            where = f"{e.filename} -> {e.filename2}" if e.filename2 else str(e.filename)
+            typer.echo(f"error: {where}: {e.strerror or type(e).__name__}", err=True)
+            sys.exit(2)
         typer.echo(f"error: {type(e).__name__}: {e} (run with --debug for the traceback)", err=True)
         sys.exit(1)

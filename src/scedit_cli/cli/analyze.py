@@ -8,7 +8,8 @@ from typing import Optional
 import typer
 
 from ..console import info, print_json
-from . import app
+from ..values import finite_float
+from . import app, on_interrupt
 
 analyze_app = typer.Typer(help="Analyse a base model: what its skip connections carry (paper Fig. 3).",
                           no_args_is_help=True)
@@ -25,7 +26,8 @@ def skips_command(
     mode: Optional[list[str]] = typer.Option(None, "--mode", help="Replace removed skips by zero and/or mean (spatial mean); repeatable (default both)."),
     steps: int = typer.Option(25, "--steps", help="Denoising steps."),
     scheduler: str = typer.Option("ddim", "--scheduler", help="Scheduler name, as in `scedit sample`."),
-    guidance_scale: float = typer.Option(7.5, "--guidance-scale", "--cfg", help="Classifier-free guidance scale."),
+    guidance_scale: float = typer.Option(7.5, "--guidance-scale", "--cfg", parser=finite_float,
+                                          help="Classifier-free guidance scale."),
     size: Optional[int] = typer.Option(None, "--size", help="Square image size in px (default: the model's native size)."),
     batch_size: int = typer.Option(8, "--batch-size", "-b", help="Images per pipeline call (removal variants run side by side)."),
     map_steps: Optional[int] = typer.Option(None, "--map-steps", help="Timesteps shown in feature_maps.png (default 4, at most --steps)."),
@@ -37,6 +39,7 @@ def skips_command(
 ) -> None:
     """Remove skips (each alone, all, each half) by zero / spatial mean, trace their statistics along the
     denoising trajectory, and draw their feature maps: skips.json and PNGs in --out."""
+    on_interrupt(f"files already written in {out} are complete but the analysis is not; run the command again")
     import torch
 
     from ..analysis import SkipAnalysisSettings, analyze_skips

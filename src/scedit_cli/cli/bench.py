@@ -6,7 +6,7 @@ import typer
 from rich.table import Table
 
 from ..console import out_console, print_json
-from . import app
+from . import app, on_interrupt
 
 bench_app = typer.Typer(help="Reproduce the paper's tables (parameters, memory, time, sampling speed).",
                         no_args_is_help=True)
@@ -19,6 +19,7 @@ def params_command(
 ) -> None:
     """Every Params figure of Tables 1, 2, 5 and 6 (and SDXL SC / CSC rows, which the paper has no figure for),
     counted on real-size models built on the meta device."""
+    on_interrupt("nothing was written; run the command again")
     from ..bench.params import param_rows
 
     rows = param_rows()

@@ -8,6 +8,8 @@ import typer
 from rich.table import Table
 
 from ..console import out_console, print_json, progress
+from ..values import finite_float
+from . import on_interrupt
 from .bench import bench_app
 
 
@@ -18,7 +20,8 @@ def bench_sampling_command(
     steps: int = typer.Option(50, "--steps", help="DDIM steps per image."),
     batch: int = typer.Option(1, "--batch", help="Images per pipeline call."),
     repeats: int = typer.Option(3, "--repeats", help="Timed runs per variant (median reported)."),
-    guidance_scale: float = typer.Option(7.5, "--guidance-scale", help="CFG scale (> 1: two U-Net halves per step)."),
+    guidance_scale: float = typer.Option(7.5, "--guidance-scale", parser=finite_float,
+                                         help="CFG scale (> 1: two U-Net halves per step)."),
     hint_kernel: int = typer.Option(3, "--hint-kernel", help="CSC dense-cascade kernel k (official configs: 3)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N."),
     dtype: Optional[str] = typer.Option(None, "--dtype", help="fp32, fp16, bf16 (default: fp16 on GPU, fp32 on CPU)."),
@@ -26,6 +29,7 @@ def bench_sampling_command(
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
 ) -> None:
     """Sampling cost of SCEdit vs the plain U-Net and ControlNet (real SD architecture, random weights)."""
+    on_interrupt("nothing was written; run the command again")
     import torch
 
     from ..bench.sampling import VARIANTS, bench_sampling

@@ -8,6 +8,7 @@ import typer
 from rich.table import Table
 
 from ..console import err_console, info, out_console, print_json, progress
+from . import on_interrupt
 from .bench import bench_app
 
 _HELP = {
@@ -82,7 +83,11 @@ def _make(name: str):
         recompute_ff: bool = typer.Option(False, "--recompute-ff", help="Every method recomputes its transformer "
                                           "feed-forwards in backward (recipe key train.recompute_feed_forward)."),
     ) -> None:
+        on_interrupt(f"nothing was written to {out} (it gets the results at the end); run the command again")
         from ..bench.tables import BenchSettings, run_table, write_outputs
+        from ..fsutil import check_output_location
+
+        check_output_location(out, "--out")  # before the measurements, not after them
 
         s = BenchSettings(arch=arch, unet_config=str(unet_config) if unet_config else None, model=model,
                           device=device, batch=batch, resolution=resolution, steps=steps, warmup=warmup,

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from ..console import info, print_json
-from . import app
+from . import app, on_interrupt
 
 comfyui_app = typer.Typer(help="Use scedit tuners in ComfyUI (SCEdit Tuner and SCEdit Control nodes).",
                           no_args_is_help=True)
@@ -21,6 +21,7 @@ def install_command(
     json_out: bool = typer.Option(False, "--json", help="Print what was done as JSON on stdout."),
 ) -> None:
     """Write custom_nodes/scedit/__init__.py (it imports scedit from ComfyUI's Python) and models/scedit/."""
+    on_interrupt("the loader and models/scedit/ are written whole or not at all; run the command again")
     from ..comfyui.install import install
 
     result = install(comfyui_dir, force=force)

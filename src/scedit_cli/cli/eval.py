@@ -9,8 +9,9 @@ from rich.table import Table
 
 from ..console import info, out_console, print_json, progress
 from ..errors import SceditError
-from ..fsutil import write_json_atomic
-from . import app
+from ..fsutil import check_output_location, write_json_atomic
+from ..values import finite_float
+from . import app, on_interrupt
 
 
 @app.command("eval")
@@ -37,7 +38,7 @@ def eval_command(
     edge_tolerance: int = typer.Option(0, "--edge-tolerance", help="Edge F1: pixels an edge may be off by."),
     annotator_weights: Path = typer.Option(None, "--annotator-weights", help="Folder of detector weights "
                                            "(hed / depth / seg / pose controllability)."),
-    pose_threshold: float = typer.Option(0.05, "--pose-threshold", help="Pose PCK: a keypoint is correct within "
+    pose_threshold: float = typer.Option(0.05, "--pose-threshold", parser=finite_float, help="Pose PCK: a keypoint is correct within "
                                          "this fraction of the image's longer side."),
     detect_resolution: int = typer.Option(None, "--detect-resolution", help="--control: working resolution of "
                                           "the hed / depth / seg / pose detectors (default 512)."),
@@ -56,8 +57,11 @@ def eval_command(
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
 ) -> None:
     """Measure generated images (FID, controllability) or a training recipe (parameters, memory, time)."""
+    on_interrupt("no result was written; run the command again (FID reference statistics already computed are cached)")
     if not (fid or control or params or memory or time_):
         raise SceditError("nothing to evaluate: give --fid, --control, or --params/--memory/--time RECIPE")
+    if out is not None:
+        check_output_location(out, "--out", folder=False)
     result: dict = {}
     if fid:
         from ..metrics.fid import compute_fid
@@ -68,6 +72,8 @@ def eval_command(
                         num_workers=workers, device=device, cache_dir=stats_cache, use_cache=not no_cache,
                         progress_factory=progress)
         result["fid"] = r.to_dict()
+        for warning in r.warnings:
+            typer.echo(f"warning: {warning}", err=True)  # one line, as errors are: no wrapping
     if control:
         from ..metrics.control import evaluate_controls, read_sample_manifest
 

@@ -13,7 +13,8 @@ import typer
 
 from ..console import info, print_json
 from ..errors import SceditError
-from . import app
+from ..values import finite_float
+from . import app, on_interrupt
 
 prepare_app = typer.Typer(
     name="prepare",
@@ -63,6 +64,7 @@ def prepare_conditions(
             f"scedit prepare needs {', '.join(missing)} (e.g. scedit prepare --condition canny --input imgs/ --output data/), "
             "or a sub-command: laion, style"
         )
+    on_interrupt(f"the records finished so far are kept in {output}; run the same command again to resume")
     from ..prepare.runner import PrepareConfig, parse_shard, run_prepare
 
     shard_index, shard_count = parse_shard(shard)
@@ -91,26 +93,33 @@ def prepare_conditions(
 
 @prepare_app.command("laion")
 def prepare_laion(
+    ctx: typer.Context,
     input: Path = typer.Option(..., "--input", "-i", help="LAION-style metadata parquet (file or folder of parts)."),
     output: Path = typer.Option(..., "--output", "-o", help="Filtered parquet to write."),
     report: Optional[Path] = typer.Option(None, "--report", help="Report JSON (default: OUTPUT.report.json)."),
     min_width: int = typer.Option(512, "--min-width"),
     min_height: int = typer.Option(512, "--min-height"),
-    min_aesthetic: Optional[float] = typer.Option(5.0, "--min-aesthetic", help="Minimum aesthetic score; pass -1 to skip the rule."),
-    max_watermark: float = typer.Option(0.5, "--max-watermark", help="Maximum watermark probability (pwatermark)."),
-    max_unsafe: float = typer.Option(0.5, "--max-unsafe", help="Maximum NSFW probability (punsafe)."),
+    min_aesthetic: Optional[float] = typer.Option(5.0, "--min-aesthetic", parser=finite_float,
+                                                  help="Minimum aesthetic score; pass -1 to skip the rule."),
+    max_watermark: float = typer.Option(0.5, "--max-watermark", parser=finite_float,
+                                        help="Maximum watermark probability (pwatermark)."),
+    max_unsafe: float = typer.Option(0.5, "--max-unsafe", parser=finite_float, help="Maximum NSFW probability (punsafe)."),
     min_caption_chars: int = typer.Option(5, "--min-caption-chars"),
     max_caption_chars: int = typer.Option(1000, "--max-caption-chars"),
     phash_distance: int = typer.Option(4, "--phash-distance", help="Near-duplicate images: max Hamming distance of 64-bit pHashes; -1 disables."),
     image_column: Optional[str] = typer.Option(None, "--image-column", help="Column with image bytes/paths for near-duplicate detection."),
     json_out: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
 ) -> None:
-    from ..prepare.laion import LaionFilterConfig, filter_laion, format_report
+    on_interrupt(f"nothing was written ({output} is written whole or not at all); run the command again")
+    from ..prepare.laion import SETTING_RULES, LaionFilterConfig, filter_laion, format_report
 
+    # A rule whose setting is on the command line must be applied; rules left at their defaults may be skipped.
+    explicit = frozenset(s for s in SETTING_RULES if ctx.get_parameter_source(s).name != "DEFAULT")
     cfg = LaionFilterConfig(
         min_width=min_width, min_height=min_height, min_aesthetic=None if min_aesthetic is not None and min_aesthetic < 0 else min_aesthetic,
         max_watermark=max_watermark, max_unsafe=max_unsafe, min_caption_chars=min_caption_chars,
         max_caption_chars=max_caption_chars, phash_distance=None if phash_distance < 0 else phash_distance, image_column=image_column,
+        explicit=explicit,
     )
     result = filter_laion(input, output, cfg, report_path=report)
     if json_out:
@@ -131,6 +140,7 @@ def prepare_style(
     report: Optional[Path] = typer.Option(None, "--report", help="JSONL report of changed captions (default beside the output)."),
     json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
 ) -> None:
+    on_interrupt(f"nothing was written ({output} is written whole or not at all); run the command again")
     from ..prepare.style import StyleConfig, clean_style_dataset
 
     cfg = StyleConfig(styles=tuple(style), words_file=words_file, trigger=trigger, position=position)

@@ -9,6 +9,7 @@ import typer
 
 from ..console import info, print_json, progress
 from ..errors import SceditError
+from . import on_interrupt
 from .prepare import prepare_app
 
 
@@ -27,6 +28,7 @@ def prepare_cache_cmd(
     json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
 ) -> None:
     """Encode every image (VAE posterior; flipped too with data.random_flip) and caption once."""
+    on_interrupt("the entries encoded so far are kept in the cache; run the same command again to encode the rest")
     from ..cache import prepare_cache
     from ..prepare.runner import parse_shard
 

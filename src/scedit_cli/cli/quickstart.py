@@ -7,7 +7,8 @@ from typing import Optional
 
 import typer
 
-from . import app
+from ..values import finite_float
+from . import app, on_interrupt
 
 
 @app.command(
@@ -19,13 +20,14 @@ from . import app
 )
 def quickstart_command(
     output: Path = typer.Option(Path("scedit-quickstart"), "--output", "-o", help="Folder for data, tuners, samples and the report."),
-    steps_scale: float = typer.Option(1.0, "--steps-scale", help="Multiply every recipe's training steps (e.g. 3 to train longer)."),
+    steps_scale: float = typer.Option(1.0, "--steps-scale", parser=finite_float, help="Multiply every recipe's training steps (e.g. 3 to train longer)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the datasets, training and sampling."),
     style: str = typer.Option("half", "--style", help="The new style: half (default; the toy VAE can draw it), outline or striped."),
     n_eval: int = typer.Option(16, "--n-eval", help="Held-out prompts per evaluation."),
     threads: Optional[int] = typer.Option(None, "--threads", help="torch CPU threads (default: torch's choice)."),
     json_out: bool = typer.Option(False, "--json", help="Print report.json on stdout."),
 ) -> None:
+    on_interrupt(f"the quickstart did not finish; run the same command again (it replaces what it wrote in {output})")
     from ..console import err_console, print_json
     from ..quickstart import QuickstartSettings, run_quickstart, summary_rows
 

@@ -8,7 +8,8 @@ from typing import Optional
 import typer
 
 from ..console import info, print_json
-from . import app
+from ..values import finite_float
+from . import app, on_interrupt
 
 _HELP_CONTROL = (
     "NAME:IMAGE[:SCALE]: compute the condition map NAME (canny, color, depth, ...) from a raw image with "
@@ -51,6 +52,10 @@ def _controls(control, control_map, mask, extend):
     return with_mask_options(controls, mask, extend)
 
 
+def _kept_on_interrupt(out: Path) -> None:
+    on_interrupt(f"the images finished so far (if any) are kept in {out}; run the same command again to make the rest")
+
+
 def _report(result, json_out: bool, what: str) -> None:
     if json_out:
         print_json(result.to_dict())
@@ -72,7 +77,7 @@ _tuner = typer.Option(None, "--tuner", "-t", help=_HELP_TUNER + " Repeatable.")
 _out = typer.Option(..., "--out", "-o", help="Output folder: PNGs, manifest.jsonl, grid.png. Re-running resumes.")
 _steps = typer.Option(50, "--steps", help="Denoising steps.")
 _sched = typer.Option("ddim", "--scheduler", help="Scheduler: ddim, euler, euler_a, dpm++, unipc, pndm, ... or any compatible diffusers class name.")
-_cfg = typer.Option(7.5, "--guidance-scale", "--cfg", help="Classifier-free guidance scale (<= 1 turns guidance off).")
+_cfg = typer.Option(7.5, "--guidance-scale", "--cfg", parser=finite_float, help="Classifier-free guidance scale (<= 1 turns guidance off).")
 _seed = typer.Option(None, "--seed", "-s", help="Seed; repeat for several images per prompt (default 0).")
 _bs = typer.Option(1, "--batch-size", "-b", help="Images per pipeline call.")
 _w = typer.Option(None, "--width", help="Image width in px (default: the base model's native size; outpaint: the "
@@ -103,8 +108,10 @@ def sample_command(
     control_map: Optional[list[str]] = typer.Option(None, "--control-map", help=_HELP_CONTROL_MAP),
     mask: Optional[str] = _mask,
     extend: Optional[str] = _extend,
-    tuner_scale: float = typer.Option(1.0, "--tuner-scale", help="Weight of the SC-Tuners' edits (0: off, 1: as trained)."),
-    control_scale: float = typer.Option(1.0, "--control-scale", help="Multiplies every condition's scale."),
+    tuner_scale: float = typer.Option(1.0, "--tuner-scale", parser=finite_float,
+                                      help="Weight of the SC-Tuners' edits (0: off, 1: as trained)."),
+    control_scale: float = typer.Option(1.0, "--control-scale", parser=finite_float,
+                                        help="Multiplies every condition's scale."),
     steps: int = _steps,
     scheduler: str = _sched,
     guidance_scale: float = _cfg,
@@ -121,6 +128,7 @@ def sample_command(
     json_out: bool = _json,
 ) -> None:
     """Generate images with a base model and zero or more tuners (SC and CSC)."""
+    _kept_on_interrupt(out)
     from ..sampling import prompt_list, sample
 
     specs = prompt_list(prompt, prompts)
@@ -147,8 +155,9 @@ def compose_command(
     mask: Optional[str] = _mask,
     extend: Optional[str] = _extend,
     sweep: Optional[int] = typer.Option(None, "--sweep", help="With two conditions: N images whose weights go from (1, 0) to (0, 1) (Fig. 9b)."),
-    control_scale: float = typer.Option(1.0, "--control-scale", help="Multiplies the normalised weights."),
-    tuner_scale: float = typer.Option(1.0, "--tuner-scale", help="Weight of SC-Tuners' edits."),
+    control_scale: float = typer.Option(1.0, "--control-scale", parser=finite_float,
+                                        help="Multiplies the normalised weights."),
+    tuner_scale: float = typer.Option(1.0, "--tuner-scale", parser=finite_float, help="Weight of SC-Tuners' edits."),
     steps: int = _steps,
     scheduler: str = _sched,
     guidance_scale: float = _cfg,
@@ -165,6 +174,7 @@ def compose_command(
     json_out: bool = _json,
 ) -> None:
     """Several CSC-Tuners at once with weights alpha (Eq. 7); --sweep interpolates between two conditions."""
+    _kept_on_interrupt(out)
     from ..sampling import compose, prompt_list
 
     specs = prompt_list(prompt, prompts)
@@ -185,6 +195,7 @@ def convert_command(
     json_out: bool = _json,
 ) -> None:
     """Convert official SCEdit weights (scepter, ms-swift) into a scedit tuner folder."""
+    on_interrupt(f"the conversion did not finish; run the command again to write {out}")
     from ..convert import convert_checkpoint
 
     result = convert_checkpoint(src, out, model=model, arch=arch, condition=condition)

@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 
 from ..console import info, print_json
-from . import app
+from . import app, on_interrupt
 
 
 @app.command("train")
@@ -21,6 +21,9 @@ def train_command(
     json_out: bool = typer.Option(False, "--json", help="Print the result (or the plan) as JSON on stdout."),
 ) -> None:
     """Train a tuner or a baseline as a recipe says (one command per experiment of the paper)."""
+    # Inside the training loop Ctrl-C saves a checkpoint (below); this is for loading and the final save.
+    on_interrupt("stopped outside the training loop (loading, or the final save); checkpoints already saved are "
+                 "kept: continue with --resume latest")
     from ..training import train
 
     result = train(recipe, overrides=list(set_), resume=resume, dry_run=dry_run)

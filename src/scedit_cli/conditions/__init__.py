@@ -27,6 +27,8 @@ import numpy as np
 from PIL import Image
 
 from ..errors import SceditError
+from ..images import to_gray8, to_rgb8
+from ..values import finite_float
 from . import canny as _canny
 from . import color as _color
 from . import masks as _masks
@@ -89,9 +91,9 @@ def _as_int(spec: ConditionSpec, params: Mapping[str, Any], key: str) -> int:
 
 def _as_float(spec: ConditionSpec, params: Mapping[str, Any], key: str, default: float = 0.0) -> float:
     try:
-        return float(params.get(key, default))
+        return finite_float(params.get(key, default))
     except (TypeError, ValueError):
-        raise SceditError(f"condition '{spec.name}' setting {key}={params[key]!r} must be a number") from None
+        raise SceditError(f"condition '{spec.name}' setting {key}={params[key]!r} must be a finite number") from None
 
 
 def _masked(name: str, rgb: np.ndarray, mask: np.ndarray) -> dict[str, Image.Image]:
@@ -116,7 +118,10 @@ def compute_condition_maps(
     spec = get_spec(name)
     params = dict(params or {})
     _check_params(spec, params)
-    rgb_image = image.convert("RGB")
+    try:
+        rgb_image = to_rgb8(image)
+    except ValueError as e:
+        raise SceditError(f"condition '{name}': {e}") from None
 
     if name == "canny":
         if "low" in params or "high" in params:
@@ -145,7 +150,7 @@ def compute_condition_maps(
                 raise SceditError("condition 'inpaint' setting mask must be a PIL image (white = area to fill)")
             if mask_img.size != rgb_image.size:
                 raise SceditError(f"inpaint mask size {mask_img.size} does not match the image size {rgb_image.size}")
-            mask = np.where(np.asarray(mask_img.convert("L")) > 127, 255, 0).astype(np.uint8)
+            mask = np.where(np.asarray(to_gray8(mask_img)) > 127, 255, 0).astype(np.uint8)
         elif rng is not None:
             mask = _masks.inpaint_mask(rgb.shape[0], rgb.shape[1], rng)
         else:

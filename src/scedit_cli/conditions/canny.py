@@ -19,6 +19,8 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from ..images import to_rgb8
+
 INFERENCE_LOW = 100
 INFERENCE_HIGH = 200
 
@@ -47,5 +49,5 @@ def canny_array(rgb: np.ndarray, low: int, high: int) -> np.ndarray:
 
 def canny(image: Image.Image, low: int = INFERENCE_LOW, high: int = INFERENCE_HIGH) -> Image.Image:
     """Canny edges of `image` as a 3-channel RGB image (white edges on black), same size."""
-    edges = canny_array(np.asarray(image.convert("RGB")), low, high)
+    edges = canny_array(np.asarray(to_rgb8(image)), low, high)
     return Image.fromarray(np.repeat(edges[:, :, None], 3, axis=2))

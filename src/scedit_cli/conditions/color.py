@@ -12,6 +12,8 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from ..images import to_rgb8
+
 DEFAULT_RATIO = 64
 
 
@@ -26,4 +28,4 @@ def color_array(rgb: np.ndarray, ratio: int = DEFAULT_RATIO) -> np.ndarray:
 
 def color_map(image: Image.Image, ratio: int = DEFAULT_RATIO) -> Image.Image:
     """The colour map of `image` (RGB, same size)."""
-    return Image.fromarray(color_array(np.asarray(image.convert("RGB")), ratio))
+    return Image.fromarray(color_array(np.asarray(to_rgb8(image)), ratio))

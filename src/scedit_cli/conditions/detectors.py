@@ -25,6 +25,7 @@ from typing import Callable
 from PIL import Image
 
 from ..errors import SceditError
+from ..images import to_rgb8
 
 ANNOTATORS_REPO = "lllyasviel/Annotators"
 SEG_REPO = "openmmlab/upernet-convnext-small"
@@ -101,7 +102,7 @@ class Detector:
         res = detect_resolution or DEFAULT_RESOLUTION
         if res < 64:
             raise SceditError(f"detect_resolution={res} is too small; use 64 or more (default {DEFAULT_RESOLUTION})")
-        maps = self._fn([im.convert("RGB") for im in images], res)
+        maps = self._fn([to_rgb8(im) for im in images], res)
         return [m.convert("RGB").resize(im.size, Image.BILINEAR) if m.size != im.size else m.convert("RGB") for m, im in zip(maps, images)]
 
 

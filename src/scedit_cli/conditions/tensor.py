@@ -15,11 +15,13 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..images import to_rgb8
+
 
 def image_tensor(image: Image.Image) -> torch.Tensor:
     """(C, H, W) float32 in [0, 1]: 1 channel for an "L" image, else 3 (RGB)."""
     if image.mode not in ("RGB", "L"):
-        image = image.convert("RGB")
+        image = to_rgb8(image)
     arr = np.asarray(image, dtype=np.float32) / 255.0
     if arr.ndim == 2:
         arr = arr[:, :, None]

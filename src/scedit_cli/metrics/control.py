@@ -40,6 +40,7 @@ from ..errors import SceditError
 from ..fsutil import read_jsonl
 from .control_maps import SegTotals, color_error, depth_rmse, edge_f1, seg_iou, ssim
 from .pose import DEFAULT_PCK_THRESHOLD, pose_pck
+from ..images import to_rgb8
 
 # condition -> (primary metric, higher is better)
 METRICS: dict[str, tuple[str, bool]] = {
@@ -64,11 +65,12 @@ class DatasetTotals:
 def compare_maps(condition: str, reference: Image.Image, generated: Image.Image, tolerance: int = 0,
                  pose_threshold: float = DEFAULT_PCK_THRESHOLD, totals: DatasetTotals | None = None) -> dict:
     """The metrics of `condition` between the map the model saw and the map of the generated image."""
+    reference, generated = to_rgb8(reference), to_rgb8(generated)
     if condition == "canny":
-        r = edge_f1(np.asarray(reference.convert("RGB")), np.asarray(generated.convert("RGB")), tolerance)
+        r = edge_f1(np.asarray(reference), np.asarray(generated), tolerance)
         return {"edge_f1": r["f1"], "edge_precision": r["precision"], "edge_recall": r["recall"]}
     if condition == "color":
-        return {"color_mae": color_error(np.asarray(reference.convert("RGB")), np.asarray(generated.convert("RGB")))}
+        return {"color_mae": color_error(np.asarray(reference), np.asarray(generated))}
     if condition == "hed":
         return {"hed_ssim": ssim(reference, generated)}
     if condition == "depth":
@@ -141,7 +143,7 @@ class WorstCases:
             return
         thumbs = []
         for m in maps:
-            t = m.convert("RGB")
+            t = to_rgb8(m)
             t.thumbnail((self.cell, self.cell))
             thumbs.append(t)
         item = (badness, next(self._seq), WorstCase(condition, file, metric, value, tuple(thumbs)))
@@ -223,7 +225,7 @@ def evaluate_controls(folder: str | Path, *, tolerance: int = 0, annotator_weigh
         if not image_path.is_file():
             raise SceditError(f"{image_path}: listed in the manifest but missing; re-run `scedit sample` to resume")
         with Image.open(image_path) as im:
-            generated = im.convert("RGB")
+            generated = to_rgb8(im).copy()
         result.images += 1
         for c in controls:
             name = c.get("condition")

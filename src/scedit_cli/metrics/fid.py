@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 from unittest import mock
@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import SceditError
-from ..fsutil import atomic_path, read_jsonl
+from ..fsutil import atomic_path, read_jsonl, read_torch_weights
 
 INCEPTION_FILENAME = "pt_inception-2015-12-05-6726825d.pth"
 INCEPTION_URL = f"https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/{INCEPTION_FILENAME}"
@@ -82,10 +82,9 @@ def load_inception(weights: str | os.PathLike | None = None, dims: int = 2048,
         raise SceditError(f"--dims {dims}: Inception features come in {', '.join(map(str, FEATURE_DIMS))} dimensions")
     path = resolve_inception_weights(weights)
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unreadable file is the user's to fix
-        raise SceditError(f"cannot read Inception weights {path}: {type(e).__name__}: {e}; "
-                          f"re-download {INCEPTION_URL}") from None
+        state = read_torch_weights(path)
+    except ValueError as e:
+        raise SceditError(f"cannot read Inception weights {path}: {e}; re-download {INCEPTION_URL}") from None
     if not isinstance(state, dict):
         raise SceditError(f"Inception weights {path} hold a {type(state).__name__}, not a state dict; "
                           f"re-download {INCEPTION_URL}")
@@ -192,9 +191,11 @@ class _ImageFiles(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> torch.Tensor:
         from PIL import Image
 
+        from ..images import to_rgb8
+
         try:
             with Image.open(self.files[i]) as im:
-                arr = np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
+                arr = np.asarray(to_rgb8(im), dtype=np.float32) / 255.0
         except Exception as e:  # noqa: BLE001
             raise SceditError(f"{self.files[i]}: cannot read image ({type(e).__name__}: {e})") from None
         x = torch.from_numpy(arr).permute(2, 0, 1).unsqueeze(0)
@@ -359,9 +360,26 @@ class FIDResult:
     reference_cached: bool
     reference_cache_file: str | None
     inception_weights: str
+    warnings: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def few_images_warning(counts: dict[str, int], dims: int) -> str | None:
+    """What is wrong with a FID over no more images than feature dimensions, and what to do instead."""
+    known = {name: n for name, n in counts.items() if n >= 0}  # -1: a .npz that does not say
+    if not known or min(known.values()) > dims:
+        return None
+    name, n = min(known.items(), key=lambda kv: kv[1])
+    text = (f"only {n} {name} image(s) for {dims}-d Inception features: with no more images than dimensions the "
+            f"covariance is singular and the FID biased, not comparable to published figures; use more than {dims} "
+            "images (50k is standard)")
+    smaller = [d for d in sorted(FEATURE_DIMS, reverse=True) if d < dims]
+    fits = [d for d in smaller if d < n]
+    return text + (f", or --dims {fits[0]} (a smaller pytorch-fid feature layer; FIDs of other --dims do not compare)"
+                   if fits else f", or a smaller pytorch-fid feature layer, --dims {'/'.join(map(str, smaller))}, "
+                   "with more images than its dimensions" if smaller else "")
 
 
 def compute_fid(generated: str | os.PathLike, reference: str | os.PathLike, *, weights=None, dims: int = 2048,
@@ -371,10 +389,11 @@ def compute_fid(generated: str | os.PathLike, reference: str | os.PathLike, *, w
     scorer = FIDScorer(weights, dims, batch_size, num_workers, device, cache_dir, use_cache, progress_factory)
     ref = scorer.stats(reference, cache=True)
     gen = scorer.stats(generated, cache=False)
+    warning = few_images_warning({"generated": gen.count, "reference": ref.count}, dims)
     return FIDResult(
         fid=frechet_distance(gen.mu, gen.sigma, ref.mu, ref.sigma),
         generated=str(generated), reference=str(reference),
         generated_count=gen.count, reference_count=ref.count, dims=dims,
         reference_cached=ref.cached, reference_cache_file=ref.cache_file,
-        inception_weights=str(scorer.weights),
+        inception_weights=str(scorer.weights), warnings=[warning] if warning else [],
     )

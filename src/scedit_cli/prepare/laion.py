@@ -5,8 +5,8 @@ those that are of low quality"), with a report of what each rule removed.
 Rules, applied in this order; a removed row is counted under the first rule it
 fails, so rows_in - sum(removed) == rows_out. `failing` counts the per-row
 rules (size, scores, caption) independently, so a row can fail several; the
-duplicate rules are only checked for rows that pass those. A missing value (null) fails a numeric
-rule: an unscored row is not known to be safe or large enough.
+duplicate rules are only checked for rows that pass those. A missing value (null, NaN) fails a
+numeric rule: an unscored row is not known to be safe or large enough.
 
   min_size           WIDTH < min_width or HEIGHT < min_height
   aesthetic          aesthetic < min_aesthetic
@@ -24,7 +24,9 @@ rule: an unscored row is not known to be safe or large enough.
 
 Column names are matched case-insensitively (LAION uses URL, TEXT, WIDTH,
 HEIGHT, aesthetic, pwatermark, punsafe). A rule whose column is absent cannot be
-applied: the report lists it under `not_applied` and the CLI says so.
+applied: with its default settings the report lists it under `not_applied` and the CLI
+says so; when one of its settings was given explicitly (`LaionFilterConfig.explicit`,
+the options on the command line) it is an error, since the user asked for that rule.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import SceditError
-from ..fsutil import atomic_path, write_json_atomic
+from ..fsutil import atomic_path, check_output_location, write_json_atomic
 
 RULES = (
     "min_size", "aesthetic", "watermark", "unsafe", "caption_length", "caption_junk",
@@ -63,6 +65,21 @@ class LaionFilterConfig:
     max_caption_chars: int = 1000
     phash_distance: int | None = 4  # None: no near-duplicate image rule
     image_column: str | None = None
+    explicit: frozenset[str] = frozenset()  # settings the user gave (field names): their rules must apply
+
+
+# The rule each setting drives, and the columns each rule reads.
+SETTING_RULES = {
+    "min_width": "min_size", "min_height": "min_size", "min_aesthetic": "aesthetic", "max_watermark": "watermark",
+    "max_unsafe": "unsafe", "min_caption_chars": "caption_length", "max_caption_chars": "caption_length",
+    "phash_distance": "near_duplicate_image",
+}
+RULE_COLUMNS = {
+    "min_size": ("width", "height"), "aesthetic": ("aesthetic",), "watermark": ("pwatermark",),
+    "unsafe": ("punsafe",), "caption_length": ("text",), "caption_junk": ("text",), "duplicate_url": ("url",),
+    "duplicate_caption_size": ("text", "width", "height"), "image_unreadable": ("image",),
+    "near_duplicate_image": ("image",),
+}
 
 
 _URL_ONLY = re.compile(r"^(?:https?://|www\.)\S+$", re.I)
@@ -129,6 +146,8 @@ def _phash(value: Any, base: Path) -> int:
     import imagehash
     from PIL import Image
 
+    from ..images import to_rgb8
+
     if isinstance(value, dict):
         value = value.get("bytes") or (str(base / value["path"]) if value.get("path") else None)
     if isinstance(value, (bytes, bytearray)):
@@ -138,7 +157,7 @@ def _phash(value: Any, base: Path) -> int:
     else:
         raise OSError("no image")
     img.load()
-    return int(str(imagehash.phash(img.convert("RGB"))), 16)
+    return int(str(imagehash.phash(to_rgb8(img))), 16)
 
 
 def _resolve_columns(names: list[str], cfg: LaionFilterConfig) -> dict[str, str]:
@@ -154,6 +173,20 @@ def _resolve_columns(names: list[str], cfg: LaionFilterConfig) -> dict[str, str]
             raise SceditError(f"--image-column {cfg.image_column!r} is not a column (columns: {', '.join(names)})")
         found["image"] = cfg.image_column
     return found
+
+
+def _check_explicit_rules(cfg: LaionFilterConfig, cols: dict[str, str], file: Path, names: list[str]) -> None:
+    """A setting given explicitly asks for its rule: refuse to run without the rule's columns."""
+    for setting in sorted(cfg.explicit & SETTING_RULES.keys()):
+        if getattr(cfg, setting) is None:  # the option turned the rule off
+            continue
+        missing = [role for role in RULE_COLUMNS[SETTING_RULES[setting]] if role not in cols]
+        if missing:
+            wanted = " or ".join(COLUMN_NAMES[missing[0]])
+            raise SceditError(
+                f"--{setting.replace('_', '-')} was given, but {file} has no {wanted} column for the "
+                f"{SETTING_RULES[setting]} rule (columns: {', '.join(names)}); leave the option out to skip the rule"
+            )
 
 
 def _input_files(path: Path) -> list[Path]:
@@ -174,8 +207,10 @@ def filter_laion(input: Path, output: Path, cfg: LaionFilterConfig = LaionFilter
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    input, output = Path(input), Path(output)
+    input, output = Path(input), check_output_location(output, "--output", folder=False)
     files = _input_files(input)
+    if report_path is not None:
+        check_output_location(report_path, "--report", folder=False)
     if output.resolve() in {f.resolve() for f in files}:
         raise SceditError(f"--output {output} is the input file; the input is never modified: choose another path")
     try:
@@ -183,10 +218,8 @@ def filter_laion(input: Path, output: Path, cfg: LaionFilterConfig = LaionFilter
     except Exception as e:
         raise SceditError(f"cannot read parquet {files[0]}: {e}") from None
     cols = _resolve_columns(schema.names, cfg)
-    needed = {"min_size": ("width", "height"), "aesthetic": ("aesthetic",), "watermark": ("pwatermark",), "unsafe": ("punsafe",),
-              "caption_length": ("text",), "caption_junk": ("text",), "duplicate_url": ("url",),
-              "duplicate_caption_size": ("text", "width", "height"), "image_unreadable": ("image",), "near_duplicate_image": ("image",)}
-    active = {r for r, roles in needed.items() if all(c in cols for c in roles)}
+    _check_explicit_rules(cfg, cols, files[0], schema.names)
+    active = {r for r, roles in RULE_COLUMNS.items() if all(c in cols for c in roles)}
     if cfg.min_aesthetic is None:
         active.discard("aesthetic")
     if cfg.phash_distance is None:
@@ -248,7 +281,7 @@ def filter_laion(input: Path, output: Path, cfg: LaionFilterConfig = LaionFilter
         "rows_out": rows_out,
         "not_applied": not_applied,
         "columns": cols,
-        "settings": asdict(cfg),
+        "settings": {**asdict(cfg), "explicit": sorted(cfg.explicit)},
         "examples": {r: v for r, v in removed_examples.items() if v},
         "seconds": round(time.perf_counter() - start, 3),
     }
@@ -260,7 +293,11 @@ def filter_laion(input: Path, output: Path, cfg: LaionFilterConfig = LaionFilter
 
 
 def _num(v: Any) -> float | None:
-    return None if v is None else float(v)
+    """A cell's number; None for a missing one (null or NaN), which fails its rule."""
+    if v is None:
+        return None
+    v = float(v)
+    return None if v != v else v
 
 
 def _row_failures(row: dict, cols: dict[str, str], cfg: LaionFilterConfig, active: set[str]) -> list[str]:

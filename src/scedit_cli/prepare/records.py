@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import os
+import sys
 import uuid
 import warnings
 from dataclasses import dataclass, field
@@ -19,6 +20,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from PIL import Image, UnidentifiedImageError
+
+from ..images import to_rgb8
 
 _FORMAT_EXT = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp", "GIF": ".gif", "BMP": ".bmp", "TIFF": ".tif", "MPO": ".jpg"}
 
@@ -72,13 +75,16 @@ def load_image(task: Task) -> tuple[Image.Image, bytes, str]:
             img = Image.open(io.BytesIO(raw))
             fmt = img.format
             img.load()  # decode now: truncated files fail here, not later
-            rgb = img.convert("RGB")
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise Skip("too_large", str(e)) from None
     except UnidentifiedImageError:
         raise Skip("unsupported", "not an image in a format Pillow can read") from None
     except (OSError, SyntaxError, ValueError, EOFError) as e:
         raise Skip("corrupt", f"cannot decode: {e}") from None
+    try:
+        rgb = to_rgb8(img)
+    except ValueError as e:
+        raise Skip("unsupported", str(e)) from None
     if rgb.width < 1 or rgb.height < 1:
         raise Skip("corrupt", "image has zero size")
     ext = Path(task.path).suffix.lower() if task.path and task.data is None else _FORMAT_EXT.get(fmt or "", ".img")
@@ -139,7 +145,45 @@ def process(ctx: JobContext, task: Task) -> dict[str, Any]:
 _WORKER_CTX: JobContext | None = None
 
 
-def init_worker(ctx: JobContext) -> None:
+def die_with_parent(parent_pid: int) -> None:
+    """End this process when `parent_pid` ends, even by SIGKILL, which leaves the parent no chance to stop it.
+
+    Linux: the kernel sends SIGKILL on the parent's death (prctl PR_SET_PDEATHSIG). Elsewhere: a
+    thread that polls the parent pid once a second. Either way, a parent already gone ends us now.
+    """
+    import signal
+
+    armed = False
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        try:
+            armed = ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) == 0
+        except (OSError, AttributeError):
+            armed = False
+    if not armed:
+        import threading
+        import time
+
+        def watch() -> None:
+            while os.getppid() == parent_pid:
+                time.sleep(1.0)
+            os._exit(1)
+
+        threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+    if os.getppid() != parent_pid:  # the parent died before the death signal was armed
+        os._exit(1)
+
+
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def init_worker(ctx: JobContext, parent_pid: int) -> None:
+    import signal
+
+    die_with_parent(parent_pid)
+    # Ctrl-C reaches the whole process group; the parent stops the pool and says what was kept.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     global _WORKER_CTX
     _WORKER_CTX = ctx
     import cv2

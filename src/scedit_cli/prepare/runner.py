@@ -28,6 +28,7 @@ import concurrent.futures as cf
 import itertools
 import json
 import multiprocessing
+import os
 import shutil
 import time
 from collections import Counter
@@ -37,7 +38,7 @@ from typing import Any, Callable, Iterator
 
 from ..conditions import get_spec
 from ..errors import SceditError
-from ..fsutil import write_json_atomic, write_text_atomic
+from ..fsutil import check_output_location, write_json_atomic, write_text_atomic
 from .inputs import InputSource, open_input
 from .records import JobContext, Skip, Task, init_worker, load_image, process, process_in_worker, skip_entry, write_outputs
 
@@ -162,7 +163,10 @@ def _run_pool(ctx: JobContext, tasks: Iterator[Task], workers: int, on_entry: Ca
             on_entry(process(ctx, t))
         return
     # spawn, not fork: the parent may hold torch/OpenMP state that a forked child would deadlock on.
-    pool = cf.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=init_worker, initargs=(ctx,))
+    # Workers end with this process even when it is killed with SIGKILL (`records.die_with_parent`); the
+    # resource tracker that spawn starts then sees its last user gone and ends too.
+    pool = cf.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=init_worker,
+                                  initargs=(ctx, os.getpid()))
     chunk = 4  # records per submit: amortises pickling/IPC, small enough to keep the journal close behind
     limit = workers * 4  # bounded in-flight chunks: 600k records never sit in memory at once
     inflight: set[cf.Future] = set()
@@ -289,7 +293,7 @@ def run_prepare(cfg: PrepareConfig, progress_factory: Callable[[], Any] | None =
     source = open_input(cfg.input, split=cfg.split, image_column=cfg.image_column, text_column=cfg.text_column)
     if cfg.images == "symlink" and source.kind not in ("folder", "jsonl"):
         raise SceditError(f"--images symlink needs image files on disk; the {source.kind} input {source.location} holds image bytes: use --images copy")
-    out = Path(cfg.output).expanduser()
+    out = check_output_location(cfg.output, "--output")
     _check_paths(cfg, source)
     if spec.learned:
         from ..conditions import detectors

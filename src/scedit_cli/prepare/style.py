@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import SceditError
-from ..fsutil import atomic_dir, atomic_path, read_jsonl, write_text_atomic
+from ..fsutil import atomic_dir, atomic_path, check_output_location, read_jsonl, write_text_atomic
 
 # Longer phrases are matched first, so "oil painting" wins over "painting".
 STYLE_WORDS: dict[str, tuple[str, ...]] = {
@@ -175,6 +175,7 @@ def clean_style_dataset(input: Path, output: Path, cfg: StyleConfig, text_column
     input, output = Path(input), Path(output)
     if not input.exists():
         raise SceditError(f"--input {input} does not exist")
+    check_output_location(output, "--output", folder=input.is_dir())
     ri, ro = input.resolve(), output.resolve()
     if ri == ro or ri in ro.parents or (input.is_dir() and ro in ri.parents):
         raise SceditError(f"--output {output} overlaps the input {input}; the input is never modified: choose another output")

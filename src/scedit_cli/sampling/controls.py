@@ -24,6 +24,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from ..errors import SceditError
+from ..images import to_gray8, to_rgb8
 
 if TYPE_CHECKING:
     from .masked import MaskSpec
@@ -86,12 +87,13 @@ def known_condition_names() -> list[str]:
 
 
 def open_image(path: Path, what: str = "control image") -> Image.Image:
+    """The image at `path` as 8-bit RGB (`images.to_rgb8`)."""
     if not path.is_file():
         raise SceditError(f"{path}: {what} not found")
     try:
         with Image.open(path) as im:
             im.load()
-            return im.copy()
+            return to_rgb8(im).copy()
     except (UnidentifiedImageError, OSError, ValueError) as e:
         raise SceditError(f"{path}: cannot read {what} ({e}); give a PNG or JPEG file") from None
 
@@ -118,10 +120,10 @@ def control_map(name: str, image: Image.Image, width: int, height: int, is_map: 
     """Condition `name`'s map at (width, height) from a raw image (computed with the `prepare` code) or,
     with `is_map`, from a ready-made map (only resized)."""
     if is_map:
-        return fit_to(image.convert("RGB"), width, height, Image.BILINEAR)
+        return fit_to(to_rgb8(image), width, height, Image.BILINEAR)
     from ..conditions import compute_condition
 
-    raw = fit_to(image.convert("RGB"), width, height, Image.BICUBIC)
+    raw = fit_to(to_rgb8(image), width, height, Image.BICUBIC)
     cond = compute_condition(name, raw, weights=weights, params=params or None)
     return cond.convert("RGB")
 
@@ -136,7 +138,7 @@ def map_to_tensor(image: Image.Image, channels: int = 3) -> torch.Tensor:
             "tuners do): give the image with --control inpaint:IMAGE --mask MASK.png or --control outpaint:IMAGE "
             "--extend left=0.25"
         )
-    return image_tensor(image.convert("RGB" if channels == 3 else "L")).unsqueeze(0).contiguous()
+    return image_tensor(to_rgb8(image) if channels == 3 else to_gray8(image)).unsqueeze(0).contiguous()
 
 
 @dataclass

@@ -33,6 +33,7 @@ import torch
 from .. import __version__
 from ..console import progress, warn
 from ..errors import SceditError
+from ..fsutil import check_output_location
 from ..models import BaseModel, load_base, same_base
 from ..tuners import CSCTuner, SkipTuner, attach, detach, get_editor, load_tuner
 from ..tuners.hub import resolve_tuner_source
@@ -191,9 +192,10 @@ def load_tuners(paths: Sequence[str | Path | SkipTuner], base: BaseModel) -> lis
     return tuners
 
 
-def check_inputs(tuners: Sequence, controls: Sequence[ControlSpec]) -> list[Path | SkipTuner]:
-    """Fail on missing tuners and control files before the (slow) base model loads; returns the tuners
-    with Hub ids resolved to their cached folders."""
+def check_inputs(tuners: Sequence, controls: Sequence[ControlSpec], out: str | Path) -> list[Path | SkipTuner]:
+    """Fail on missing tuners and control files, or an output folder we cannot write, before the (slow) base
+    model loads; returns the tuners with Hub ids resolved to their cached folders."""
+    check_output_location(out, "--out")
     resolved = [t if isinstance(t, SkipTuner) else resolve_tuner_source(t) for t in tuners]
     for c in controls:
         if not c.path.is_file():
@@ -307,9 +309,7 @@ def run_jobs(
 ) -> SampleResult:
     """Generate every job not already in `out`; write PNGs, the manifest and the contact sheet."""
     settings.validate()
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise SceditError(f"{out}: exists and is not a folder; choose another --out")
+    out = check_output_location(out, "--out")
     pipe = base.pipeline
     area = (settings.width, settings.height)
     width, height = output_size(controls, area) or _image_size(base, settings)  # outpainting: the canvas
@@ -488,7 +488,7 @@ def sample(
     settings = settings or SampleSettings()
     settings.validate()
     prompts = _as_prompts(prompts)
-    tuners = check_inputs(tuners, controls)
+    tuners = check_inputs(tuners, controls, out)
     base = load_model(model, device, dtype)
     loaded = load_tuners(tuners, base)
     binding = bind_controls(loaded, controls)
@@ -544,7 +544,7 @@ def compose(
     prompts = _as_prompts(prompts)
     if not controls:
         raise SceditError("compose needs at least one --control (or --control-map)")
-    tuners = check_inputs(tuners, controls)
+    tuners = check_inputs(tuners, controls, out)
     base = load_model(model, device, dtype)
     loaded = load_tuners(tuners, base)
     binding = bind_controls(loaded, controls, allow_repeats=sweep is None)

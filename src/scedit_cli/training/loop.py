@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import SceditError
+from ..fsutil import check_output_location
 from ..models import BaseModel, parse_dtype
 from ..recipes import Recipe, load_recipe
 
@@ -395,7 +396,7 @@ class _Trainer:
 
         r, method = self.r, self.method
         t0 = time.perf_counter()
-        out = Path(r.train.output_dir)
+        out = check_output_location(r.train.output_dir, f"{r.path or 'recipe'}: train.output_dir")
         # accelerate keeps one global state per process; a second train() call in the same
         # process (library use) may ask for another precision: start from a clean state.
         from accelerate.state import AcceleratorState, GradientState
