@@ -94,6 +94,8 @@ LOADING = {
     "bench sampling": (["bench", "sampling"], "libtorch", ["nothing was written", "again"]),
     "bench table1": (["bench", "table1", "--out", "{tmp}/bench"], "libtorch", ["{tmp}/bench", "again"]),
     "prepare cache": (["prepare", "cache", "--recipe", "{tmp}/r.toml"], "libtorch", ["kept in the cache", "again"]),
+    "analyze skips": (["analyze", "skips", "-p", "x", "--out", "{tmp}/analysis"], "libtorch",
+                      ["{tmp}/analysis", "again"]),
     "prepare laion": (["prepare", "laion", "-i", "{tmp}/in.parquet", "-o", "{tmp}/out.parquet"], "libarrow",
                       ["{tmp}/out.parquet", "nothing was written"]),
 }
