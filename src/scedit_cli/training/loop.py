@@ -387,7 +387,8 @@ class _Trainer:
 
     def run(self) -> TrainResult:
         from accelerate import Accelerator
-        from ..data import StreamSampler, collate, load_training_data
+        from ..data import collate, load_training_data
+        from ..samplers import StreamSampler
         from ..models import load_base
         from .checkpoint import find_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
         from .logging import ProgressLog, save_grid, save_loss_curve
