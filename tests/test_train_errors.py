@@ -114,3 +114,12 @@ def test_resume_without_checkpoint(tmp_path, capsys, sd15):
     r = write_recipe(tmp_path / "r.toml", sd15, data, {"name": "sc"}, tmp_path / "o")
     code, err = run_cli([r, "--resume", "latest"], capsys)
     assert code == 2 and "no checkpoint" in one_line_error(err)
+
+
+def test_resolution_not_a_multiple_of_8_is_refused_before_anything_is_written(tmp_path, capsys, sd15):
+    data = make_dataset(tmp_path / "d", n=2)
+    r = write_recipe(tmp_path / "r.toml", sd15, data, {"name": "sc"}, tmp_path / "o", data={"resolution": 36})
+    code, err = run_cli([r], capsys)
+    line = one_line_error(err)
+    assert code == 2 and str(r) in line and "data.resolution" in line and "multiple of 8" in line
+    assert not (tmp_path / "o").exists()
