@@ -83,6 +83,14 @@ def load_training_data(cfg, conditions: list[str], seed: int = 0) -> "TrainDatas
     if len(ds) == 0:
         raise SceditError(f"{where}: the dataset is empty")
     data = TrainDataset(LoadedDataset(ds, loaded.base_dir, where), cfg, conditions, seed)
+    # Skipping unreadable rows is right for a few; with none left, training would step on nothing.
+    skipped: list[str] = []
+    if not data.validation_items(1, skipped):
+        raise SceditError(
+            f"{where}: none of its {len(ds)} row(s) can be used ({len(skipped)} skipped: "
+            f"{'; '.join(skipped[:3])}); fix the paths (relative to the dataset's folder), "
+            "data.image_column or data.text_column"
+        )
     if cfg.buckets:
         from .buckets import assign_buckets
 
@@ -300,8 +308,9 @@ class TrainDataset(torch.utils.data.Dataset):
             out.append(m.crop((left, top, left + image.width, top + image.height)))
         return out
 
-    def validation_items(self, count: int) -> list[dict]:
-        """The first `count` readable rows, without flip or caption dropout (for sample grids)."""
+    def validation_items(self, count: int, skipped: list[str] | None = None) -> list[dict]:
+        """The first `count` readable rows, without flip or caption dropout (for sample grids);
+        why each row before them could not be read is appended to `skipped`."""
         items = []
         for i in range(len(self)):
             if len(items) >= count:
@@ -309,8 +318,9 @@ class TrainDataset(torch.utils.data.Dataset):
             try:
                 items.append(TrainDataset.load(self, VALIDATION_OFFSET + i, i, train=False,
                                                size=(self.cfg.resolution, self.cfg.resolution)))
-            except BadSample:
-                continue
+            except BadSample as e:
+                if skipped is not None:
+                    skipped.append(str(e))
         return items
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import SceditError
+from .fsutil import read_jsonl
 
 
 @dataclass
@@ -28,12 +29,34 @@ class LoadedDataset:
 
 def _load_dataset_files(kind: str, files: list[Path], desc: str):
     import datasets
+    from datasets.utils import logging as dlog
 
+    verbosity = dlog.get_verbosity()
+    dlog.set_verbosity(dlog.CRITICAL)  # it logs each failure as well as raising it; ours is the one line
     try:
         return datasets.load_dataset(kind, data_files=[str(f) for f in files], split="train")
     except Exception as e:  # datasets raises many kinds (ArrowInvalid, DatasetGenerationError, ...)
+        _explain_unreadable(files)  # its messages rarely say which file and line
         first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
         raise SceditError(f"{desc}: cannot read the dataset ({first}); check the file format") from None
+    finally:
+        dlog.set_verbosity(verbosity)
+
+
+_EXAMPLE = '{"image": "images/0.png", "text": "a caption"}'
+
+
+def _explain_unreadable(files: list[Path]) -> None:
+    """Raise the reason `datasets` could not read `files` when it is one we can name exactly:
+    an empty file, or a JSON-lines line that is not JSON. Only called after a failure."""
+    for f in files:
+        if not f.read_bytes().strip():
+            raise SceditError(f"{f}: the file is empty; a dataset needs one row per training image, e.g. {_EXAMPLE}")
+        if f.suffix.lower() == ".jsonl":
+            try:
+                read_jsonl(f, f"each line must be one JSON object such as {_EXAMPLE}; fix or delete that line")
+            except UnicodeDecodeError as e:
+                raise SceditError(f"{f}: not UTF-8 text (byte {e.start}); save it as UTF-8") from None
 
 
 _KINDS = {".parquet": "parquet", ".jsonl": "json", ".json": "json", ".csv": "csv"}
