@@ -56,7 +56,12 @@ _register()
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point."""
     try:
-        app(args=argv, standalone_mode=False)
+        # Without standalone mode, typer turns Ctrl-C (and typer.Exit) into a returned exit code.
+        code = app(args=argv, standalone_mode=False)
+        if isinstance(code, int) and code:
+            if code == 130:
+                typer.echo("interrupted", err=True)
+            sys.exit(code)
     except SceditError as e:
         if _state["debug"]:
             raise
