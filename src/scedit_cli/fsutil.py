@@ -62,18 +62,22 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary folder beside `path`; swap it into place on success."""
     path = Path(path)
     tmp = _new_temp(path, lambda p: os.mkdir(p, 0o777))
+    old = path.with_name(f".{path.name}.old")
+    moved = False
     try:
         yield tmp
         _set_modes(tmp, stat.S_IMODE(os.stat(tmp).st_mode))
         if path.exists():
-            old = path.with_name(f".{path.name}.old")
             shutil.rmtree(old, ignore_errors=True)
             os.replace(path, old)
+            moved = True
             os.replace(tmp, path)
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, path)
     except BaseException:
+        if moved and not path.exists():  # interrupted between the two renames: put the old one back
+            os.replace(old, path)
         shutil.rmtree(tmp, ignore_errors=True)
         raise
 
