@@ -105,3 +105,37 @@ def test_a_damaged_checkpoint_named_explicitly_is_refused(env, tmp_path, capsys)
     code, line = cli([recipe(env, tmp_path, train={"max_steps": 3}), "--resume", bad], capsys)
     assert code == 2 and f"{bad / 'trainable.safetensors'}: damaged" in line and "Error" in line
     assert snapshot(tmp_path / "o") == before
+
+
+def test_sigint_while_saving_the_tuner_then_resume_writes_it(env, tmp_path):
+    """A real SIGINT, sent by the process to itself while the final tuner is being written: exit 130,
+    no half-written tuner; `--resume latest` from the step-2 checkpoint then writes the same tuner."""
+    import os
+    import subprocess
+    import sys
+
+    r = recipe(env, tmp_path)
+    reference_run = train(r, overrides=[f'train.output_dir="{tmp_path / "reference"}"'])
+    reference = load_file(tmp_path / "reference" / "tuner" / "tuner.safetensors")
+    script = (
+        "import os, signal, sys, safetensors.torch as st\n"
+        "save = st.save_file\n"
+        "def interrupted(tensors, filename, *a, **k):\n"
+        "    save(tensors, filename, *a, **k)\n"
+        "    if filename.endswith('tuner.safetensors'):\n"
+        "        os.kill(os.getpid(), signal.SIGINT)\n"
+        "st.save_file = interrupted\n"
+        "from scedit_cli.cli import main\n"
+        "main(sys.argv[1:])\n"
+    )
+    p = subprocess.run([sys.executable, "-c", script, "train", str(r)], capture_output=True, text=True,
+                       env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert p.returncode == 130, p.stderr[-2000:]
+    assert "interrupted" in p.stderr and "Traceback" not in p.stderr
+    out = tmp_path / "o"
+    assert not (out / "tuner").exists() and not [q for q in out.iterdir() if q.name.startswith(".")]
+    assert (out / "checkpoints" / "step-00000002" / "state.json").is_file()
+    res = train(r, resume="latest")
+    assert res.steps == 2 and res.losses == reference_run.losses
+    got = load_file(out / "tuner" / "tuner.safetensors")
+    assert all(torch.equal(got[k], reference[k]) for k in reference)

@@ -422,8 +422,9 @@ class _Trainer:
         if self.resume:
             ckpt = read_for_resume(out, self.resume, main)
             check_resume_recipe(ckpt.path, ckpt.recipe, r.to_dict())
-            if int(ckpt.state["step"]) >= r.train.max_steps:
-                raise SceditError(f"{ckpt.path}: already at step {ckpt.state['step']} >= train.max_steps "
+            # At max_steps exactly (the final save was interrupted), resuming writes the outputs.
+            if int(ckpt.state["step"]) > r.train.max_steps:
+                raise SceditError(f"{ckpt.path}: already at step {ckpt.state['step']} > train.max_steps "
                                   f"{r.train.max_steps}; raise train.max_steps to train further")
         else:
             check_fresh_run(out, self.overwrite)
