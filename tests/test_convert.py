@@ -255,15 +255,21 @@ def _files(folder):
     return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def test_convert_refuses_an_existing_tuner_unless_overwrite(tiny, tmp_path, capsys):
-    from scedit_cli.cli import main
-
+def _converted_a_with_b_waiting(tiny, tmp_path):
+    """tmp_path/t converted from a.bin; b.bin (half as wide) ready to convert over it."""
     root, unet, layout = tiny
     torch.save(_sc_state(layout)[0], tmp_path / "a.bin")
     torch.save(_sc_state(layout, ratio=0.5)[0], tmp_path / "b.bin")
     out = tmp_path / "t"
     convert_checkpoint(tmp_path / "a.bin", out, model=str(root / "sd15"))
-    before = _files(out)
+    return out, _files(out)
+
+
+def test_convert_refuses_an_existing_tuner_unless_overwrite(tiny, tmp_path, capsys):
+    from scedit_cli.cli import main
+
+    root, unet, layout = tiny
+    out, before = _converted_a_with_b_waiting(tiny, tmp_path)
     with pytest.raises(SystemExit) as e:
         main(["convert", str(tmp_path / "b.bin"), "-o", str(out), "-m", str(root / "sd15")])
     line = capsys.readouterr().err.strip()
@@ -287,12 +293,8 @@ def test_sigint_while_convert_overwrites_leaves_the_old_tuner(tiny, tmp_path):
     import subprocess
     import sys
 
-    root, unet, layout = tiny
-    torch.save(_sc_state(layout)[0], tmp_path / "a.bin")
-    torch.save(_sc_state(layout, ratio=0.5)[0], tmp_path / "b.bin")
-    out = tmp_path / "t"
-    convert_checkpoint(tmp_path / "a.bin", out, model=str(root / "sd15"))
-    before = _files(out)
+    root = tiny[0]
+    out, before = _converted_a_with_b_waiting(tiny, tmp_path)
     script = (
         "import os, signal, sys, safetensors.torch as st\n"
         "save = st.save_file\n"

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-from scedit_cli.fsutil import atomic_dir, atomic_path, write_json_atomic
+from scedit_cli.fsutil import atomic_dir, atomic_path, remove_paths, write_json_atomic
 from scedit_cli.sampling.manifest import save_png, write_manifest
 from scedit_cli.tuners import SCTunerConfig, SkipLayout, build_tuner, save_tuner
 
@@ -63,3 +63,15 @@ def test_failed_write_leaves_the_old_file_and_no_temp(tmp_path):
             raise RuntimeError("disk full")
     assert target.read_text() == "old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.txt"]
+
+
+def test_remove_paths_removes_only_the_names_given(tmp_path):
+    (tmp_path / "ckpt" / "step-1").mkdir(parents=True)
+    (tmp_path / "loss.png").write_bytes(b"x")
+    (tmp_path / "keep.txt").write_text("mine")
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "f").write_text("y")
+    (tmp_path / "link").symlink_to(tmp_path / "elsewhere")
+    remove_paths(tmp_path, ["ckpt", "loss.png", "link", "absent"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["elsewhere", "keep.txt"]
+    assert (tmp_path / "elsewhere" / "f").read_text() == "y", "a link is removed, not what it points to"

@@ -93,6 +93,16 @@ def _set_modes(folder: Path, dir_mode: int) -> None:
                 os.chmod(os.path.join(root, f), dir_mode & 0o666)
 
 
+def remove_paths(folder: Path, names) -> None:
+    """Remove each of `names` (a file or a folder) from `folder` where it exists."""
+    for name in names:
+        p = Path(folder) / name
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        elif p.exists() or p.is_symlink():
+            p.unlink()
+
+
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")

@@ -11,10 +11,10 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 from ..errors import SceditError
+from ..fsutil import remove_paths
 from .checkpoint import CHECKPOINTS, list_checkpoints
 
 # What the loop itself writes into the output folder (the method writes its weights beside them).
@@ -61,12 +61,7 @@ def check_fresh_run(out: Path, overwrite: bool) -> None:
 
 def clear_previous_run(out: Path) -> None:
     """Remove what the loop wrote in an earlier run (`--overwrite`), before this run writes anything."""
-    for name in RUN_FILES:
-        p = out / name
-        if p.is_dir():
-            shutil.rmtree(p)
-        elif p.exists():
-            p.unlink()
+    remove_paths(out, RUN_FILES)
 
 
 def _flat(recipe: dict) -> dict:
