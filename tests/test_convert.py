@@ -277,3 +277,66 @@ def test_convert_cli(tiny, tmp_path, capsys):
         main(["convert", str(tmp_path / "evil.bin"), "-o", str(tmp_path / "t2"), "--arch", "sd15"])
     err = capsys.readouterr().err
     assert e.value.code == 2 and err.startswith("error: ") and "Traceback" not in err
+
+
+def _files(folder):
+    return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _converted_a_with_b_waiting(tiny, tmp_path):
+    """tmp_path/t converted from a.bin; b.bin (half as wide) ready to convert over it."""
+    root, unet, layout = tiny
+    torch.save(_sc_state(layout)[0], tmp_path / "a.bin")
+    torch.save(_sc_state(layout, ratio=0.5)[0], tmp_path / "b.bin")
+    out = tmp_path / "t"
+    convert_checkpoint(tmp_path / "a.bin", out, model=str(root / "sd15"))
+    return out, _files(out)
+
+
+def test_convert_refuses_an_existing_tuner_unless_overwrite(tiny, tmp_path, capsys):
+    from scedit_cli.cli import main
+
+    root, unet, layout = tiny
+    out, before = _converted_a_with_b_waiting(tiny, tmp_path)
+    with pytest.raises(SystemExit) as e:
+        main(["convert", str(tmp_path / "b.bin"), "-o", str(out), "-m", str(root / "sd15")])
+    line = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and line.count("\n") == 0 and str(out) in line and "--overwrite" in line
+    assert _files(out) == before, "the tuner is untouched"
+    # a folder of other files is never replaced, --overwrite or not
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    with pytest.raises(SceditError, match="not a tuner folder"):
+        convert_checkpoint(tmp_path / "b.bin", tmp_path / "other", model=str(root / "sd15"), overwrite=True)
+    assert (tmp_path / "other" / "notes.txt").read_text() == "mine"
+    main(["convert", str(tmp_path / "b.bin"), "-o", str(out), "-m", str(root / "sd15"), "--overwrite"])
+    assert json.loads((out / "tuner_config.json").read_text())["converted_from"] == str(tmp_path / "b.bin")
+    assert load_tuner(out, unet=unet).config.ratio == 2.0  # half as wide as a.bin's (ratio 1)
+
+
+def test_sigint_while_convert_overwrites_leaves_the_old_tuner(tiny, tmp_path):
+    """A real SIGINT, sent by the process to itself once the new weights are on disk (before the
+    config): exit 130, the old tuner folder byte-identical, no temporary left."""
+    import os
+    import subprocess
+    import sys
+
+    root = tiny[0]
+    out, before = _converted_a_with_b_waiting(tiny, tmp_path)
+    script = (
+        "import os, signal, sys, safetensors.torch as st\n"
+        "save = st.save_file\n"
+        "def interrupted(*a, **k):\n"
+        "    save(*a, **k)\n"
+        "    os.kill(os.getpid(), signal.SIGINT)\n"
+        "st.save_file = interrupted\n"
+        "from scedit_cli.cli import main\n"
+        "main(sys.argv[1:])\n"
+    )
+    p = subprocess.run([sys.executable, "-c", script, "convert", str(tmp_path / "b.bin"), "-o", str(out),
+                        "-m", str(root / "sd15"), "--overwrite"], capture_output=True, text=True,
+                       env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert p.returncode == 130, p.stderr[-2000:]
+    assert "interrupted" in p.stderr and "Traceback" not in p.stderr
+    assert _files(out) == before
+    assert sorted(q.name for q in tmp_path.iterdir()) == ["a.bin", "b.bin", "t"]

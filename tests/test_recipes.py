@@ -128,6 +128,9 @@ def test_parse_override_values():
     (BASIC.replace("[model]", "[modle]"), "modle", "did you mean 'model'"),
     (BASIC.replace('source = "data"', ''), "data.source", "add `source = ...`"),
     (BASIC + "mixed_precision = 'no'\n[model2]\n", "model2", "[model]"),
+    (BASIC.replace('source = "data"', 'source = "data"\nresolution = 500'), "data.resolution", "multiple of 8"),
+    (BASIC.replace('source = "data"', 'source = "data"\nresolution = 512\nbuckets = true\nbucket_step = 4'),
+     "data.bucket_step", "multiple of 8"),
 ])
 def test_strict_validation_names_file_key_and_fix(tmp_path, body, key, fix):
     path = _write(tmp_path, body)

@@ -13,7 +13,8 @@ import torch
 from PIL import Image
 
 from train_helpers import make_dataset
-from scedit_cli.data import StreamSampler, collate, load_training_data
+from scedit_cli.data import collate, load_training_data
+from scedit_cli.samplers import StreamSampler
 from scedit_cli.errors import SceditError
 from scedit_cli.recipes import DataSection
 

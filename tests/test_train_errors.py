@@ -114,3 +114,39 @@ def test_resume_without_checkpoint(tmp_path, capsys, sd15):
     r = write_recipe(tmp_path / "r.toml", sd15, data, {"name": "sc"}, tmp_path / "o")
     code, err = run_cli([r, "--resume", "latest"], capsys)
     assert code == 2 and "no checkpoint" in one_line_error(err)
+
+
+def test_resolution_not_a_multiple_of_8_is_refused_before_anything_is_written(tmp_path, capsys, sd15):
+    data = make_dataset(tmp_path / "d", n=2)
+    r = write_recipe(tmp_path / "r.toml", sd15, data, {"name": "sc"}, tmp_path / "o", data={"resolution": 36})
+    code, err = run_cli([r], capsys)
+    line = one_line_error(err)
+    assert code == 2 and str(r) in line and "data.resolution" in line and "multiple of 8" in line
+    assert not (tmp_path / "o").exists()
+
+
+def test_no_usable_row_is_refused_before_anything_is_written(tmp_path, capsys, sd15):
+    data = make_dataset(tmp_path / "d", n=3)
+    for p in (data / "images").iterdir():
+        p.unlink()
+    r = write_recipe(tmp_path / "r.toml", sd15, data, {"name": "sc"}, tmp_path / "o")
+    code, err = run_cli([r], capsys)
+    line = one_line_error(err)
+    assert code == 2 and str(data) in line and "3 skipped" in line and "0.png: file not found" in line
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("content, says", [
+    ('{"image": "images/0.png", "text": "a"}\n{"image": "images/1.png", "text": \n', "line 2 is not valid JSON"),
+    ("", "is empty"),
+    ("\n  \n", "is empty"),
+])
+def test_bad_metadata_jsonl_names_the_file_and_line(tmp_path, capsys, sd15, content, says):
+    data = make_dataset(tmp_path / "d", n=2)
+    (data / "metadata.jsonl").write_text(content)
+    before = (data / "metadata.jsonl").read_bytes()
+    r = write_recipe(tmp_path / "r.toml", sd15, data, {"name": "sc"}, tmp_path / "o")
+    code, err = run_cli([r], capsys)
+    line = one_line_error(err)
+    assert code == 2 and f"{data / 'metadata.jsonl'}" in line and says in line
+    assert (data / "metadata.jsonl").read_bytes() == before and not (tmp_path / "o").exists()

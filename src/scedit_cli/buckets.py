@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .data import StepSampler
+from .samplers import StepSampler
 from .errors import SceditError
 
 
@@ -83,7 +83,7 @@ def assign_buckets(data, step: int, max_ratio: float) -> BucketAssignment:
 class BucketSampler(StepSampler):
     """Micro-batches of (stream position, row index), each optimizer step's batch from one bucket.
 
-    The `data.StepSampler` contract, with a bucket's last batch shorter (its micro-batches
+    The `samplers.StepSampler` contract, with a bucket's last batch shorter (its micro-batches
     shorter or empty); `step_size(s)` is that step's total batch.
     """
 

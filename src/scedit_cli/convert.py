@@ -37,6 +37,7 @@ from .fsutil import read_torch_weights
 from .tuners import CSCTunerConfig, SCTunerConfig, SkipLayout, SkipTuner, build_tuner, save_tuner
 from .tuners.card import CardFacts, write_model_card
 from .tuners.csc import PRE_HINT_CHANNELS, pre_hint_channels
+from .tuners.io import check_tuner_destination
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
 CANDIDATE_FILES = (
@@ -343,12 +344,15 @@ def convert_checkpoint(
     model: str | None = None,
     arch: str | None = None,
     condition: str | None = None,
+    overwrite: bool = False,
 ) -> ConvertResult:
-    """Convert an official SCEdit checkpoint to a scedit tuner folder at `out`."""
-    state, path = read_state_dict(src)
+    """Convert an official SCEdit checkpoint to a scedit tuner folder at `out` (a tuner already
+    there is replaced only with `overwrite`)."""
     out = Path(out).expanduser()
-    if path.resolve() in {(out / n).resolve() for n in ("tuner.safetensors", "tuner_config.json")} or out.is_file():
-        raise SceditError(f"{out}: --out must be a new or scedit tuner folder that does not hold the source checkpoint")
+    if out.resolve() in Path(src).expanduser().resolve().parents:
+        raise SceditError(f"--out {out}: holds the source checkpoint {src}; choose a new folder")
+    check_tuner_destination(out, overwrite, "--out")
+    state, path = read_state_dict(src)
     layout, vae_factor, base_name = layout_for(model, arch)
     tuner, fmt = tuner_from_state(state, path, layout, vae_factor, condition)
     save_tuner(tuner, out, base=base_name, extra={"converted_from": str(path), "source_format": fmt})

@@ -1,11 +1,8 @@
-"""Training data through `datasets`: loading, transforms, caption dropout, condition maps.
+"""Training data through `datasets`: column checks, transforms, caption dropout, condition maps.
 
-Sources: a folder with `metadata.jsonl` (what `scedit prepare` writes; paths in
-it are relative to the folder), a folder of `*.parquet` / `*.jsonl` files, a
-single `.parquet` / `.jsonl` / `.json` / `.csv` file, or a hub dataset name
-(loaded offline from the HF cache when there is no network). Image cells may
-be paths (relative to the dataset's folder), `datasets.Image` values, or raw
-bytes. Nothing here writes to the input.
+The sources themselves are read by `datasource.py`. Image cells may be paths
+(relative to the dataset's folder), `datasets.Image` values, or raw bytes.
+Nothing here writes to the input.
 
 Every random choice (crop, flip, caption dropout, random condition settings)
 comes from a generator seeded by (seed, stream position), so a sample depends
@@ -17,9 +14,7 @@ never a crash.
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -27,6 +22,7 @@ from PIL import Image
 
 from .conditions import MASKED_CONDITIONS
 from .conditions.tensor import condition_tensor, image_tensor
+from .datasource import LoadedDataset, load_source
 from .errors import SceditError
 from .images import to_gray8, to_rgb8
 from .methods.base import condition_channels
@@ -37,67 +33,6 @@ VALIDATION_OFFSET = 1 << 40  # stream positions for validation samples, apart fr
 
 class BadSample(Exception):
     """An unreadable image or an unusable row: the sample is skipped and counted."""
-
-
-@dataclass
-class LoadedDataset:
-    dataset: Any  # datasets.Dataset
-    base_dir: Path | None  # where relative image paths resolve
-    description: str
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-
-def _load_dataset_files(kind: str, files: list[Path], desc: str):
-    import datasets
-
-    try:
-        return datasets.load_dataset(kind, data_files=[str(f) for f in files], split="train")
-    except Exception as e:  # datasets raises many kinds (ArrowInvalid, DatasetGenerationError, ...)
-        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-        raise SceditError(f"{desc}: cannot read the dataset ({first}); check the file format") from None
-
-
-_KINDS = {".parquet": "parquet", ".jsonl": "json", ".json": "json", ".csv": "csv"}
-
-
-def load_source(source: str, split: str = "train") -> LoadedDataset:
-    """The raw `datasets.Dataset` behind a data source (see the module docstring)."""
-    import datasets
-
-    if not source:
-        raise SceditError("data.source is empty; set it to a dataset folder, file or hub name")
-    path = Path(source).expanduser()
-    if path.is_dir():
-        meta = path / "metadata.jsonl"
-        if meta.is_file():
-            return LoadedDataset(_load_dataset_files("json", [meta], str(meta)), path, str(path))
-        for ext in (".parquet", ".jsonl"):
-            files = sorted(path.glob(f"*{ext}")) or sorted(path.glob(f"*/*{ext}"))
-            if files:
-                return LoadedDataset(_load_dataset_files(_KINDS[ext], files, str(path)), path, str(path))
-        raise SceditError(
-            f"{path}: no metadata.jsonl, *.parquet or *.jsonl in this folder; make one with `scedit prepare` "
-            "or point data.source at the dataset file"
-        )
-    if path.is_file():
-        kind = _KINDS.get(path.suffix.lower())
-        if kind is None:
-            raise SceditError(f"{path}: unsupported dataset file type {path.suffix!r}; use .parquet, .jsonl, .json or .csv")
-        return LoadedDataset(_load_dataset_files(kind, [path], str(path)), path.parent, str(path))
-    if source.startswith((".", "/", "~")) or path.suffix.lower() in _KINDS:
-        raise SceditError(f"{source}: dataset not found; check data.source (relative paths start at the recipe's folder)")
-    try:
-        ds = datasets.load_dataset(source, split=split)
-    except Exception as e:
-        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-        raise SceditError(
-            f"dataset {source!r} split {split!r} could not be loaded ({first}); it is neither a local path nor a "
-            "hub dataset in the HF cache: download it with `huggingface-cli download --repo-type dataset "
-            f"{source}` on a machine with internet, or set data.source to a local folder"
-        ) from None
-    return LoadedDataset(ds, None, source)
 
 
 def condition_column(cfg, name: str) -> str:
@@ -150,6 +85,14 @@ def load_training_data(cfg, conditions: list[str], seed: int = 0) -> "TrainDatas
     if len(ds) == 0:
         raise SceditError(f"{where}: the dataset is empty")
     data = TrainDataset(LoadedDataset(ds, loaded.base_dir, where), cfg, conditions, seed)
+    # Skipping unreadable rows is right for a few; with none left, training would step on nothing.
+    skipped: list[str] = []
+    if not data.validation_items(1, skipped):
+        raise SceditError(
+            f"{where}: none of its {len(ds)} row(s) can be used ({len(skipped)} skipped: "
+            f"{'; '.join(skipped[:3])}); fix the paths (relative to the dataset's folder), "
+            "data.image_column or data.text_column"
+        )
     if cfg.buckets:
         from .buckets import assign_buckets
 
@@ -364,8 +307,9 @@ class TrainDataset(torch.utils.data.Dataset):
             out.append(m.crop((left, top, left + image.width, top + image.height)))
         return out
 
-    def validation_items(self, count: int) -> list[dict]:
-        """The first `count` readable rows, without flip or caption dropout (for sample grids)."""
+    def validation_items(self, count: int, skipped: list[str] | None = None) -> list[dict]:
+        """The first `count` readable rows, without flip or caption dropout (for sample grids);
+        why each row before them could not be read is appended to `skipped`."""
         items = []
         for i in range(len(self)):
             if len(items) >= count:
@@ -373,8 +317,9 @@ class TrainDataset(torch.utils.data.Dataset):
             try:
                 items.append(TrainDataset.load(self, VALIDATION_OFFSET + i, i, train=False,
                                                size=(self.cfg.resolution, self.cfg.resolution)))
-            except BadSample:
-                continue
+            except BadSample as e:
+                if skipped is not None:
+                    skipped.append(str(e))
         return items
 
 
@@ -404,66 +349,3 @@ def collate(items: list[dict]) -> dict:
     batch["original_sizes"] = [it["original_size"] for it in good]
     batch["crop_top_lefts"] = [it["crop_top_left"] for it in good]
     return batch
-
-
-class StepSampler(torch.utils.data.Sampler):
-    """Micro-batches of (stream position, row index) for one process, from `start_step` on.
-
-    Optimizer step s has a batch of `step_size(s)` samples (at most B, the total batch);
-    micro-step a of process r takes its slice ((a*W + r)*b, +b). Subclasses say which
-    rows a step uses (`micro_batch`, `step_size`); the batch geometry and iteration are here.
-    """
-
-    def __init__(self, total_batch: int, accumulation: int, rank: int, world: int, start_step: int,
-                 max_steps: int):
-        per = total_batch // (accumulation * world)
-        if per * accumulation * world != total_batch:
-            raise SceditError(
-                f"train.batch_size {total_batch} is not divisible by {world} process(es) x "
-                f"{accumulation} accumulation step(s); change train.batch_size or train.gradient_accumulation_steps"
-            )
-        self.B, self.A, self.r, self.W, self.b = total_batch, accumulation, rank, world, per
-        self.start, self.max_steps = start_step, max_steps
-
-    @property
-    def per_device_batch(self) -> int:
-        return self.b
-
-    def step_size(self, step: int) -> int:
-        raise NotImplementedError
-
-    def micro_batch(self, step: int, micro: int) -> list[tuple[int, int]]:
-        raise NotImplementedError
-
-    def __iter__(self):
-        for step in range(self.start, self.max_steps):
-            for a in range(self.A):
-                yield self.micro_batch(step, a)
-
-    def __len__(self) -> int:
-        return max(0, self.max_steps - self.start) * self.A
-
-
-class StreamSampler(StepSampler):
-    """The stream is the concatenation of per-epoch permutations seeded by (seed, epoch); optimizer
-    step s uses stream positions [s*B, (s+1)*B)."""
-
-    def __init__(self, n: int, seed: int, total_batch: int, accumulation: int, rank: int, world: int,
-                 start_step: int, max_steps: int):
-        super().__init__(total_batch, accumulation, rank, world, start_step, max_steps)
-        self.n, self.seed = n, seed
-        self._perm_epoch, self._perm = -1, None
-
-    def step_size(self, step: int) -> int:
-        return self.B
-
-    def _index(self, position: int) -> int:
-        epoch, offset = divmod(position, self.n)
-        if epoch != self._perm_epoch:
-            self._perm = np.random.default_rng([self.seed, epoch, 12345]).permutation(self.n)
-            self._perm_epoch = epoch
-        return int(self._perm[offset])
-
-    def micro_batch(self, step: int, micro: int) -> list[tuple[int, int]]:
-        p0 = step * self.B + (micro * self.W + self.r) * self.b
-        return [(p, self._index(p)) for p in range(p0, p0 + self.b)]

@@ -36,7 +36,7 @@ from typing import Callable
 import numpy as np
 
 from .errors import SceditError
-from .fsutil import atomic_path, check_output_location, write_json_atomic, write_text_atomic
+from .fsutil import atomic_path, check_output_location, remove_paths, write_json_atomic, write_text_atomic
 
 STYLES = ("half", "outline", "striped")
 CONDITIONS = ("canny", "color")
@@ -116,12 +116,7 @@ def prepare_output(out: Path) -> None:
             f"--output {out}: folder is not empty and was not written by `scedit quickstart`; choose another --output"
         )
     out.mkdir(parents=True, exist_ok=True)
-    for name in OWNED:
-        p = out / name
-        if p.is_dir():
-            shutil.rmtree(p)
-        elif p.exists():
-            p.unlink()
+    remove_paths(out, OWNED)
     (out / MARKER).write_text("written by `scedit quickstart`; its outputs are replaced when it runs again\n")
 
 

@@ -450,6 +450,13 @@ def _check_values(r: Recipe, ctx: _Ctx) -> None:
         raise ctx.error("train.ema_decay", f"must be in [0, 1) (0 = no EMA; 0.999 is usual), got {r.train.ema_decay}")
     choice("data.cache", r.data.cache, ("off", "auto", "build"))
     at_least("data.bucket_step", r.data.bucket_step, 1)
+    # The VAEs encode 8 px to one latent: other sizes would be cropped by the encoder (and
+    # `scedit sample` refuses them), so the training size must be what sampling can make.
+    for key in ("data.resolution", "data.bucket_step"):
+        sec, k = key.split(".")
+        v = getattr(getattr(r, sec), k)
+        if v % 8 and (key == "data.resolution" or r.data.buckets):
+            raise ctx.error(key, f"{v} is not a multiple of 8 (the VAE's factor); use e.g. {max(8, v // 8 * 8)}")
     if r.data.buckets and r.data.resolution % r.data.bucket_step:
         raise ctx.error("data.bucket_step", f"{r.data.bucket_step} does not divide data.resolution "
                                             f"{r.data.resolution}; use e.g. 64 for 512 px")

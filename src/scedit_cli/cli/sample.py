@@ -192,13 +192,14 @@ def convert_command(
     model: Optional[str] = typer.Option(None, "--model", "-m", help="The base model the checkpoint was trained on."),
     arch: Optional[str] = typer.Option(None, "--arch", help="Or its architecture: sd15, sd21, sdxl."),
     condition: Optional[str] = typer.Option(None, "--condition", help="Condition of a controllable-generation checkpoint (canny, depth, ...)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a tuner already in --out."),
     json_out: bool = _json,
 ) -> None:
     """Convert official SCEdit weights (scepter, ms-swift) into a scedit tuner folder."""
     on_interrupt(f"the conversion did not finish; run the command again to write {out}")
     from ..convert import convert_checkpoint
 
-    result = convert_checkpoint(src, out, model=model, arch=arch, condition=condition)
+    result = convert_checkpoint(src, out, model=model, arch=arch, condition=condition, overwrite=overwrite)
     if json_out:
         print_json(result.to_dict())
     else:

@@ -1,4 +1,4 @@
-"""`scedit train RECIPE.toml [--set key=value ...] [--resume latest|PATH] [--dry-run] [--json]`."""
+"""`scedit train RECIPE.toml [--set key=value ...] [--resume latest|PATH | --overwrite] [--dry-run] [--json]`."""
 
 from __future__ import annotations
 
@@ -15,7 +15,11 @@ from . import app, on_interrupt
 def train_command(
     recipe: Path = typer.Argument(..., help="Training recipe (TOML); see recipes/ for the paper's runs."),
     set_: list[str] = typer.Option([], "--set", help="Override a recipe key: --set train.max_steps=500 (repeatable)."),
-    resume: str = typer.Option(None, "--resume", help="'latest' or a checkpoint folder to continue from."),
+    resume: str = typer.Option(None, "--resume", help="'latest' or a checkpoint folder to continue from "
+                               "(with the same recipe; train.max_steps, [logging], [validation], [checkpoint] may change)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Start afresh in a train.output_dir that holds another "
+                                   "run: removes its checkpoints, sample grids, EMA weights, loss curve and "
+                                   "TensorBoard logs; its trained weights are replaced when this run saves."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Build everything (meta device if the model is not here), "
                                  "print the plan, train nothing."),
     json_out: bool = typer.Option(False, "--json", help="Print the result (or the plan) as JSON on stdout."),
@@ -26,7 +30,7 @@ def train_command(
                  "kept: continue with --resume latest")
     from ..training import train
 
-    result = train(recipe, overrides=list(set_), resume=resume, dry_run=dry_run)
+    result = train(recipe, overrides=list(set_), resume=resume, dry_run=dry_run, overwrite=overwrite)
     if dry_run:
         plan = result.plan
         if json_out:

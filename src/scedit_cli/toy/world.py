@@ -336,8 +336,6 @@ def make_dataset(
                 rec["canny"] = f"canny/{name}"
             lines.append(json.dumps(rec))
         (tmp / "metadata.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
-        for q in [tmp, *tmp.rglob("*")]:  # mkdtemp makes an owner-only folder
-            q.chmod(0o755 if q.is_dir() else 0o644)
     return folder
 
 

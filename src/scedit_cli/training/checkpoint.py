@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -106,22 +107,88 @@ def find_checkpoint(output_dir, resume: str) -> Path:
     return path
 
 
-def load_checkpoint(path: Path, method, optimizer, lr_scheduler, scaler, device, ema=None) -> dict:
+class DamagedCheckpoint(SceditError):
+    """A checkpoint file that cannot be read (truncated, overwritten, edited)."""
+
+
+@dataclass
+class CheckpointData:
+    """Everything a checkpoint holds, read and checked before any of it is applied."""
+
+    path: Path
+    state: dict
+    weights: dict
+    optimizer: dict
+    param_groups: list
+    ema: dict | None
+
+    @property
+    def recipe(self) -> dict:
+        return self.state["recipe"]
+
+
+def _read(file: Path, reader):
     try:
-        state = json.loads((path / "state.json").read_text())
-        weights = load_file(str(path / "trainable.safetensors"))
-        opt = load_file(str(path / "optimizer.safetensors"))
-        with safe_open(str(path / "optimizer.safetensors"), "pt") as f:
-            groups = json.loads(f.metadata()["param_groups"])
-    except (OSError, ValueError, KeyError) as e:
-        raise SceditError(f"{path}: damaged checkpoint ({type(e).__name__}: {e}); resume from an older one") from None
+        return reader(file)
+    except Exception as e:  # json, OSError, safetensors' own SafetensorError, a missing key
+        detail = (str(e).strip().splitlines() or [""])[0][:160]
+        raise DamagedCheckpoint(f"{file}: damaged, cannot be read ({type(e).__name__}: {detail})") from None
+
+
+def read_checkpoint(path: Path) -> CheckpointData:
+    """Read every file of the checkpoint folder `path`; a `DamagedCheckpoint` names the bad file."""
+    state = _read(path / "state.json", lambda f: json.loads(f.read_text()))
+    for key in ("step", "method", "recipe"):
+        if key not in state:
+            raise DamagedCheckpoint(f"{path / 'state.json'}: damaged, no {key!r}")
+    weights = _read(path / "trainable.safetensors", lambda f: load_file(str(f)))
+    opt_file = path / "optimizer.safetensors"
+    opt = _read(opt_file, lambda f: load_file(str(f)))
+
+    def groups_of(f):
+        with safe_open(str(f), "pt") as g:
+            return json.loads(g.metadata()["param_groups"])
+
+    groups = _read(opt_file, groups_of)
+    ema_file = path / "ema.safetensors"
+    ema = _read(ema_file, lambda f: load_file(str(f))) if ema_file.exists() else None
+    return CheckpointData(path, state, weights, opt, groups, ema)
+
+
+def read_for_resume(output_dir, resume: str, main: bool = True) -> CheckpointData:
+    """The checkpoint `--resume` names, read. With 'latest', a damaged newest checkpoint is moved
+    aside by the main process (renamed `step-N.damaged`, kept for inspection; said on the console)
+    and the one before it is used; a folder named explicitly must be readable."""
+    from ..console import info
+
+    path = find_checkpoint(output_dir, resume)
+    while True:
+        try:
+            return read_checkpoint(path)
+        except DamagedCheckpoint as e:
+            older = [p for _, p in list_checkpoints(output_dir) if p != path] if resume == "latest" else []
+            if not older:
+                raise SceditError(f"{e}; resume from an older checkpoint (--resume FOLDER) or start afresh "
+                                  "with --overwrite") from None
+            if main:
+                aside = path.with_name(path.name + ".damaged")
+                shutil.rmtree(aside, ignore_errors=True)
+                path.rename(aside)
+                info(f"{e}; moved it aside to {aside.name}, resuming from {older[-1]}")
+            path = older[-1]
+
+
+def apply_checkpoint(ckpt: CheckpointData, method, optimizer, lr_scheduler, scaler, device, ema=None) -> dict:
+    """Load a read checkpoint into the method, optimizer, schedule, scaler and EMA; returns its state."""
+    path, state = ckpt.path, ckpt.state
     if state.get("method") != method.name:
         raise SceditError(f"{path}: checkpoint of method {state.get('method')!r}, the recipe trains {method.name!r}")
-    method.load_state_dict(weights, source=str(path))
+    method.load_state_dict(ckpt.weights, source=str(path))
     per_param: dict[int, dict] = {}
-    for key, t in opt.items():
+    for key, t in ckpt.optimizer.items():
         idx, _, name = key.partition(".")
         per_param.setdefault(int(idx), {})[name] = t.to(device)
+    groups = ckpt.param_groups
     for g in groups:
         if "betas" in g and isinstance(g["betas"], list):
             g["betas"] = tuple(g["betas"])
@@ -135,8 +202,8 @@ def load_checkpoint(path: Path, method, optimizer, lr_scheduler, scaler, device,
     if scaler is not None and state.get("scaler"):
         scaler.load_state_dict(state["scaler"])
     if ema is not None:
-        if not (path / "ema.safetensors").is_file():
+        if ckpt.ema is None:
             raise SceditError(f"{path}: no ema.safetensors but train.ema_decay is set; resume with the recipe "
                               "that wrote it (train.ema_decay = 0)")
-        ema.load_state_dict(load_file(str(path / "ema.safetensors")), str(path / "ema.safetensors"))
+        ema.load_state_dict(ckpt.ema, str(path / "ema.safetensors"))
     return state

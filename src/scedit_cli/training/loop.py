@@ -368,10 +368,13 @@ def _all_reduce_grads(params, world: int) -> None:
 
 
 def train(recipe: str | Path | dict | Recipe, overrides: list[str] | dict | None = None, resume: str | None = None,
-          dry_run: bool = False) -> TrainResult:
-    """Train as the recipe says. `resume`: 'latest' or a checkpoint folder. `dry_run`: plan only."""
+          dry_run: bool = False, overwrite: bool = False) -> TrainResult:
+    """Train as the recipe says. `resume`: 'latest' or a checkpoint folder. `dry_run`: plan only.
+    `overwrite`: start afresh in an output folder that holds another run (see `rundir.py`)."""
     from ..methods import build_method
 
+    if resume and overwrite:
+        raise SceditError("--resume continues the run in train.output_dir, --overwrite replaces it: give one")
     r = recipe if isinstance(recipe, Recipe) else load_recipe(recipe, overrides)
     method = build_method(r.method_name, r.method)
     if dry_run:
@@ -379,18 +382,20 @@ def train(recipe: str | Path | dict | Recipe, overrides: list[str] | dict | None
 
         plan = dry_run_plan(r, method)
         return TrainResult(r.train.output_dir, r.method_name, r.train.max_steps, plan=plan, dry_run=True)
-    return _Trainer(r, method, resume).run()
+    return _Trainer(r, method, resume, overwrite).run()
 
 
 class _Trainer:
-    def __init__(self, r: Recipe, method, resume: str | None):
-        self.r, self.method, self.resume = r, method, resume
+    def __init__(self, r: Recipe, method, resume: str | None, overwrite: bool = False):
+        self.r, self.method, self.resume, self.overwrite = r, method, resume, overwrite
 
     def run(self) -> TrainResult:
         from accelerate import Accelerator
-        from ..data import StreamSampler, collate, load_training_data
+        from ..data import collate, load_training_data
+        from ..samplers import StreamSampler
         from ..models import load_base
-        from .checkpoint import find_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
+        from .checkpoint import apply_checkpoint, read_for_resume, save_checkpoint
+        from .rundir import check_fresh_run, check_resume_recipe, clear_previous_run
         from .logging import ProgressLog, save_grid, save_loss_curve
         from .validation import sample_images, text_embeddings, time_ids
 
@@ -413,6 +418,17 @@ class _Trainer:
         seed = r.train.seed
 
         _quiet_loaders()
+        # Every refusal (output folder, checkpoint, data) comes before the model load and before anything is written.
+        ckpt = None
+        if self.resume:
+            ckpt = read_for_resume(out, self.resume, main)
+            check_resume_recipe(ckpt.path, ckpt.recipe, r.to_dict())
+            # At max_steps exactly (the final save was interrupted), resuming writes the outputs.
+            if int(ckpt.state["step"]) > r.train.max_steps:
+                raise SceditError(f"{ckpt.path}: already at step {ckpt.state['step']} > train.max_steps "
+                                  f"{r.train.max_steps}; raise train.max_steps to train further")
+        else:
+            check_fresh_run(out, self.overwrite)
         data = load_training_data(r.data, method.conditions, seed)  # data errors first: no model load to wait for
         from ..tuners.card import caption_trigger
 
@@ -453,20 +469,13 @@ class _Trainer:
         history: list[list[float]] = []
         skipped, skipped_examples = 0, []
         start = 0
-        if self.resume:
-            ckpt = find_checkpoint(out, self.resume)
-            state = load_checkpoint(ckpt, method, optimizer, lr_scheduler, scaler, device, ema)
+        if ckpt is not None:
+            state = apply_checkpoint(ckpt, method, optimizer, lr_scheduler, scaler, device, ema)
             start = int(state["step"])
             history = [list(x) for x in state.get("history", [])]
             skipped = int(state.get("skipped", 0))
             skipped_examples = list(state.get("skipped_examples", []))
-            if state.get("batch_size") not in (None, r.train.batch_size):
-                raise SceditError(f"{ckpt}: written with train.batch_size {state['batch_size']}, the recipe says "
-                                  f"{r.train.batch_size}; resume with the same batch size")
-            result.resumed_from = str(ckpt)
-            if start >= r.train.max_steps:
-                raise SceditError(f"{ckpt}: already at step {start} >= train.max_steps {r.train.max_steps}; "
-                                  "raise train.max_steps to train further")
+            result.resumed_from = str(ckpt.path)
 
         A = r.train.gradient_accumulation_steps
         if data.buckets is not None:
@@ -479,6 +488,8 @@ class _Trainer:
                                              num_workers=r.data.num_workers,
                                              persistent_workers=False)
         if main:
+            if self.overwrite:
+                clear_previous_run(out)
             out.mkdir(parents=True, exist_ok=True)
             if r.logging.tensorboard:
                 acc.init_trackers("tensorboard", config=_flat_config(r))
@@ -489,10 +500,13 @@ class _Trainer:
             return {"history": history, "skipped": skipped, "skipped_examples": skipped_examples[:20],
                     "batch_size": r.train.batch_size, "recipe": r.to_dict(), "world_size": world}
 
+        saved_steps = set()  # an interrupt right after a periodic checkpoint must not save that step twice
+
         def checkpoint(step):
-            if main and not any(s == step for s, _ in list_checkpoints(out)):
+            if main and step not in saved_steps:
                 p = save_checkpoint(out, step, method, optimizer, lr_scheduler, scaler, ckpt_state(step),
                                     r.checkpoint.keep_last, ema)
+                saved_steps.add(step)
                 result.checkpoints.append(str(p))
             acc.wait_for_everyone()
 

@@ -16,7 +16,7 @@ from safetensors import safe_open
 
 from .. import __version__
 from ..errors import SceditError
-from ..fsutil import atomic_path, write_json_atomic
+from ..fsutil import atomic_dir, write_json_atomic
 from .base import SkipTuner
 from .layout import SkipLayout
 from .registry import TUNER_TYPES, build_tuner
@@ -40,15 +40,35 @@ def tuner_config_dict(tuner: SkipTuner, base: str | None = None, extra: dict | N
     }
 
 
+def is_tuner_folder(path: Path) -> bool:
+    return (path / WEIGHTS_NAME).is_file() or (path / CONFIG_NAME).is_file()
+
+
+def check_tuner_destination(path: Path, overwrite: bool, option: str) -> None:
+    """Refuse to write a tuner folder at `path` over a tuner unless `overwrite`, and over a file or a
+    folder of other files always (`option` names where the path came from, e.g. '--out')."""
+    if path.exists() and not path.is_dir():
+        raise SceditError(f"{option} {path}: is a file; a tuner is saved as a folder, choose a new folder")
+    if not path.is_dir() or not any(path.iterdir()):
+        return
+    if not is_tuner_folder(path):
+        raise SceditError(f"{option} {path}: a folder of other files, not a tuner folder; choose a new folder")
+    if not overwrite:
+        raise SceditError(f"{option} {path}: already holds a tuner; pass --overwrite to replace it, "
+                          "or choose another folder")
+
+
 def save_tuner(tuner: SkipTuner, path: str | Path, base: str | None = None, extra: dict | None = None) -> Path:
-    """Write `tuner` to the folder `path` (atomically, file by file). Returns the folder."""
+    """Write `tuner` to the folder `path`, replacing a tuner folder there as a whole: an interrupted
+    save leaves the previous folder (weights and config that belong together) or none. A folder
+    holding anything but a tuner is refused. Returns the folder."""
     path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
+    check_tuner_destination(path, True, "tuner folder")
     meta = tuner_config_dict(tuner, base, extra)
     state = {k: v.detach().to("cpu").contiguous() for k, v in tuner.state_dict().items()}
-    with atomic_path(path / WEIGHTS_NAME) as tmp:
-        save_file(state, str(tmp), metadata={"scedit": json.dumps(meta)})
-    write_json_atomic(path / CONFIG_NAME, meta)
+    with atomic_dir(path) as tmp:
+        save_file(state, str(tmp / WEIGHTS_NAME), metadata={"scedit": json.dumps(meta)})
+        write_json_atomic(tmp / CONFIG_NAME, meta)
     return path
 
 

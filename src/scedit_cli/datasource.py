@@ -1,0 +1,101 @@
+"""Where training data comes from: a dataset folder or file, or a hub dataset, read with `datasets`.
+
+Sources: a folder with `metadata.jsonl` (what `scedit prepare` writes; paths in
+it are relative to the folder), a folder of `*.parquet` / `*.jsonl` files, a
+single `.parquet` / `.jsonl` / `.json` / `.csv` file, or a hub dataset name
+(loaded offline from the HF cache when there is no network). Nothing here
+writes to the input.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import SceditError
+from .fsutil import read_jsonl
+
+
+@dataclass
+class LoadedDataset:
+    dataset: Any  # datasets.Dataset
+    base_dir: Path | None  # where relative image paths resolve
+    description: str
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+
+def _load_dataset_files(kind: str, files: list[Path], desc: str):
+    import datasets
+    from datasets.utils import logging as dlog
+
+    verbosity = dlog.get_verbosity()
+    dlog.set_verbosity(dlog.CRITICAL)  # it logs each failure as well as raising it; ours is the one line
+    try:
+        return datasets.load_dataset(kind, data_files=[str(f) for f in files], split="train")
+    except Exception as e:  # datasets raises many kinds (ArrowInvalid, DatasetGenerationError, ...)
+        _explain_unreadable(files)  # its messages rarely say which file and line
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise SceditError(f"{desc}: cannot read the dataset ({first}); check the file format") from None
+    finally:
+        dlog.set_verbosity(verbosity)
+
+
+_EXAMPLE = '{"image": "images/0.png", "text": "a caption"}'
+
+
+def _explain_unreadable(files: list[Path]) -> None:
+    """Raise the reason `datasets` could not read `files` when it is one we can name exactly:
+    an empty file, or a JSON-lines line that is not JSON. Only called after a failure."""
+    for f in files:
+        if not f.read_bytes().strip():
+            raise SceditError(f"{f}: the file is empty; a dataset needs one row per training image, e.g. {_EXAMPLE}")
+        if f.suffix.lower() == ".jsonl":
+            try:
+                read_jsonl(f, f"each line must be one JSON object such as {_EXAMPLE}; fix or delete that line")
+            except UnicodeDecodeError as e:
+                raise SceditError(f"{f}: not UTF-8 text (byte {e.start}); save it as UTF-8") from None
+
+
+_KINDS = {".parquet": "parquet", ".jsonl": "json", ".json": "json", ".csv": "csv"}
+
+
+def load_source(source: str, split: str = "train") -> LoadedDataset:
+    """The raw `datasets.Dataset` behind a data source (see the module docstring)."""
+    import datasets
+
+    if not source:
+        raise SceditError("data.source is empty; set it to a dataset folder, file or hub name")
+    path = Path(source).expanduser()
+    if path.is_dir():
+        meta = path / "metadata.jsonl"
+        if meta.is_file():
+            return LoadedDataset(_load_dataset_files("json", [meta], str(meta)), path, str(path))
+        for ext in (".parquet", ".jsonl"):
+            files = sorted(path.glob(f"*{ext}")) or sorted(path.glob(f"*/*{ext}"))
+            if files:
+                return LoadedDataset(_load_dataset_files(_KINDS[ext], files, str(path)), path, str(path))
+        raise SceditError(
+            f"{path}: no metadata.jsonl, *.parquet or *.jsonl in this folder; make one with `scedit prepare` "
+            "or point data.source at the dataset file"
+        )
+    if path.is_file():
+        kind = _KINDS.get(path.suffix.lower())
+        if kind is None:
+            raise SceditError(f"{path}: unsupported dataset file type {path.suffix!r}; use .parquet, .jsonl, .json or .csv")
+        return LoadedDataset(_load_dataset_files(kind, [path], str(path)), path.parent, str(path))
+    if source.startswith((".", "/", "~")) or path.suffix.lower() in _KINDS:
+        raise SceditError(f"{source}: dataset not found; check data.source (relative paths start at the recipe's folder)")
+    try:
+        ds = datasets.load_dataset(source, split=split)
+    except Exception as e:
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise SceditError(
+            f"dataset {source!r} split {split!r} could not be loaded ({first}); it is neither a local path nor a "
+            "hub dataset in the HF cache: download it with `huggingface-cli download --repo-type dataset "
+            f"{source}` on a machine with internet, or set data.source to a local folder"
+        ) from None
+    return LoadedDataset(ds, None, source)
+

@@ -1,0 +1,76 @@
+"""Which rows each optimizer step trains on: (stream position, row index) micro-batches per process.
+
+The stream is a function of (seed, step) only, so resuming, gradient accumulation and
+the number of processes do not change what a step sees (`buckets.BucketSampler` is the
+same contract with one aspect-ratio bucket per step).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .errors import SceditError
+
+
+class StepSampler(torch.utils.data.Sampler):
+    """Micro-batches of (stream position, row index) for one process, from `start_step` on.
+
+    Optimizer step s has a batch of `step_size(s)` samples (at most B, the total batch);
+    micro-step a of process r takes its slice ((a*W + r)*b, +b). Subclasses say which
+    rows a step uses (`micro_batch`, `step_size`); the batch geometry and iteration are here.
+    """
+
+    def __init__(self, total_batch: int, accumulation: int, rank: int, world: int, start_step: int,
+                 max_steps: int):
+        per = total_batch // (accumulation * world)
+        if per * accumulation * world != total_batch:
+            raise SceditError(
+                f"train.batch_size {total_batch} is not divisible by {world} process(es) x "
+                f"{accumulation} accumulation step(s); change train.batch_size or train.gradient_accumulation_steps"
+            )
+        self.B, self.A, self.r, self.W, self.b = total_batch, accumulation, rank, world, per
+        self.start, self.max_steps = start_step, max_steps
+
+    @property
+    def per_device_batch(self) -> int:
+        return self.b
+
+    def step_size(self, step: int) -> int:
+        raise NotImplementedError
+
+    def micro_batch(self, step: int, micro: int) -> list[tuple[int, int]]:
+        raise NotImplementedError
+
+    def __iter__(self):
+        for step in range(self.start, self.max_steps):
+            for a in range(self.A):
+                yield self.micro_batch(step, a)
+
+    def __len__(self) -> int:
+        return max(0, self.max_steps - self.start) * self.A
+
+
+class StreamSampler(StepSampler):
+    """The stream is the concatenation of per-epoch permutations seeded by (seed, epoch); optimizer
+    step s uses stream positions [s*B, (s+1)*B)."""
+
+    def __init__(self, n: int, seed: int, total_batch: int, accumulation: int, rank: int, world: int,
+                 start_step: int, max_steps: int):
+        super().__init__(total_batch, accumulation, rank, world, start_step, max_steps)
+        self.n, self.seed = n, seed
+        self._perm_epoch, self._perm = -1, None
+
+    def step_size(self, step: int) -> int:
+        return self.B
+
+    def _index(self, position: int) -> int:
+        epoch, offset = divmod(position, self.n)
+        if epoch != self._perm_epoch:
+            self._perm = np.random.default_rng([self.seed, epoch, 12345]).permutation(self.n)
+            self._perm_epoch = epoch
+        return int(self._perm[offset])
+
+    def micro_batch(self, step: int, micro: int) -> list[tuple[int, int]]:
+        p0 = step * self.B + (micro * self.W + self.r) * self.b
+        return [(p, self._index(p)) for p in range(p0, p0 + self.b)]
