@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+
 import cv2
 import numpy as np
 import pytest
@@ -13,6 +15,7 @@ from scedit_cli.conditions.canny import CannyRandomRange
 from scedit_cli.conditions.masks import inpaint_mask, outpaint_mask
 from scedit_cli.conditions.palette import ADE20K_PALETTE, colorize_ade20k
 from scedit_cli.errors import SceditError
+from scedit_cli.images import to_rgb8
 
 REAL = {
     "astronaut": skimage.data.astronaut,  # 512x512 RGB
@@ -66,6 +69,28 @@ def test_color_matches_cv2_resizes(name):
     assert out.size == (w, h) and np.array_equal(np.asarray(out), expected)
     # a 64x colour map has at most (h//64)*(w//64) distinct colours
     assert len(np.unique(expected.reshape(-1, 3), axis=0)) <= (h // 64) * (w // 64)
+
+
+@pytest.mark.parametrize("name", ["astronaut", "coffee", "camera", "logo"])
+def test_compact_maps_are_the_rgb_maps_in_fewer_bits(name):
+    """What `scedit prepare` stores: canny as 1 bit per pixel, colour as a palette; to_rgb8 gives the RGB maps back."""
+    rng_a, rng_b = record_rng(3, name), record_rng(3, name)
+    edges = compute_condition_maps("canny", _pil(name), rng=rng_a, compact=True)["canny"]
+    assert edges.mode == "1"
+    assert np.array_equal(np.asarray(to_rgb8(edges)), np.asarray(compute_condition("canny", _pil(name), rng=rng_b)))
+    colours = compute_condition_maps("color", _pil(name), compact=True)["color"]
+    assert colours.mode == "P" and "transparency" not in colours.info
+    assert np.array_equal(np.asarray(to_rgb8(colours)), np.asarray(compute_condition("color", _pil(name))))
+    for im in (edges, colours):  # and through a PNG file, as prepare writes them
+        buf = io.BytesIO()
+        im.save(buf, format="PNG", compress_level=1)
+        assert np.array_equal(np.asarray(to_rgb8(Image.open(buf))), np.asarray(to_rgb8(im)))
+
+
+def test_compact_colour_map_with_over_256_colours_stays_rgb():
+    img = Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 30, 3), dtype=np.uint8))
+    out = compute_condition_maps("color", img, params={"ratio": 1}, compact=True)["color"]
+    assert out.mode == "RGB" and np.array_equal(np.asarray(out), np.asarray(img))
 
 
 def test_color_tiny_image_is_one_cell():

@@ -137,7 +137,7 @@ def test_prepare_canny_on_a_16_bit_png_matches_its_8_bit_copy(tmp_path):
     out = tmp_path / "out"
     run_prepare(PrepareConfig("canny", str(tmp_path / "in"), out, params={"low": 50, "high": 100}))
     rows = {Path(r["image"]).stem: r for r in map(json.loads, (out / "metadata.jsonl").read_text().splitlines())}
-    maps = {k: np.asarray(Image.open(out / r["canny"])) for k, r in rows.items()}
+    maps = {k: np.asarray(to_rgb8(Image.open(out / r["canny"]))) for k, r in rows.items()}  # 1-bit PNGs
     assert maps["a8"].max() == 255, "the 8-bit picture has edges"
     assert (maps["b16"] == maps["a8"]).all()
 

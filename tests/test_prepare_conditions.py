@@ -16,7 +16,8 @@ from PIL import Image
 from scedit_cli.cli import main
 from scedit_cli.conditions import compute_condition, record_rng
 from scedit_cli.errors import SceditError
-from scedit_cli.prepare.runner import PrepareConfig, parse_shard, run_prepare
+from scedit_cli.images import to_rgb8
+from scedit_cli.prepare.runner import PROCESS_MIN_RECORDS_PER_WORKER, PrepareConfig, choose_pool, parse_shard, run_prepare
 
 SOURCES = [skimage.data.astronaut, skimage.data.coffee, skimage.data.chelsea, skimage.data.rocket, skimage.data.immunohistochemistry]
 
@@ -69,7 +70,7 @@ def test_folder_to_canny_dataset(tmp_path):
         assert set(row) == {"image", "text", "canny"}
         assert (out / row["image"]).read_bytes() == p.read_bytes()  # a byte-for-byte copy
         assert row["text"] == (p.with_suffix(".txt").read_text().strip() if p.with_suffix(".txt").exists() else "")
-        edge = np.asarray(Image.open(out / row["canny"]))
+        edge = np.asarray(to_rgb8(Image.open(out / row["canny"])))  # stored as a 1-bit PNG
         expected = np.asarray(compute_condition("canny", Image.open(p), rng=record_rng(5, rel)))
         assert np.array_equal(edge, expected)
         assert edge.shape[:2] == np.asarray(Image.open(p)).shape[:2]
@@ -82,9 +83,10 @@ def test_workers_and_shards_write_the_same_dataset(tmp_path):
     make_images(src, 7)
     one = tmp_path / "one"
     run_prepare(PrepareConfig("inpaint", str(src), one, seed=1))
-    two = tmp_path / "two"
-    run_prepare(PrepareConfig("inpaint", str(src), two, seed=1, workers=2))
-    assert tree_digest(one) == tree_digest(two)
+    for pool in ("threads", "processes"):
+        two = tmp_path / f"two-{pool}"
+        assert run_prepare(PrepareConfig("inpaint", str(src), two, seed=1, workers=2, pool=pool))["pool"] == pool
+        assert tree_digest(one) == tree_digest(two)
     sharded = tmp_path / "sharded"
     first = run_prepare(PrepareConfig("inpaint", str(src), sharded, seed=1, shard_index=1, shard_count=3))
     assert first["metadata"] is None and first["waiting_for_shards"] == [0, 2] and first["rows_out"] == 2
@@ -208,7 +210,19 @@ def test_cli_prepare_json_and_errors(tmp_path, capsys):
     assert e.value.code == 2 and "needs --condition, --output" in capsys.readouterr().err
     main(["prepare", "-c", "outpaint", "-i", str(src), "-o", str(tmp_path / "o"), "-p", "left=0.5", "--json", "--workers", "2"])
     summary = json.loads(capsys.readouterr().out)
-    assert summary["rows_out"] == 2 and summary["workers"] == 2
+    assert summary["rows_out"] == 2 and summary["workers"] == 2 and summary["pool"] == "threads"
+    with pytest.raises(SystemExit) as e:
+        main(["prepare", "-c", "color", "-i", str(src), "-o", str(tmp_path / "o2"), "--workers", "2", "--pool", "forks"])
+    assert e.value.code == 2
+    assert capsys.readouterr().err.strip() == "error: --pool must be one of auto, threads, processes, got 'forks'"
     row = read_rows(tmp_path / "o")[0]
     mask = np.asarray(Image.open(tmp_path / "o" / row["outpaint_mask"]))
     assert (mask[:, : mask.shape[1] // 2] == 255).all() and (mask[:, mask.shape[1] // 2 + 1 :] == 0).all()
+
+
+def test_pool_choice():
+    assert choose_pool("auto", 1, 10**6) == "inline" and choose_pool("processes", 1, 10) == "inline"
+    assert choose_pool("auto", 2, 10**6) == "threads"  # two threads keep two cores busy, no start-up
+    assert choose_pool("auto", 8, 8 * PROCESS_MIN_RECORDS_PER_WORKER - 1) == "threads"  # too short to repay spawning
+    assert choose_pool("auto", 8, 8 * PROCESS_MIN_RECORDS_PER_WORKER) == "processes"
+    assert choose_pool("threads", 8, 10**6) == "threads" and choose_pool("processes", 2, 10) == "processes"

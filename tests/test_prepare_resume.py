@@ -30,7 +30,8 @@ CHILD = textwrap.dedent(
         def add_task(self, *a, **k): return 0
         def advance(self, *a): time.sleep(0.15)
 
-    run_prepare(PrepareConfig("inpaint", sys.argv[1], Path(sys.argv[2]), seed=3, workers=2), progress_factory=SlowBar)
+    run_prepare(PrepareConfig("inpaint", sys.argv[1], Path(sys.argv[2]), seed=3, workers=2, pool="processes"),
+                progress_factory=SlowBar)
     """
 )
 

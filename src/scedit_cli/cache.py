@@ -26,6 +26,8 @@ generator, so a cached run draws exactly what an uncached one does.
 
 from __future__ import annotations
 
+import time
+
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -518,9 +520,13 @@ def prepare_cache(recipe, overrides: list[str] | dict | None = None, output: str
     for m in [base.vae, *base.text_encoders]:
         m.to(dev).eval()
     plan = make_plan(data, base, folder)
+    start = time.perf_counter()
     stats = build_cache(plan, data, base, dev, batch_size=batch_size, shard=shard, on_progress=on_progress)
+    seconds = time.perf_counter() - start
     store = CacheStore(folder)
     out = stats.to_dict()
+    # images/s: image entries (VAE encodes) this run per second of the whole encode, captions and maps included
     out.update(entries=len(plan.all_keys()), missing=len(plan.missing(store)), device=str(dev),
-               buckets=data.buckets.counts() if data.buckets is not None else None)
+               buckets=data.buckets.counts() if data.buckets is not None else None, seconds=round(seconds, 3),
+               images_per_second=round(stats.images / seconds, 2) if stats.images and seconds > 0 else None)
     return out

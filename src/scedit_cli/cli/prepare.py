@@ -42,7 +42,9 @@ def prepare_conditions(
     condition: Optional[str] = typer.Option(None, "--condition", "-c", help="canny, depth, hed, seg, pose, color, inpaint, outpaint."),
     input: Optional[str] = typer.Option(None, "--input", "-i", help="Image folder, folder with metadata.jsonl, parquet, or a datasets name."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Output dataset folder (created; resumed if it exists)."),
-    workers: int = typer.Option(1, "--workers", "-w", help="Worker processes (learned detectors: I/O threads)."),
+    workers: int = typer.Option(1, "--workers", "-w", help="Parallel workers (learned detectors: I/O threads)."),
+    pool: str = typer.Option("auto", "--pool", help="How --workers > 1 run: threads, processes, or auto (threads up to 2 "
+                             "workers or for short runs, else processes)."),
     shard: str = typer.Option("0/1", "--shard", help="i/n: process the records with index i mod n (0-based)."),
     seed: int = typer.Option(0, "--seed", help="Seed for random training settings (canny thresholds, masks)."),
     param: List[str] = typer.Option([], "--param", "-p", help="Condition setting KEY=VALUE, e.g. low=100, ratio=64, left=0.25."),
@@ -69,9 +71,9 @@ def prepare_conditions(
 
     shard_index, shard_count = parse_shard(shard)
     cfg = PrepareConfig(
-        condition=condition, input=input, output=output, workers=workers, shard_index=shard_index, shard_count=shard_count,
-        seed=seed, params=_parse_params(param), images=images, parquet=parquet, split=split, image_column=image_column,
-        text_column=text_column, weights=weights, device=device, batch_size=batch_size,
+        condition=condition, input=input, output=output, workers=workers, pool=pool, shard_index=shard_index,
+        shard_count=shard_count, seed=seed, params=_parse_params(param), images=images, parquet=parquet, split=split,
+        image_column=image_column, text_column=text_column, weights=weights, device=device, batch_size=batch_size,
     )
     summary = run_prepare(cfg)
     if json_out:
@@ -81,7 +83,7 @@ def prepare_conditions(
         f"{condition}: {summary['rows_out']} rows ready, {summary['skipped']} skipped "
         f"({', '.join(f'{k}: {v}' for k, v in summary['skipped_by_reason'].items()) or 'none'}); "
         f"{summary['written_this_run']} written this run, {summary['resumed']} resumed, "
-        f"{summary['images_per_second']} images/s with {workers} worker(s)"
+        f"{summary['images_per_second']} images/s with {workers} worker(s) ({summary['pool']})"
     )
     for s in summary["skipped_records"][:20]:
         info(f"  skipped {s['source']}: {s['reason']}")

@@ -62,4 +62,5 @@ def prepare_cache_cmd(
     info(f"cache {summary['folder']}: {summary['images']} image, {summary['texts']} caption, "
          f"{summary['conditions']} condition entries encoded; {summary['already']} already there; "
          f"{summary['unusable']} unusable; {summary['missing']} of {summary['entries']} entries still missing"
-         + (" (other shards)" if summary["missing"] else "") + f" [{summary['device']}]")
+         + (" (other shards)" if summary["missing"] else "")
+         + f"; {summary['seconds']} s, {summary['images_per_second'] or 0} images/s on {summary['device']}")  # no [..]: console markup

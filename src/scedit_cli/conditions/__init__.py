@@ -108,12 +108,15 @@ def compute_condition_maps(
     params: Mapping[str, Any] | None = None,
     weights: str | Path | None = None,
     device: str | None = None,
+    compact: bool = False,
 ) -> dict[str, Image.Image]:
     """All maps of condition `name` for `image`, keyed by metadata column.
 
     For inpaint/outpaint that is the cut-out and its mask; for the others one map.
     Learned conditions load their detector once per process (cached) from
     `weights` (a folder) or the HF cache; see `detectors.py`.
+    `compact=True` (what `scedit prepare` stores): canny as a 1-bit image, colour as a
+    palette image; `to_rgb8` of each is the RGB map exactly.
     """
     spec = get_spec(name)
     params = dict(params or {})
@@ -132,7 +135,7 @@ def compute_condition_maps(
         else:
             low, high = _canny.INFERENCE_LOW, _canny.INFERENCE_HIGH
         try:
-            return {"canny": _canny.canny(rgb_image, low, high)}
+            return {"canny": (_canny.canny_bilevel if compact else _canny.canny)(rgb_image, low, high)}
         except ValueError as e:
             raise SceditError(str(e)) from None
 
@@ -140,7 +143,7 @@ def compute_condition_maps(
         ratio = _as_int(spec, params, "ratio") if "ratio" in params else _color.DEFAULT_RATIO
         if ratio < 1:
             raise SceditError(f"condition 'color' setting ratio={ratio} must be >= 1")
-        return {"color": _color.color_map(rgb_image, ratio)}
+        return {"color": (_color.color_map_palette if compact else _color.color_map)(rgb_image, ratio)}
 
     if name == "inpaint":
         rgb = np.asarray(rgb_image)

@@ -25,6 +25,7 @@ journal, and the last shard to finish merges them into metadata.jsonl.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import functools
 import itertools
 import json
 import multiprocessing
@@ -40,7 +41,8 @@ from ..conditions import get_spec
 from ..errors import SceditError
 from ..fsutil import check_output_location, write_json_atomic, write_text_atomic
 from .inputs import InputSource, open_input
-from .records import JobContext, Skip, Task, init_worker, load_image, process, process_in_worker, skip_entry, write_outputs
+from .records import (JobContext, Skip, Task, init_worker, load_image, process, process_chunk, process_in_worker, skip_entry,
+                      write_outputs)
 
 STATE_DIR = ".scedit-prepare"
 
@@ -56,6 +58,7 @@ class PrepareConfig:
     seed: int = 0
     params: dict[str, Any] = field(default_factory=dict)
     images: str = "copy"  # "copy" | "symlink"
+    pool: str = "auto"  # "auto" | "threads" | "processes": how workers > 1 run (see `choose_pool`)
     parquet: bool = False
     split: str = "train"
     image_column: str | None = None
@@ -157,16 +160,40 @@ def _shard_size(count: int, cfg: PrepareConfig) -> int:
     return len(range(cfg.shard_index, count, cfg.shard_count))
 
 
-def _run_pool(ctx: JobContext, tasks: Iterator[Task], workers: int, on_entry: Callable[[dict], None]) -> None:
-    if workers == 1:
+# Spawning a worker process costs ~0.5 s of CPU (a fresh interpreter importing numpy, Pillow and OpenCV),
+# as much as ~80 canny or ~150 colour records at 512 px. Decoding, the OpenCV op and PNG encoding release
+# the GIL (~80% of a canny record's CPU time, ~60% of a colour one's), so two threads in this process keep
+# two cores busy from the first record; past two the GIL limits them, and long runs get processes.
+PROCESS_MIN_RECORDS_PER_WORKER = 256
+POOLS = ("auto", "threads", "processes")
+
+
+def choose_pool(pool: str, workers: int, records: int) -> str:
+    """'inline' (one worker), 'threads' or 'processes' for `records` records to do."""
+    if workers == 1 or pool != "auto":
+        return "inline" if workers == 1 else pool
+    return "processes" if workers > 2 and records >= workers * PROCESS_MIN_RECORDS_PER_WORKER else "threads"
+
+
+def _run_pool(ctx: JobContext, tasks: Iterator[Task], workers: int, kind: str, on_entry: Callable[[dict], None]) -> None:
+    if kind == "inline":
         for t in tasks:
             on_entry(process(ctx, t))
         return
-    # spawn, not fork: the parent may hold torch/OpenMP state that a forked child would deadlock on.
-    # Workers end with this process even when it is killed with SIGKILL (`records.die_with_parent`); the
-    # resource tracker that spawn starts then sees its last user gone and ends too.
-    pool = cf.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=init_worker,
-                                  initargs=(ctx, os.getpid()))
+    if kind == "threads":
+        import cv2
+
+        cv2_threads = cv2.getNumThreads()
+        cv2.setNumThreads(1)  # one OpenCV thread per worker thread: parallelism comes from the workers
+        pool: cf.Executor = cf.ThreadPoolExecutor(workers, thread_name_prefix="prepare")
+        work = functools.partial(process_chunk, ctx)
+    else:
+        # spawn, not fork: the parent may hold torch/OpenMP state that a forked child would deadlock on.
+        # Workers end with this process even when it is killed with SIGKILL (`records.die_with_parent`); the
+        # resource tracker that spawn starts then sees its last user gone and ends too.
+        pool = cf.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=init_worker,
+                                      initargs=(ctx, os.getpid()))
+        work = process_in_worker
     chunk = 4  # records per submit: amortises pickling/IPC, small enough to keep the journal close behind
     limit = workers * 4  # bounded in-flight chunks: 600k records never sit in memory at once
     inflight: set[cf.Future] = set()
@@ -178,7 +205,7 @@ def _run_pool(ctx: JobContext, tasks: Iterator[Task], workers: int, on_entry: Ca
                 if len(batch) < chunk:
                     exhausted = True
                 if batch:
-                    inflight.add(pool.submit(process_in_worker, batch))
+                    inflight.add(pool.submit(work, batch))
             if not inflight:
                 break
             finished, inflight = cf.wait(inflight, return_when=cf.FIRST_COMPLETED)
@@ -187,6 +214,8 @@ def _run_pool(ctx: JobContext, tasks: Iterator[Task], workers: int, on_entry: Ca
                     on_entry(entry)
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+        if kind == "threads":
+            cv2.setNumThreads(cv2_threads)
 
 
 def _run_learned(ctx: JobContext, cfg: PrepareConfig, tasks: Iterator[Task], on_entry: Callable[[dict], None]) -> None:
@@ -287,6 +316,8 @@ def run_prepare(cfg: PrepareConfig, progress_factory: Callable[[], Any] | None =
         raise SceditError(f"--workers must be >= 1, got {cfg.workers}")
     if cfg.batch_size < 1:
         raise SceditError(f"--batch-size must be >= 1, got {cfg.batch_size}")
+    if cfg.pool not in POOLS:
+        raise SceditError(f"--pool must be one of {', '.join(POOLS)}, got {cfg.pool!r}")
     if cfg.images not in ("copy", "symlink"):
         raise SceditError(f"--images must be copy or symlink, got {cfg.images!r}")
     random = _validate_params(cfg)
@@ -313,6 +344,7 @@ def run_prepare(cfg: PrepareConfig, progress_factory: Callable[[], Any] | None =
     journal = Journal(state / f"journal-{tag}.jsonl")
     resumed = len(journal.entries)
     total = _shard_size(source.count, cfg)
+    pool = "threads" if spec.learned else choose_pool(cfg.pool, cfg.workers, total - resumed)
     ctx = JobContext(cfg.condition, spec.columns, dict(cfg.params), cfg.seed, random, str(out), str(staging), cfg.images)
     counts: Counter = Counter()
     start = time.perf_counter()
@@ -332,7 +364,7 @@ def run_prepare(cfg: PrepareConfig, progress_factory: Callable[[], Any] | None =
             if spec.learned:
                 _run_learned(ctx, cfg, tasks, on_entry)
             else:
-                _run_pool(ctx, tasks, cfg.workers, on_entry)
+                _run_pool(ctx, tasks, cfg.workers, pool, on_entry)
     finally:
         journal.close()
     elapsed = time.perf_counter() - start
@@ -355,6 +387,7 @@ def run_prepare(cfg: PrepareConfig, progress_factory: Callable[[], Any] | None =
         "seconds": round(elapsed, 3),
         "images_per_second": round((counts["written"] + counts["skipped"]) / elapsed, 2) if elapsed > 0 else None,
         "workers": cfg.workers,
+        "pool": pool,
     }
     write_json_atomic(state / f"done-{tag}.json", shard_report)
     merged = _merge_if_complete(out, state, cfg)
