@@ -255,13 +255,34 @@ def _patch(module: nn.Module, forward) -> bool:
     return True
 
 
-def lean_autograd(model: nn.Module, recompute_feed_forward: bool = False) -> dict[str, int]:
+def resolve_lean(setting: bool | str, device: torch.device | str) -> bool:
+    """Whether the exact savings are applied for recipe value `setting` (true / false / "auto") on `device`.
+
+    "auto": on for CUDA, where activation memory bounds the batch; off elsewhere, where the
+    savings' extra elementwise passes and copies cost step time and memory is rarely the limit
+    (benchmarks/bench_peers.py measures both on a CPU).
+    """
+    if isinstance(setting, bool):
+        return setting
+    return torch.device(device).type == "cuda"
+
+
+def lean_autograd(model: nn.Module, recompute_feed_forward: bool = False, exact: bool = True) -> dict[str, int]:
     """Apply every exact saving to `model` (convs, norms, fused resnet norm+SiLU, GEGLU) and, if asked,
-    the feed-forward recompute; counts per kind. Idempotent; `restore_autograd` undoes it."""
+    the feed-forward recompute; counts per kind. `exact=False`: only the feed-forward recompute (if
+    asked). Idempotent; `restore_autograd` undoes it."""
     from diffusers.models.activations import GEGLU
     from diffusers.models.resnet import ResnetBlock2D
 
     counts = {"conv": 0, "norm": 0, "norm_silu": 0, "geglu": 0, "feed_forward": 0}
+    if not exact:
+        if recompute_feed_forward:
+            for m in model.modules():
+                if type(m) is GEGLU and getattr(m, "proj", None) is not None:
+                    done = _patch(m, _recomputed_geglu)
+                    counts["geglu"] += done
+                    counts["feed_forward"] += done
+        return counts
     for m in model.modules():
         if isinstance(m, ResnetBlock2D):
             # norm1 always feeds the nonlinearity directly; norm2 unless scale-shift sits between.
