@@ -12,7 +12,7 @@ from scedit_cli.lean import _PATCHED, _GegluProduct, _Norm, lean_autograd, resol
 from scedit_cli.tuners import SCTuner, SCTunerConfig, SkipLayout, attach
 from tiny_models import make_tiny_unet, unet_inputs
 
-AUTO_ON_CPU = False  # what train.lean = "auto" means on a CPU (benchmarks/bench_peers.py measured both)
+AUTO_ON_CPU = True  # what train.lean = "auto" means on a CPU (benchmarks/bench_peers.py measured both)
 
 
 @pytest.mark.parametrize("groups,silu", [(2, False), (2, True), (0, False)])
@@ -212,9 +212,7 @@ def test_backward_in_batch_slices_matches_whole(monkeypatch, groups, silu):
 
 
 def test_resolve_lean():
-    assert resolve_lean(True, "cpu") and not resolve_lean(False, "cuda")
-    assert resolve_lean("auto", "cuda:0") and resolve_lean("auto", torch.device("cuda"))
-    assert resolve_lean("auto", "cpu") is AUTO_ON_CPU
+    assert resolve_lean(True) is True and resolve_lean(False) is False and resolve_lean("auto") is True
 
 
 def _prepared_step(lean):

@@ -255,16 +255,15 @@ def _patch(module: nn.Module, forward) -> bool:
     return True
 
 
-def resolve_lean(setting: bool | str, device: torch.device | str) -> bool:
-    """Whether the exact savings are applied for recipe value `setting` (true / false / "auto") on `device`.
+def resolve_lean(setting: bool | str) -> bool:
+    """Whether the exact savings are applied for recipe value `setting` (true / false / "auto").
 
-    "auto": on for CUDA, where activation memory bounds the batch; off elsewhere, where the
-    savings' extra elementwise passes and copies cost step time and memory is rarely the limit
-    (benchmarks/bench_peers.py measures both on a CPU).
+    "auto" is on, on every device: on CUDA they bound the batch; on a CPU (2 cores, SD 1.5, 256 px,
+    batch 1, fp32) step times with and without them did not separate under load (faster with them
+    in 2 of 3 rounds, benchmarks/results/peers-cpu-256.json), for 0.63x the saved activations.
+    `false` is there to rule them out or to time a machine where they cost.
     """
-    if isinstance(setting, bool):
-        return setting
-    return torch.device(device).type == "cuda"
+    return setting if isinstance(setting, bool) else True
 
 
 def lean_autograd(model: nn.Module, recompute_feed_forward: bool = False, exact: bool = True) -> dict[str, int]:

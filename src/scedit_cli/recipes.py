@@ -95,7 +95,7 @@ class TrainSection:
     Memory: gradient_checkpointing recomputes whole resnets and transformers in backward (diffusers);
     recompute_feed_forward only the transformer feed-forwards (`lean.py`: less memory, a few % time).
     lean: the exact activation savings of `lean.py` (same values and gradients): true, false, or "auto"
-    (`lean.resolve_lean`: on where they pay, off where step time matters more)."""
+    (`lean.resolve_lean`: on; false rules them out)."""
 
     output_dir: str = ""
     max_steps: int = 1000

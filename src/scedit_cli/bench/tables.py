@@ -398,7 +398,7 @@ def run_method(spec: MethodSpec, factory: BaseFactory, s: BenchSettings,
         paper_params_m=spec.paper_params_m, paper_mem_gb=spec.paper_mem_gb,
         paper_mem_ratio=spec.paper_mem_ratio, paper_time_ratio=spec.paper_time_ratio,
         final_loss=run.state["loss"], train={"recompute_feed_forward": run.train.recompute_feed_forward,
-                                                      "lean": resolve_lean(run.train.lean, s.device)},
+                                                      "lean": resolve_lean(run.train.lean)},
     )
     del run, unet, extra  # the base, optimizer and activations go before the next method is built
     release_memory()

@@ -83,7 +83,7 @@ def _make(name: str):
         recompute_ff: bool = typer.Option(False, "--recompute-ff", help="Every method recomputes its transformer "
                                           "feed-forwards in backward (recipe key train.recompute_feed_forward)."),
         lean: bool = typer.Option(None, "--lean/--no-lean", help="The exact activation savings on or off for "
-                                  "every method (recipe key train.lean; default auto: on for CUDA, off on a CPU)."),
+                                  "every method (recipe key train.lean; default auto: on)."),
     ) -> None:
         from ..bench.tables import BenchSettings, run_table, write_outputs
 

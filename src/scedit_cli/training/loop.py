@@ -233,7 +233,7 @@ def prepare_training(method, base: BaseModel, device: torch.device, frozen_dtype
             p.data = p.data.float()
     # Exact (identical gradients); decided per call, so trainable convs (ControlNet copies, full
     # fine-tuning) train as before.
-    exact = resolve_lean(cfg.lean, device)
+    exact = resolve_lean(cfg.lean)
     for m in _unique([method.unet, *method.extra_modules()]):
         lean_autograd(m, recompute_feed_forward=cfg.recompute_feed_forward, exact=exact)
     if cfg.gradient_checkpointing:
