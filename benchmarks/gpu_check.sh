@@ -5,10 +5,12 @@
 # probe.json, sampling.json, quickstart.json, train-fp16.json (train needs quickstart's data:
 # /tmp/scedit-qs)
 # Usage (from the repository root, scedit importable): OUT=results bash benchmarks/gpu_check.sh
-# STAGES picks a subset (default: all): tests table1 table2 table5 probe sampling quickstart train
+# STAGES picks a subset (default: all): tests table1 table2 table5 probe sampling quickstart train peers
 #   (probe: probe.json, where SCEdit's and LoRA's memory peaks fall; benchmarks/peak_probe.py)
+#   (peers: peers-gpu-512.json|png, ours vs ms-swift's SCETuning; needs PEER_PYTHON, the Python of an
+#    environment with ms-swift installed as benchmarks/README.md says)
 set -u
-STAGES=" ${STAGES:-tests table1 table2 sampling quickstart train} "
+STAGES=" ${STAGES:-tests table1 table2 sampling quickstart train peers} "
 want() { [[ "$STAGES" == *" $1 "* ]]; }
 OUT=${OUT:?set OUT to a folder}
 mkdir -p "$OUT"
@@ -64,4 +66,14 @@ R=src/scedit_cli/assets/quickstart
 } >"$OUT/train-fp16.json"
 echo "--- rc=$?" | tee -a "$LOG"
 }
+if want peers; then
+stage "peers: SC-Tuner (train.lean on and off) vs ms-swift SCETuning, SD 1.5, 512 px, batch 32, AMP fp16"
+if [ -x "${PEER_PYTHON:-}" ]; then
+  run python3 benchmarks/bench_peers.py --peer-python "$PEER_PYTHON" --device cuda --resolution 512 --batch 32 \
+    --rounds 3 --steps 4 --warmup 2 --out "$OUT/peers-gpu-512"
+else
+  echo "--- skipped: set PEER_PYTHON to the Python of the ms-swift environment" | tee -a "$LOG"
+fi
+fi
+
 stage done

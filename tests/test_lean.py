@@ -8,9 +8,11 @@ import torch
 import torch.nn.functional as F
 from diffusers.models.activations import GEGLU
 
-from scedit_cli.lean import _GegluProduct, _Norm, lean_autograd, restore_autograd
+from scedit_cli.lean import _PATCHED, _GegluProduct, _Norm, lean_autograd, resolve_lean, restore_autograd
 from scedit_cli.tuners import SCTuner, SCTunerConfig, SkipLayout, attach
 from tiny_models import make_tiny_unet, unet_inputs
+
+AUTO_ON_CPU = True  # what train.lean = "auto" means on a CPU (benchmarks/bench_peers.py measured both)
 
 
 @pytest.mark.parametrize("groups,silu", [(2, False), (2, True), (0, False)])
@@ -207,3 +209,57 @@ def test_backward_in_batch_slices_matches_whole(monkeypatch, groups, silu):
     x_, w_, b_ = (t.clone().requires_grad_() for t in (x, w, b))
     assert torch.autograd.gradcheck(lambda x, w, b: _Norm.apply(x, w, b, groups, shape, 1e-5, silu, torch.float64),
                                     (x_, w_, b_))
+
+
+def test_resolve_lean():
+    assert resolve_lean(True) is True and resolve_lean(False) is False and resolve_lean("auto") is True
+
+
+def _prepared_step(lean):
+    """A tiny SD 1.5 U-Net with SC-Tuners (random non-zero weights) prepared as `scedit train` does with
+    train.lean = `lean`; (patched modules, saved bytes, loss, tuner gradients) of one step."""
+    from scedit_cli.methods import build_method
+    from scedit_cli.models import BaseModel
+    from scedit_cli.recipes import TrainSection
+    from scedit_cli.training.loop import prepare_training
+
+    base = BaseModel.from_unet(make_tiny_unet("sd15"))
+    method = build_method("sc", {})
+    torch.manual_seed(0)
+    method.setup(base)
+    with torch.no_grad():
+        for p in method.tuner.parameters():
+            p.copy_(torch.randn_like(p) * 0.05)
+    params, *_ = prepare_training(method, base, "cpu", torch.float32, TrainSection(lean=lean))
+    patched = sum(_PATCHED in m.__dict__ for m in base.unet.modules())
+    saved = 0
+
+    def pack(t):
+        nonlocal saved
+        saved += t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss = base.unet(**unet_inputs(base.unet)).sample.pow(2).mean()
+    loss.backward()
+    return patched, saved, loss.detach(), [p.grad.clone() for p in params]
+
+
+def test_train_lean_switch_same_loss_and_gradients():
+    on_patched, on_saved, on_loss, on_grads = _prepared_step(True)
+    off_patched, off_saved, off_loss, off_grads = _prepared_step(False)
+    assert on_patched > 0 and off_patched == 0
+    assert torch.equal(on_loss, off_loss)
+    for a, b in zip(on_grads, off_grads):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+    assert on_saved < 0.8 * off_saved, (on_saved, off_saved)
+    auto_patched = _prepared_step("auto")[0]
+    assert (auto_patched > 0) is AUTO_ON_CPU
+
+
+def test_feed_forward_recompute_without_the_exact_savings():
+    unet = make_tiny_unet()
+    counts = lean_autograd(unet, recompute_feed_forward=True, exact=False)
+    assert counts["feed_forward"] > 0 and counts["conv"] == counts["norm"] == 0
+    assert lean_autograd(make_tiny_unet(), exact=False) == {"conv": 0, "norm": 0, "norm_silu": 0, "geglu": 0,
+                                                            "feed_forward": 0}

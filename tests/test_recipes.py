@@ -100,6 +100,14 @@ def test_paths_resolve_against_the_recipe_and_overrides_against_cwd(tmp_path, mo
     assert r.train.max_steps == 7 and r.method.skips == [0, 11]
 
 
+@pytest.mark.parametrize("body, overrides, value", [
+    (BASIC, [], "auto"), (BASIC + "lean = false\n", [], False), (BASIC, ["train.lean=true"], True),
+    (BASIC + "lean = true\n", ["train.lean=auto"], "auto"),
+])
+def test_train_lean_takes_true_false_or_auto(tmp_path, body, overrides, value):
+    assert load_recipe(_write(tmp_path, body), overrides).train.lean == value
+
+
 def test_hub_ids_stay_hub_ids(tmp_path):
     r = load_recipe(_write(tmp_path, BASIC.replace('"./model"', '"org/some-model"')))
     assert r.model.source == "org/some-model"
@@ -131,6 +139,8 @@ def test_parse_override_values():
     (BASIC.replace('source = "data"', 'source = "data"\nresolution = 500'), "data.resolution", "multiple of 8"),
     (BASIC.replace('source = "data"', 'source = "data"\nresolution = 512\nbuckets = true\nbucket_step = 4'),
      "data.bucket_step", "multiple of 8"),
+    (BASIC + "lean = 'yes'\n", "train.lean", 'use true, false or "auto"'),
+    (BASIC + "lean = 1\n", "train.lean", "boolean (true/false) or string"),
 ])
 def test_strict_validation_names_file_key_and_fix(tmp_path, body, key, fix):
     path = _write(tmp_path, body)

@@ -255,13 +255,33 @@ def _patch(module: nn.Module, forward) -> bool:
     return True
 
 
-def lean_autograd(model: nn.Module, recompute_feed_forward: bool = False) -> dict[str, int]:
+def resolve_lean(setting: bool | str) -> bool:
+    """Whether the exact savings are applied for recipe value `setting` (true / false / "auto").
+
+    "auto" is on, on every device: on CUDA they bound the batch; on a CPU (2 cores, SD 1.5, 256 px,
+    batch 1, fp32) step times with and without them did not separate under load (faster with them
+    in 2 of 3 rounds, benchmarks/results/peers-cpu-256.json), for 0.63x the saved activations.
+    `false` is there to rule them out or to time a machine where they cost.
+    """
+    return setting if isinstance(setting, bool) else True
+
+
+def lean_autograd(model: nn.Module, recompute_feed_forward: bool = False, exact: bool = True) -> dict[str, int]:
     """Apply every exact saving to `model` (convs, norms, fused resnet norm+SiLU, GEGLU) and, if asked,
-    the feed-forward recompute; counts per kind. Idempotent; `restore_autograd` undoes it."""
+    the feed-forward recompute; counts per kind. `exact=False`: only the feed-forward recompute (if
+    asked). Idempotent; `restore_autograd` undoes it."""
     from diffusers.models.activations import GEGLU
     from diffusers.models.resnet import ResnetBlock2D
 
     counts = {"conv": 0, "norm": 0, "norm_silu": 0, "geglu": 0, "feed_forward": 0}
+    if not exact:
+        if recompute_feed_forward:
+            for m in model.modules():
+                if type(m) is GEGLU and getattr(m, "proj", None) is not None:
+                    done = _patch(m, _recomputed_geglu)
+                    counts["geglu"] += done
+                    counts["feed_forward"] += done
+        return counts
     for m in model.modules():
         if isinstance(m, ResnetBlock2D):
             # norm1 always feeds the nonlinearity directly; norm2 unless scale-shift sits between.

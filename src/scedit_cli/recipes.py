@@ -94,7 +94,9 @@ class TrainSection:
     Loss options (all off by default; the paper uses none): snr_gamma (Min-SNR-gamma weighting),
     noise_offset, input_perturbation; ema_decay: keep an EMA of the trainable weights (saved beside them).
     Memory: gradient_checkpointing recomputes whole resnets and transformers in backward (diffusers);
-    recompute_feed_forward only the transformer feed-forwards (`lean.py`: less memory, a few % time)."""
+    recompute_feed_forward only the transformer feed-forwards (`lean.py`: less memory, a few % time).
+    lean: the exact activation savings of `lean.py` (same values and gradients): true, false, or "auto"
+    (`lean.resolve_lean`: on; false rules them out)."""
 
     output_dir: str = ""
     max_steps: int = 1000
@@ -111,6 +113,7 @@ class TrainSection:
     mixed_precision: str = "no"
     gradient_checkpointing: bool = False
     recompute_feed_forward: bool = False
+    lean: bool | str = "auto"
     seed: int = 0
     snr_gamma: float = 0.0
     noise_offset: float = 0.0
@@ -205,8 +208,12 @@ def _coerce(value, tp):
     """`value` as type `tp`, or raise TypeError (ValueError for NaN and infinities)."""
     origin = get_origin(tp)
     if origin in (typing.Union, types.UnionType):
-        args = [a for a in get_args(tp) if a is not type(None)]
-        return _coerce(value, args[0])
+        for arg in (a for a in get_args(tp) if a is not type(None)):
+            try:
+                return _coerce(value, arg)
+            except TypeError:
+                continue
+        raise TypeError
     if origin is list:
         if not isinstance(value, list):
             raise TypeError
@@ -434,6 +441,8 @@ def _check_values(r: Recipe, ctx: _Ctx) -> None:
     choice("model.prediction_type", r.model.prediction_type, PREDICTION_TYPES)
     choice("train.mixed_precision", r.train.mixed_precision, PRECISIONS)
     choice("train.lr_scheduler", r.train.lr_scheduler, LR_SCHEDULERS)
+    if isinstance(r.train.lean, str) and r.train.lean != "auto":
+        raise ctx.error("train.lean", f"{r.train.lean!r}: use true, false or \"auto\"")
     for key in ("train.max_steps", "train.batch_size", "train.gradient_accumulation_steps", "data.resolution",
                 "validation.num_images", "validation.steps"):
         sec, k = key.split(".")

@@ -25,6 +25,7 @@ import torch
 
 from ..errors import SceditError
 from ..fsutil import atomic_path, check_output_location, write_json_atomic
+from ..lean import resolve_lean
 from ..metrics.memory import MemoryReport, gib, measure_step_memory, release_memory, unet_regions
 from ..metrics.timing import StepTiming, time_steps
 
@@ -151,6 +152,7 @@ class BenchSettings:
     seed: int = 0
     text_tokens: int = 77
     recompute_feed_forward: bool = False  # train.recompute_feed_forward, for every method alike
+    lean: bool | str = "auto"  # train.lean, for every method alike
 
 
 @dataclass
@@ -355,7 +357,8 @@ def setup_method(spec: MethodSpec, factory: BaseFactory, s: BenchSettings) -> Me
     # Exactly as `scedit train` prepares a run with the paper's Table 4 settings (AdamW, lr 5e-5,
     # weight decay 0.01, gradient clipping at 1.0), in this precision.
     mp = {torch.float16: "fp16", torch.bfloat16: "bf16"}.get(autocast, "no")
-    cfg = TrainSection(**{"mixed_precision": mp, "recompute_feed_forward": s.recompute_feed_forward, **spec.train})
+    cfg = TrainSection(**{"mixed_precision": mp, "recompute_feed_forward": s.recompute_feed_forward,
+                          "lean": s.lean, **spec.train})
     params, optimizer, scaler, _, noise_scheduler = prepare_training(method, base, device, frozen, cfg)
     batch = _random_batch(method, base, s, device)
     gen_device = device if device.type == "cuda" else torch.device("cpu")
@@ -394,7 +397,8 @@ def run_method(spec: MethodSpec, factory: BaseFactory, s: BenchSettings,
         saved_encoder_bytes=memory.saved_upstream_bytes(),
         paper_params_m=spec.paper_params_m, paper_mem_gb=spec.paper_mem_gb,
         paper_mem_ratio=spec.paper_mem_ratio, paper_time_ratio=spec.paper_time_ratio,
-        final_loss=run.state["loss"], train={"recompute_feed_forward": run.train.recompute_feed_forward},
+        final_loss=run.state["loss"], train={"recompute_feed_forward": run.train.recompute_feed_forward,
+                                                      "lean": resolve_lean(run.train.lean)},
     )
     del run, unet, extra  # the base, optimizer and activations go before the next method is built
     release_memory()
@@ -594,6 +598,8 @@ def measure_recipe(recipe: str | Path, s: BenchSettings, *, memory: bool = True,
         return out
     if s.precision == "auto":
         s.precision = r.train.mixed_precision
+    if s.lean == "auto":
+        s.lean = r.train.lean
     if s.batch is None:
         s.batch = max(1, r.train.batch_size // r.train.gradient_accumulation_steps)
     if s.resolution is None:

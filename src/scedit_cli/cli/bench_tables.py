@@ -32,6 +32,7 @@ def render(result) -> None:
     where = m.get("gpu") or f"{m.get('cpu', '?')} ({m.get('cpu_count')} cores)"
     mem_name = "CUDA peak" if "gpu" in m else "accounted"
     ff = " · feed-forward recompute" if s.get("recompute_feed_forward") else ""
+    ff += f" · lean {s.get('lean', 'auto')}"
     t = Table(title=f"{result.title}\n{result.base} · batch {s['batch']} · {s['resolution']} px · "
                     f"precision {s['precision']}{ff} · {where}")
     for col in ("method", "params M", "paper M", f"mem GiB ({mem_name})", "x base", "paper x base",
@@ -82,6 +83,8 @@ def _make(name: str):
         seed: int = typer.Option(0, "--seed", help="Seed of the random weights and inputs."),
         recompute_ff: bool = typer.Option(False, "--recompute-ff", help="Every method recomputes its transformer "
                                           "feed-forwards in backward (recipe key train.recompute_feed_forward)."),
+        lean: bool = typer.Option(None, "--lean/--no-lean", help="The exact activation savings on or off for "
+                                  "every method (recipe key train.lean; default auto: on)."),
     ) -> None:
         on_interrupt(f"nothing was written to {out} (it gets the results at the end); run the command again")
         from ..bench.tables import BenchSettings, run_table, write_outputs
@@ -92,6 +95,7 @@ def _make(name: str):
         s = BenchSettings(arch=arch, unet_config=str(unet_config) if unet_config else None, model=model,
                           device=device, batch=batch, resolution=resolution, steps=steps, warmup=warmup,
                           precision=precision, seed=seed, recompute_feed_forward=recompute_ff,
+                          lean="auto" if lean is None else lean,
                           methods=[m for m in methods.split(",") if m.strip()] if methods else None)
         with progress() as bar:
             task = {}

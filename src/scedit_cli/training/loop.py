@@ -208,15 +208,16 @@ def prepare_training(method, base: BaseModel, device: torch.device, frozen_dtype
     """Place a set-up method for training, the one way `scedit train` and `scedit bench` do it.
 
     Frozen weights in `frozen_dtype` (the VAE stays fp32 for SDXL in fp16: it overflows), trainable
-    weights fp32, everything on `device`; frozen convolutions of the U-Net and the method's own
-    models keep only what backward needs (`lean.lean_autograd`: frozen convs keep no input, norms
-    no fp32 copies, resnet norm+SiLU and GEGLU recompute elementwise values; same gradients);
+    weights fp32, everything on `device`; where `train_cfg.lean` resolves on (`lean.resolve_lean`),
+    frozen convolutions of the U-Net and the method's own models keep only what backward needs
+    (`lean.lean_autograd`: frozen convs keep no input, norms no fp32 copies, resnet norm+SiLU and
+    GEGLU recompute elementwise values; same gradients);
     AdamW, the learning-rate schedule and the fp16 GradScaler from `train_cfg` (a recipe's
     `TrainSection`; default: Table 4's AdamW, lr 5e-5, weight decay 0.01, constant).
     """
     from diffusers.optimization import get_scheduler
 
-    from ..lean import lean_autograd
+    from ..lean import lean_autograd, resolve_lean
     from ..recipes import TrainSection
 
     cfg = train_cfg if train_cfg is not None else TrainSection()
@@ -233,8 +234,9 @@ def prepare_training(method, base: BaseModel, device: torch.device, frozen_dtype
             p.data = p.data.float()
     # Exact (identical gradients); decided per call, so trainable convs (ControlNet copies, full
     # fine-tuning) train as before.
+    exact = resolve_lean(cfg.lean)
     for m in _unique([method.unet, *method.extra_modules()]):
-        lean_autograd(m, recompute_feed_forward=cfg.recompute_feed_forward)
+        lean_autograd(m, recompute_feed_forward=cfg.recompute_feed_forward, exact=exact)
     if cfg.gradient_checkpointing:
         method.enable_gradient_checkpointing()
     if vae is not None:
