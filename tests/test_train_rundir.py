@@ -3,12 +3,16 @@ refuses a changed recipe, and a damaged newest checkpoint is named and stepped o
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from train_helpers import make_dataset, make_tiny_pipeline, write_recipe
 from scedit_cli.cli import main
+from scedit_cli.errors import SceditError
 from scedit_cli.training import train
 
 
@@ -139,3 +143,21 @@ def test_sigint_while_saving_the_tuner_then_resume_writes_it(env, tmp_path):
     assert res.steps == 2 and res.losses == reference_run.losses
     got = load_file(out / "tuner" / "tuner.safetensors")
     assert all(torch.equal(got[k], reference[k]) for k in reference)
+
+
+def test_a_key_the_checkpoint_recipe_lacks_counts_as_its_default():
+    """A checkpoint written before a recipe key existed resumes when the key is at its default."""
+    from scedit_cli.recipes import load_recipe
+    from scedit_cli.training.rundir import check_resume_recipe, recipe_defaults
+
+    r = load_recipe({"model": {"source": "sd15"}, "data": {"source": "data"}, "method": {"name": "sc"},
+                     "train": {"output_dir": "run"}})
+    new = r.to_dict()
+    old = json.loads(json.dumps(new))
+    del old["train"]["lean"]  # as an older scedit stored it
+    check_resume_recipe(Path("ckpt"), old, new, recipe_defaults(r))
+    new["train"]["lean"] = False
+    with pytest.raises(SceditError, match=r'train.lean "auto" -> false'):
+        check_resume_recipe(Path("ckpt"), old, new, recipe_defaults(r))
+    with pytest.raises(SceditError, match=r'train.lean "\(absent\)" -> false'):
+        check_resume_recipe(Path("ckpt"), old, new)

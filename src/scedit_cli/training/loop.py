@@ -397,7 +397,7 @@ class _Trainer:
         from ..samplers import StreamSampler
         from ..models import load_base
         from .checkpoint import apply_checkpoint, read_for_resume, save_checkpoint
-        from .rundir import check_fresh_run, check_resume_recipe, clear_previous_run
+        from .rundir import check_fresh_run, check_resume_recipe, clear_previous_run, recipe_defaults
         from .logging import ProgressLog, save_grid, save_loss_curve
         from .validation import sample_images, text_embeddings, time_ids
 
@@ -424,7 +424,7 @@ class _Trainer:
         ckpt = None
         if self.resume:
             ckpt = read_for_resume(out, self.resume, main)
-            check_resume_recipe(ckpt.path, ckpt.recipe, r.to_dict())
+            check_resume_recipe(ckpt.path, ckpt.recipe, r.to_dict(), recipe_defaults(r))
             # At max_steps exactly (the final save was interrupted), resuming writes the outputs.
             if int(ckpt.state["step"]) > r.train.max_steps:
                 raise SceditError(f"{ckpt.path}: already at step {ckpt.state['step']} > train.max_steps "

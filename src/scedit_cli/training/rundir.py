@@ -11,10 +11,12 @@
 from __future__ import annotations
 
 import json
+from dataclasses import MISSING, fields
 from pathlib import Path
 
 from ..errors import SceditError
 from ..fsutil import remove_paths
+from ..recipes import SECTIONS
 from .checkpoint import CHECKPOINTS, list_checkpoints
 
 # What the loop itself writes into the output folder (the method writes its weights beside them).
@@ -78,11 +80,25 @@ def _resumable(key: str) -> bool:
     return any(key == k or key.startswith(k + ".") for k in RESUMABLE)
 
 
-def check_resume_recipe(ckpt: Path, old: dict, new: dict) -> None:
+def recipe_defaults(recipe) -> dict:
+    """The default of every recipe key that has one (`section.key` -> value, as stored in checkpoints)."""
+    out = {}
+    for section in (*SECTIONS, "method"):
+        for f in fields(getattr(recipe, section)):
+            if f.default is not MISSING:
+                out[f"{section}.{f.name}"] = f.default
+            elif f.default_factory is not MISSING:
+                out[f"{section}.{f.name}"] = f.default_factory()
+    return json.loads(json.dumps(out, default=str))
+
+
+def check_resume_recipe(ckpt: Path, old: dict, new: dict, defaults: dict | None = None) -> None:
     """Refuse to resume the checkpoint `ckpt` (written with recipe `old`) under recipe `new` when they
-    differ in anything that changes what is trained."""
+    differ in anything that changes what is trained. A key the checkpoint's recipe lacks (added by a
+    later scedit version) counts as its default from `defaults`, so upgrading scedit keeps runs resumable."""
     a, b = _flat(old), _flat(json.loads(json.dumps(new)))  # as stored: tuples are lists
     missing = "(absent)"
+    a = {**{k: v for k, v in (defaults or {}).items() if k in b and k not in a}, **a}
     diff = [f"{k} {json.dumps(a.get(k, missing))} -> {json.dumps(b.get(k, missing))}"
             for k in sorted(set(a) | set(b)) if not _resumable(k) and a.get(k, missing) != b.get(k, missing)]
     if diff:
