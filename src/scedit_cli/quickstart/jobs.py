@@ -96,8 +96,21 @@ def second_jobs(out: Path, s: QuickstartSettings) -> dict:
     return res
 
 
-def _second_main(conn, out: str, settings: dict, threads: int) -> None:
+def _exit_with(parent: int) -> None:
+    """End this process when its parent is gone (killed without the chance to stop it)."""
+    import threading
+
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="parent-watch").start()
+
+
+def _second_main(conn, out: str, settings: dict, threads: int, parent: int) -> None:
     """Entry point of the second process: its output goes to SECOND_LOG, its result (or error) to `conn`."""
+    _exit_with(parent)
     fd = os.open(Path(out) / SECOND_LOG, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     os.dup2(fd, 1)
     os.dup2(fd, 2)
@@ -130,8 +143,8 @@ class SecondProcess:
         ctx = mp.get_context("spawn")  # a fork would copy torch's thread pools and locks mid-use
         self._conn, child = ctx.Pipe(duplex=False)
         settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(s).items()}
-        self._proc = ctx.Process(target=_second_main, args=(child, str(out), settings, threads), daemon=True,
-                                 name="scedit-quickstart-second")
+        self._proc = ctx.Process(target=_second_main, args=(child, str(out), settings, threads, os.getpid()),
+                                 daemon=True, name="scedit-quickstart-second")
         self._proc.start()
         child.close()
 

@@ -144,7 +144,8 @@ def render_markdown(report: dict) -> str:
     runs = {**{k: report["training"][k] for k in (*par["main"], *par["second"]) if k in report["training"]},
             "sample": par["second_sample"]}
     lines += ["The train stage runs " + ", ".join(par["main"]) + " in this process and " + ", ".join(par["second"])
-              + " in a second one, at the same time:", "", "| job | process | wall s | CPU s |", "| --- | --- | --- | --- |"]
+              + " in a second one, at the same time:", "",
+              "| job | process | wall s | CPU s |", "| --- | --- | --- | --- |"]
     lines += [f"| {k} | {'main' if k in par['main'] else 'second'} | {v['wall_s']:.1f} | {v['cpu_s']:.1f} |"
               for k, v in runs.items()]
     lines += [""]
