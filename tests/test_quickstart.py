@@ -154,7 +154,7 @@ COLOUR_KEPT = 0.9
 
 # Measured with this file's setup (the quickstart recipes, batch 16, lr 3e-3, 16 held-out prompts, seed 0, 1 thread;
 # the base without control: position 0.125, edge F1 0.17): position / edge F1 with the map
-#   canny: 300 steps 0.31 / 0.25, 500 steps 0.50 / 0.26 (F1 gain below 0.1), 800 steps 0.69 / 0.54 (2 threads)
+#   canny: 300 steps 0.31 / 0.25, 500 steps 0.50 / 0.26 (F1 gain below 0.1), 800 steps 0.69 / 0.57
 #   colour: 150 steps 0.44 / 0.39 (400 steps: 0.56 / 0.46)
 CONTROL_STEPS = {"canny": 800, "color": 150}
 N_CONTROL = 16
