@@ -20,6 +20,7 @@ from PIL import Image
 from scedit_cli.errors import SceditError
 from scedit_cli.quickstart import (
     COLOR_RATIO,
+    CONTROL_JITTER,
     QuickstartSettings,
     add_color_maps,
     prepare_output,
@@ -147,82 +148,72 @@ STYLE_GAIN = 0.2  # measured gain 0.36 (0.50 after the recipe's 300 steps)
 COLOUR_KEPT = 0.9
 
 
-# --- CSC-Tuner: a colour map says where the shape is ---------------------------------------------------
-# Control captions leave the position out, so only the condition map says where the shape goes.
+# --- CSC-Tuners: a map says where the shape is ---------------------------------------------------------
+# Control captions leave the position out, so only the condition map says where the shape goes. One dataset,
+# one training per condition and one base-without-control sampling serve every CSC test below.
+
+# Measured with this file's setup (the quickstart recipes, batch 16, lr 3e-3, 16 held-out prompts, seed 0, 1 thread;
+# the base without control: position 0.125, edge F1 0.17): position / edge F1 with the map
+#   canny: 300 steps 0.31 / 0.25, 500 steps 0.50 / 0.26 (F1 gain below 0.1), 800 steps 0.69 / 0.57
+#   colour: 150 steps 0.44 / 0.39 (400 steps: 0.56 / 0.46)
+CONTROL_STEPS = {"canny": 800, "color": 150}
+N_CONTROL = 16
 
 
-def _control_learning(tmp, base, condition):
-    """Train the quickstart's CSC recipe for `condition`; score 16 held-out prompts without / with its map."""
+@pytest.fixture(scope="module")
+def control(tmp_path_factory, base):
+    """The quickstart's control data, a CSC-Tuner per condition trained on it, the held-out prompts and maps."""
     from scedit_cli.conditions import compute_condition
-    from scedit_cli.quickstart import COLOR_RATIO, CONTROL_JITTER
-    from scedit_cli.toy import edge_f1
 
+    tmp = tmp_path_factory.mktemp("control")
     world = ToyWorld(jitter=CONTROL_JITTER, caption_positions=False)
     data = make_dataset(tmp / "data", 256, seed=2, world=world, conditions=("canny",))
     add_color_maps(data)
-    tuner = _train(condition, data, tmp / "run", CONTROL_STEPS[condition])
-    scenes = world.scenes(16, 2000)
+    tuners = {c: _train(c, data, tmp / f"run-{c}", CONTROL_STEPS[c]) for c in ("canny", "color")}
+    scenes = world.scenes(N_CONTROL, 2000)
+    maps = {c: [] for c in ("canny", "color")}
+    for i, scene in enumerate(scenes):
+        img = render(scene)
+        for c, params in (("canny", None), ("color", {"ratio": COLOR_RATIO})):
+            maps[c].append(tmp / f"{c}-{i:02d}.png")
+            compute_condition(c, img, params=params).save(maps[c][-1])
+    st = SampleSettings(steps=25, guidance_scale=4.0, seeds=(0,), batch_size=N_CONTROL, grid_max=0)
     prompts = [world.caption(s) for s in scenes]
-    st = SampleSettings(steps=25, guidance_scale=4.0, seeds=(0,), batch_size=1, grid_max=0)
     plain = _rgb(sample(base, prompts, tmp / "plain", settings=st).images)
-    params = {"ratio": COLOR_RATIO} if condition == "color" else None
-    controlled = []
-    for i, (prompt, scene) in enumerate(zip(prompts, scenes)):
-        cmap = tmp / f"map{i:02d}.png"
-        compute_condition(condition, render(scene), params=params).save(cmap)
-        r = sample(base, [PromptSpec(i, prompt)], tmp / f"ctl{i:02d}", tuners=[tuner],
-                   controls=[ControlSpec(condition, cmap, 1.0, is_map=True)], settings=st)
-        controlled += _rgb(r.images)
-    edges = [canny(render(s)) for s in scenes]
-
-    def f1(images):
-        return float(np.mean([edge_f1(canny(im), e) for im, e in zip(images, edges)]))
-
-    return score_images(plain, scenes), score_images(controlled, scenes), f1(plain), f1(controlled)
+    return {"tmp": tmp, "tuners": tuners, "scenes": scenes, "prompts": prompts, "maps": maps, "plain": plain}
 
 
-CONTROL_STEPS = {"canny": 800, "color": 400}
+def _f1(images, scenes):
+    from scedit_cli.toy import edge_f1
+
+    return float(np.mean([edge_f1(canny(im), canny(render(s))) for im, s in zip(images, scenes)]))
 
 
 @pytest.mark.parametrize("condition", ["canny", "color"])
-def test_csc_tuner_places_shapes_where_the_map_says(tmp_path, base, condition):
-    before, after, f1_before, f1_after = _control_learning(tmp_path, base, condition)
-    # Measured (the quickstart recipes, batch 16, 16 held-out prompts, seed 0): colour, 400 steps at lr 3e-3:
-    # position accuracy 0.125 -> 0.5625, edge F1 against the true edges 0.169 -> 0.463. Canny at lr 3e-3
-    # (the recipe runs 1200 steps: 0.81 / 0.60; this test stops at 800 to save a minute): 0.125 -> 0.69,
-    # edge F1 0.17 -> 0.54 with 2 threads. lr 1e-2 learnt faster but diverged for seed 1.
+def test_csc_tuner_places_shapes_where_the_map_says(control, base, condition):
+    tmp, scenes = control["tmp"], control["scenes"]
+    tuner = load_tuners([control["tuners"][condition]], base)[0]
+    st = SampleSettings(steps=25, guidance_scale=4.0, seeds=(0,), batch_size=1, grid_max=0)
+    controlled = []
+    for i, prompt in enumerate(control["prompts"]):
+        r = sample(base, [PromptSpec(i, prompt)], tmp / f"ctl-{condition}-{i:02d}", tuners=[tuner],
+                   controls=[ControlSpec(condition, control["maps"][condition][i], 1.0, is_map=True)], settings=st)
+        controlled += _rgb(r.images)
+    before, after = score_images(control["plain"], scenes), score_images(controlled, scenes)
+    f1_before, f1_after = _f1(control["plain"], scenes), _f1(controlled, scenes)
+    # Measured: see CONTROL_STEPS' comment.
     got = (before["position"], after["position"], f1_before, f1_after)
     assert after["position"] >= before["position"] + 0.2, got
     assert f1_after >= f1_before + 0.1, got
     assert after["colour"] >= 0.9
 
 
-# --- CSC-Tuners: composing two controls ----------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def csc_tuners(tmp_path_factory, base):
-    tmp = tmp_path_factory.mktemp("csc")
-    data = make_dataset(tmp / "data", 64, seed=2, world=ToyWorld(jitter=3), conditions=("canny",))
-    add_color_maps(data)
-    # Short runs: enough to move every tuner weight off its zero initialisation.
-    return {c: _train(c, data, tmp / c, 20) for c in ("canny", "color")}, tmp
-
-
-def test_compose_weights_1_0_and_0_1_reproduce_each_single_control(csc_tuners, base):
-    paths, tmp = csc_tuners
-    tuners = dict(zip(("canny", "color"), load_tuners([paths["canny"], paths["color"]], base)))
-    scene = ToyWorld(jitter=3).scenes(1, 7)[0]
-    img = render(scene)
-    from scedit_cli.conditions import compute_condition
-
-    maps = {}
-    for c, m in (("canny", compute_condition("canny", img)),
-                 ("color", compute_condition("color", img, params={"ratio": COLOR_RATIO}))):
-        m.save(tmp / f"{c}.png")
-        maps[c] = ControlSpec(c, tmp / f"{c}.png", 1.0, is_map=True)
+def test_compose_weights_1_0_and_0_1_reproduce_each_single_control(control, base):
+    tmp = control["tmp"]
+    tuners = dict(zip(("canny", "color"), load_tuners([control["tuners"]["canny"], control["tuners"]["color"]], base)))
+    maps = {c: ControlSpec(c, control["maps"][c][0], 1.0, is_map=True) for c in ("canny", "color")}
     st = SampleSettings(steps=8, guidance_scale=4.0, seeds=(3,), grid_max=0)
-    prompt = [PromptSpec(0, ToyWorld().caption(scene))]
+    prompt = [PromptSpec(0, control["prompts"][0])]
     single = {c: _rgb(sample(base, prompt, tmp / f"s-{c}", tuners=[tuners[c]], controls=[maps[c]],
                              settings=st).images)[0] for c in ("canny", "color")}
     plain = _rgb(sample(base, prompt, tmp / "s-base", settings=st).images)[0]
@@ -240,7 +231,7 @@ def test_compose_weights_1_0_and_0_1_reproduce_each_single_control(csc_tuners, b
 
 def test_quickstart_end_to_end_small(tmp_path, one_thread):
     out = tmp_path / "qs"
-    s = QuickstartSettings(output=out, steps_scale=0.01, n_eval=2, sample_steps=4)
+    s = QuickstartSettings(output=out, steps_scale=0.01, n_eval=2, sample_steps=4, threads=1)
     res = run_quickstart(s, say=lambda m: None)
     rep = json.loads((out / "report.json").read_text())
     assert rep == json.loads(json.dumps(res.report))
@@ -256,11 +247,28 @@ def test_quickstart_end_to_end_small(tmp_path, one_thread):
                                                   "weights_0_1_vs_color_max_abs_diff": 0}
     for k in ("before", "after"):
         assert set(rep["style"][k]) >= {"style", "colour", "shape", "position", "background", "all"}
+        assert len(list((out / "samples" / "style" / k).glob("*.png"))) >= 2
     assert 0.0 <= rep["style"]["vae_ceiling"] <= 1.0
-    assert set(rep["timing"]["stages"]) == {"data", "style", "canny", "color", "sample", "control", "report"}
-    # runs again into its own folder (replacing its outputs), and nothing is left half-written
-    run_quickstart(s, say=lambda m: None)
+    assert set(rep["timing"]["stages"]) == {"data", "train", "control", "report"}
+    # style, colour and the style evaluation ran in the second process, which logged there
+    assert rep["parallel"]["second"] == ["style", "color", "sample"] and rep["parallel"]["threads_per_process"] == 1
+    assert "step" in (out / "runs" / "second-process.log").read_text()
     assert not list(out.rglob("*.tmp"))
+    # a second run starts from a clean folder: the earlier outputs go, the marker stays
+    prepare_output(out)
+    assert sorted(p.name for p in out.iterdir()) == [".scedit-quickstart"]
+
+
+def test_second_process_failure_names_it_and_its_log(tmp_path):
+    from scedit_cli.quickstart.jobs import SecondProcess
+
+    out = tmp_path / "qs"
+    second = SecondProcess(out, QuickstartSettings(output=out, steps_scale=0.01), threads=1)  # no data made
+    try:
+        with pytest.raises(SceditError, match=r"second process; its output is in .*second-process\.log"):
+            second.result()
+    finally:
+        second.stop()
 
 
 def test_cli_bad_input_one_line_errors(tmp_path):

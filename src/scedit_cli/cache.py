@@ -108,6 +108,7 @@ class CacheStore:
         self.index: dict[str, str] = {}  # key -> file name
         self.bad: dict[str, str] = {}  # key -> why the sample cannot be used (unreadable image...)
         self._handles: dict[str, Any] = {}
+        self._tensors: dict[str, list[str]] = {}  # key -> its tensor names in its file (no scan per read)
         self.rescan()
 
     def rescan(self) -> None:
@@ -115,6 +116,7 @@ class CacheStore:
 
         self.index.clear()
         self.bad.clear()
+        self._tensors.clear()
         if not self.folder.is_dir():
             return
         for f in sorted(self.folder.glob("*.safetensors")):
@@ -125,12 +127,17 @@ class CacheStore:
             except Exception as e:  # a foreign or damaged file: say which, never read from it
                 raise SceditError(f"{f}: not a readable cache file ({type(e).__name__}); delete it and run "
                                   "`scedit prepare cache` again") from None
+            per_key: dict[str, list[str]] = {}
             for n in names:
-                self.index[n.split("/", 1)[0]] = f.name
+                per_key.setdefault(n.split("/", 1)[0], []).append(n)
+            for k, tensors in per_key.items():
+                self.index[k] = f.name
+                self._tensors[k] = tensors
             for k, v in meta.items():
                 if k.startswith("bad:"):
                     self.bad[k[4:]] = v
                     self.index[k[4:]] = f.name
+                    self._tensors[k[4:]] = per_key.get(k[4:], [])
 
     def __contains__(self, key: str) -> bool:
         return key in self.index
@@ -147,8 +154,8 @@ class CacheStore:
         h = self._handles.get(name)
         if h is None:
             h = self._handles[name] = safe_open(str(self.folder / name), "pt")
-        prefix = key + "/"
-        return {n[len(prefix):]: h.get_tensor(n) for n in h.keys() if n.startswith(prefix)}
+        cut = len(key) + 1
+        return {n[cut:]: h.get_tensor(n) for n in self._tensors.get(key, ())}
 
     def write(self, kind: str, entries: dict[str, dict[str, torch.Tensor]], bad: dict[str, str]) -> Path:
         """One file with these whole entries, written atomically; named by its keys."""
@@ -166,6 +173,7 @@ class CacheStore:
             save_file(tensors, str(tmp), metadata=meta)
         for k in keys:
             self.index[k] = path.name
+            self._tensors[k] = [f"{k}/{f}" for f in entries.get(k, {})]
         self.bad.update(bad)
         return path
 

@@ -24,7 +24,7 @@ def quickstart_command(
     seed: int = typer.Option(0, "--seed", help="Seed of the datasets, training and sampling."),
     style: str = typer.Option("half", "--style", help="The new style: half (default; the toy VAE can draw it), outline or striped."),
     n_eval: int = typer.Option(16, "--n-eval", help="Held-out prompts per evaluation."),
-    threads: Optional[int] = typer.Option(None, "--threads", help="torch CPU threads (default: torch's choice)."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="torch CPU threads in each of the two processes that train at once (default: half the CPUs)."),
     json_out: bool = typer.Option(False, "--json", help="Print report.json on stdout."),
 ) -> None:
     on_interrupt(f"the quickstart did not finish; run the same command again (it replaces what it wrote in {output})")

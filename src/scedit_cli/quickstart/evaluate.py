@@ -1,0 +1,197 @@
+"""The quickstart's evaluation: samples before / after, with each control, composed; scored from pixels."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from ..fsutil import atomic_path, write_text_atomic
+from .settings import (COLOR_RATIO, CONDITIONS, CONTROL_CAPTION_POSITIONS, CONTROL_JITTER, QuickstartSettings,
+                       load_images, load_rgb, mean, rel)
+
+
+def add_color_maps(folder: Path, ratio: int = COLOR_RATIO) -> None:
+    """Write `color/<name>.png` for every image of a toy dataset and add the `color` column (atomically)."""
+    from PIL import Image
+
+    from ..conditions import compute_condition
+    from ..toy import read_metadata
+
+    rows = read_metadata(folder)
+    (folder / "color").mkdir(exist_ok=True)
+    for row in rows:
+        name = Path(row["image"]).name
+        with Image.open(folder / row["image"]) as im:
+            cmap = compute_condition("color", im.convert("RGB"), params={"ratio": ratio})
+        with atomic_path(folder / "color" / name) as tmp:
+            cmap.save(tmp, format="PNG")
+        row["color"] = f"color/{name}"
+    write_text_atomic(folder / "metadata.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+
+
+def _edges(img: np.ndarray) -> np.ndarray:
+    from ..toy import canny
+
+    return canny(img)
+
+
+def _color_map(img: np.ndarray) -> np.ndarray:
+    from ..conditions.color import color_array
+
+    return color_array(img, COLOR_RATIO)
+
+
+def vae_ceiling(base, scenes, style: str) -> float:
+    """Mean style score of real images of `style` after a round trip through the base VAE (encode -> decode).
+
+    The most a U-Net-side tuner can reach: it can only produce latents, and this is how the VAE draws them.
+    """
+    import torch
+
+    from ..toy import render, style_score
+
+    vae = base.vae
+    x = np.stack([np.asarray(render(s, style=style)) for s in scenes]).astype(np.float32) / 127.5 - 1.0
+    with torch.no_grad():
+        t = torch.from_numpy(x).permute(0, 3, 1, 2).to(device=vae.device, dtype=vae.dtype)
+        y = vae.decode(vae.encode(t).latent_dist.mean).sample
+    imgs = ((y.float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+    return mean([style_score(im, s.with_style(style)) for im, s in zip(imgs, scenes)])
+
+
+def style_eval(base, scenes, tuner: Path, out: Path, ss, s: QuickstartSettings, commands: dict) -> dict:
+    from ..sampling import sample
+    from ..toy import TRIGGER, ToyWorld, score_images
+
+    world = ToyWorld()
+    prompts = [world.caption(sc, trigger=TRIGGER) for sc in scenes]
+    res = {}
+    for name, tuners in (("before", []), ("after", [tuner])):
+        r = sample(base, prompts, out / "samples" / "style" / name, tuners=tuners, settings=ss)
+        scores = score_images(load_images(r.images), scenes)
+        res[name] = {k: v for k, v in scores.items() if k != "n"}
+        res[name]["grid"] = rel(r.grid, out)
+    res["n"] = len(scenes)
+    res["style"] = s.style
+    res["vae_ceiling"] = vae_ceiling(base, scenes, s.style)
+    prompts_file = out / "eval" / "style_prompts.jsonl"
+    commands["sample_style_after"] = (
+        f"scedit sample --model {shlex.quote(str(base.source))} --prompts {shlex.quote(str(prompts_file))} "
+        f"--tuner {shlex.quote(str(tuner))} --steps {ss.steps} --guidance-scale {ss.guidance_scale} "
+        f"--seed {s.seed} --out {shlex.quote(str(out / 'samples' / 'style' / 'after'))}")
+    return res
+
+
+def control_eval(base, scenes, tuners: dict[str, Path], out: Path, ss, s: QuickstartSettings,
+                  commands: dict) -> dict:
+    from dataclasses import replace
+
+    from ..sampling import ControlSpec, PromptSpec, compose, load_tuners, sample
+    from ..toy import ToyWorld, edge_f1, score_images
+    from ..metrics.control_maps import color_error
+
+    world = ToyWorld(jitter=CONTROL_JITTER, caption_positions=CONTROL_CAPTION_POSITIONS)
+    ev = out / "eval"
+    prompts = [world.caption(sc) for sc in scenes]
+    loaded = dict(zip(CONDITIONS, load_tuners([tuners[c] for c in CONDITIONS], base)))
+    one = replace(ss, grid_max=0, batch_size=1)
+    paths: dict[str, list[Path]] = {"base": [], "canny": [], "color": [], "compose_1_0": [], "compose_mid": [],
+                                    "compose_0_1": []}
+    r = sample(base, prompts, out / "samples" / "control" / "base", settings=ss)
+    paths["base"] = list(r.images)
+    for i, prompt in enumerate(prompts):
+        spec = [PromptSpec(i, prompt)]
+        maps = {c: ControlSpec(c, ev / c / f"{i:02d}.png", 1.0, is_map=True) for c in CONDITIONS}
+        for c in CONDITIONS:
+            r = sample(base, spec, out / "samples" / "control" / c / f"{i:02d}", tuners=[loaded[c]],
+                       controls=[maps[c]], settings=one)
+            paths[c].append(r.images[0])
+        r = compose(base, spec, out / "samples" / "control" / "compose" / f"{i:02d}",
+                    tuners=[loaded["canny"], loaded["color"]], controls=[maps["canny"], maps["color"]],
+                    settings=one, sweep=3)
+        paths["compose_1_0"].append(r.images[0])
+        paths["compose_mid"].append(r.images[1])
+        paths["compose_0_1"].append(r.images[2])
+    i0 = 0
+    commands["sample_canny"] = (
+        f"scedit sample --model {shlex.quote(str(base.source))} --prompt {shlex.quote(prompts[i0])} "
+        f"--tuner {shlex.quote(str(tuners['canny']))} --control-map canny:{shlex.quote(str(ev / 'canny' / '00.png'))} "
+        f"--steps {ss.steps} --guidance-scale {ss.guidance_scale} --seed {s.seed} --out samples/canny-00")
+    commands["compose_sweep"] = (
+        f"scedit compose --model {shlex.quote(str(base.source))} --prompt {shlex.quote(prompts[i0])} "
+        f"--tuner {shlex.quote(str(tuners['canny']))} --tuner {shlex.quote(str(tuners['color']))} "
+        f"--control-map canny:{shlex.quote(str(ev / 'canny' / '00.png'))} "
+        f"--control-map color:{shlex.quote(str(ev / 'color' / '00.png'))} --sweep 3 "
+        f"--steps {ss.steps} --guidance-scale {ss.guidance_scale} --seed {s.seed} --out samples/compose-00")
+
+    cond_edges = [load_rgb(ev / "canny" / f"{i:02d}.png")[..., 0] > 127 for i in range(len(scenes))]
+    cond_colors = [load_rgb(ev / "color" / f"{i:02d}.png") for i in range(len(scenes))]
+    res: dict = {"n": len(scenes)}
+    imgs = {k: load_images(v) for k, v in paths.items()}
+    for k, ims in imgs.items():
+        acc = score_images(ims, scenes)
+        res[k] = {
+            "edge_f1": mean([edge_f1(_edges(im), e) for im, e in zip(ims, cond_edges)]),
+            "color_error": mean([color_error(c, _color_map(im)) for im, c in zip(ims, cond_colors)]),
+            **{m: acc[m] for m in ("colour", "shape", "position", "background", "iou", "all")},
+        }
+    res["compose_identity"] = {
+        "weights_1_0_vs_canny_max_abs_diff": int(max(np.abs(a.astype(int) - b.astype(int)).max()
+                                                     for a, b in zip(imgs["compose_1_0"], imgs["canny"]))),
+        "weights_0_1_vs_color_max_abs_diff": int(max(np.abs(a.astype(int) - b.astype(int)).max()
+                                                     for a, b in zip(imgs["compose_0_1"], imgs["color"]))),
+    }
+    res["paths"] = {k: [rel(p, out) for p in v] for k, v in paths.items()}
+    return res
+
+
+def write_grids(out: Path, report: dict, s: QuickstartSettings) -> None:
+    """One contact sheet per comparison (rows: condition maps, base, tuned), and the loss-curve list."""
+    from PIL import Image
+
+    from ..sampling.grid import contact_sheet
+
+    (out / "grids").mkdir(exist_ok=True)
+    n = min(8, report["control"]["n"])
+    ev = out / "eval"
+    ctrl = report["control"]["paths"]
+    rows = [
+        ("reference image", [ev / "images" / f"{i:02d}.png" for i in range(n)]),
+        ("canny map", [ev / "canny" / f"{i:02d}.png" for i in range(n)]),
+        ("colour map", [ev / "color" / f"{i:02d}.png" for i in range(n)]),
+        ("base, no control", [out / p for p in ctrl["base"][:n]]),
+        ("canny CSC", [out / p for p in ctrl["canny"][:n]]),
+        ("colour CSC", [out / p for p in ctrl["color"][:n]]),
+        ("compose (.5, .5)", [out / p for p in ctrl["compose_mid"][:n]]),
+    ]
+    _sheet([p for _, ps in rows for p in ps], n, out / "grids" / "control.png", contact_sheet, Image)
+    report["grids"] = {"control": "grids/control.png", "control_rows": [r for r, _ in rows]}
+    st = out / "samples" / "style"
+    srows = [("real images of the style", None), ("base", sorted((st / "before").glob("0*.png"))[:n]),
+             ("SC-Tuner", sorted((st / "after").glob("0*.png"))[:n])]
+    from ..toy import ToyWorld, render
+
+    scenes = ToyWorld().scenes(s.n_eval, s.seed + 1000, s.style)[:n]
+    real = out / "grids" / "style-real"
+    real.mkdir(exist_ok=True)
+    for i, sc in enumerate(scenes):
+        render(sc).save(real / f"{i:02d}.png")
+    srows[0] = ("real images of the style", sorted(real.glob("*.png")))
+    _sheet([p for _, ps in srows for p in ps], n, out / "grids" / "style.png", contact_sheet, Image)
+    shutil.rmtree(real)
+    report["grids"]["style"] = "grids/style.png"
+    report["grids"]["style_rows"] = [r for r, _ in srows]
+
+
+def _sheet(paths, cols, dest: Path, contact_sheet, Image) -> None:
+    ims = []
+    for p in paths:
+        with Image.open(p) as im:
+            ims.append(im.convert("RGB").resize((96, 96), Image.NEAREST))
+    sheet = contact_sheet(ims, cols=cols, cell=96)
+    with atomic_path(dest) as tmp:
+        sheet.save(tmp, format="PNG")
