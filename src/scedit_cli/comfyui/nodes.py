@@ -29,14 +29,16 @@ def _tuner_input() -> tuple:
     return (choices, {"tooltip": f"{_TUNER_KINDS[0].upper()}{_TUNER_KINDS[1:]}, from ComfyUI's models/scedit/."})
 
 
-def _load(model, name: str, hub_id: str = "") -> SkipTuner:
+def _load(model, name: str, hub_id: str = "") -> tuple[SkipTuner, str]:
+    """The tuner a node names (a Hub id, when given, wins over the file list) and the name to report."""
     layout = comfy_model.skip_layout(model)
-    source = resolve_tuner_source(hub_id.strip()) if hub_id.strip() else resolve_name(name)
-    name = hub_id.strip() or name
+    hub_id = hub_id.strip()
+    source = resolve_tuner_source(hub_id) if hub_id else resolve_name(name)
+    name = hub_id or name
     tuner = load_for_model(source, layout, comfy_model.latent_factor(model))
     comfy_model.check_layout(tuner, layout, name)
     comfy_model.warn_if_other_base(tuner, model, name)
-    return tuner
+    return tuner, name
 
 
 class _Node:
@@ -65,8 +67,7 @@ class SCEditTuner(_Node):
     def apply(self, model, tuner, strength, hub_id=""):
         if strength == 0:
             return (model,)
-        loaded = _load(model, tuner, hub_id)
-        tuner = hub_id.strip() or tuner
+        loaded, tuner = _load(model, tuner, hub_id)
         if isinstance(loaded, CSCTuner):
             raise SceditError(
                 f"SCEdit Tuner: {tuner} is a CSC-Tuner for {loaded.config.condition!r} control; it needs a condition "
@@ -101,8 +102,7 @@ class SCEditControl(_Node):
             )
         if strength == 0:
             return (model,)
-        loaded = _load(model, tuner, hub_id)
-        tuner = hub_id.strip() or tuner
+        loaded, tuner = _load(model, tuner, hub_id)
         if not isinstance(loaded, CSCTuner):
             raise SceditError(f"SCEdit Control: {tuner} is an SC-Tuner (no condition input); use the SCEdit Tuner node")
         factor = comfy_model.latent_factor(model)
