@@ -94,11 +94,9 @@ def check_layout(tuner: SkipTuner, layout: SkipLayout, name: str) -> None:
     """Refuse a tuner built for another skip layout (converted checkpoints come here; tuner files are
     checked as they load)."""
     if tuner.layout != layout:
-        t = tuner.layout
         raise SceditError(
-            f"SCEdit: tuner {name} was built for a U-Net with {t.num_skips} skips, channels {list(t.channels)} "
-            f"(layout {t.fingerprint()}), but this model's U-Net has {layout.num_skips} skips, channels "
-            f"{list(layout.channels)} (layout {layout.fingerprint()}): use a tuner trained for this base model"
+            f"SCEdit: tuner {name} was built for a U-Net with {tuner.layout.describe()}, but this model's U-Net "
+            f"has {layout.describe()}: use a tuner trained for this base model"
         )
 
 

@@ -133,9 +133,8 @@ def load_tuner(path: str | Path, unet: torch.nn.Module | None = None, device="cp
     if actual is not None:
         if actual != layout:
             raise SceditError(
-                f"{path}: tuner was trained on a U-Net with {layout.num_skips} skips, channels "
-                f"{list(layout.channels)} (layout {layout.fingerprint()}), but this U-Net has "
-                f"{actual.num_skips} skips, channels {list(actual.channels)} (layout {actual.fingerprint()}): "
+                f"{path}: tuner was trained on a U-Net with {layout.describe()}, but this U-Net has "
+                f"{actual.describe()}: "
                 f"use the base model it was trained on ({meta.get('base_model') or 'unknown'})"
             )
     tuner = build_tuner(method, meta["config"], layout)

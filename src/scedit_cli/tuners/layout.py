@@ -42,6 +42,10 @@ class SkipLayout:
         blob = json.dumps(asdict(self), sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
+    def describe(self) -> str:
+        """How errors name a layout: `12 skips, channels [...] (layout <fingerprint>)`."""
+        return f"{self.num_skips} skips, channels {list(self.channels)} (layout {self.fingerprint()})"
+
     def to_dict(self) -> dict:
         return {
             "channels": list(self.channels),
