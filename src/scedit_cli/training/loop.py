@@ -393,8 +393,8 @@ class _Trainer:
 
     def run(self) -> TrainResult:
         from accelerate import Accelerator
-        from ..data import collate, load_training_data
-        from ..samplers import StreamSampler
+        from ..data import load_training_data
+        from ..loader import training_loader
         from ..models import load_base
         from .checkpoint import apply_checkpoint, read_for_resume, save_checkpoint
         from .rundir import check_fresh_run, check_resume_recipe, clear_previous_run, recipe_defaults
@@ -480,15 +480,7 @@ class _Trainer:
             result.resumed_from = str(ckpt.path)
 
         A = r.train.gradient_accumulation_steps
-        if data.buckets is not None:
-            from ..buckets import BucketSampler
-
-            sampler = BucketSampler(data.buckets, seed, r.train.batch_size, A, rank, world, start, r.train.max_steps)
-        else:
-            sampler = StreamSampler(len(data), seed, r.train.batch_size, A, rank, world, start, r.train.max_steps)
-        loader = torch.utils.data.DataLoader(data, batch_sampler=sampler, collate_fn=collate,
-                                             num_workers=r.data.num_workers,
-                                             persistent_workers=False)
+        loader, sampler = training_loader(data, r.train, r.data.num_workers, rank, world, start)
         if main:
             if self.overwrite:
                 clear_previous_run(out)
