@@ -103,7 +103,7 @@ def bench_sampling(
 
     from ..baselines import build_controlnet, count
     from ..models import parse_dtype
-    from ..sampling.generate import resolve_device
+    from ..sampling.inputs import resolve_device
 
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
