@@ -237,7 +237,8 @@ def _train_forward(unet):
 
 
 def test_sc_tuner_stores_no_encoder_activations_and_far_less_than_lora():
-    from scedit_cli.baselines import add_lora
+    from scedit_cli.methods import build_method
+    from scedit_cli.models import BaseModel
 
     sc_unet = make_tiny_unet()
     attach(sc_unet, SCTuner(SCTunerConfig(), SkipLayout.from_unet(sc_unet)))
@@ -245,7 +246,7 @@ def test_sc_tuner_stores_no_encoder_activations_and_far_less_than_lora():
     sc.measure(lambda: _train_forward(sc_unet)).backward()
 
     lora_unet = make_tiny_unet()
-    add_lora(lora_unet, rank=4)
+    build_method("lora", {"rank": 4}).setup(BaseModel.from_unet(lora_unet))
     lora = _SavedBytes(lora_unet)
     lora.measure(lambda: _train_forward(lora_unet)).backward()
 

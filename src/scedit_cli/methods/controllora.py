@@ -18,11 +18,10 @@ from pathlib import Path
 from safetensors.torch import save_file
 from torch import nn
 
-from ..baselines import DEFAULT_LORA_TARGETS
 from ..fsutil import atomic_path
 from ..tuners.csc import _pre_hint
 from .base import ConditionalConfig, Method, condition_channels
-from .lora import LoRAConfig, inject_lora, lora_named_parameters, save_lora
+from .lora import DEFAULT_LORA_TARGETS, LoRAConfig, inject_lora, lora_named_parameters, save_lora
 
 
 class ConditionEncoder(nn.Module):
