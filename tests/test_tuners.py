@@ -395,10 +395,10 @@ def test_ops_in_half_precision_for_inference(tiny_unet):
 
 def test_pre_hint_encoder_keeps_the_condition_signal():
     """The condition must reach the hint features at a usable scale from step 0."""
-    from scedit_cli.tuners.csc import _pre_hint
+    from scedit_cli.tuners.csc import pre_hint_encoder
 
     torch.manual_seed(0)
-    enc = _pre_hint(3, 4)
+    enc = pre_hint_encoder(3, 4)
     g = torch.Generator().manual_seed(0)
     a = (torch.rand(8, 3, 32, 32, generator=g) > 0.85).float()
     b = (torch.rand(8, 3, 32, 32, generator=g) > 0.85).float()

@@ -19,7 +19,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from ..fsutil import atomic_path
-from ..tuners.csc import _pre_hint
+from ..tuners.csc import pre_hint_encoder
 from .base import ConditionalConfig, Method, condition_channels
 from .lora import DEFAULT_LORA_TARGETS, LoRAConfig, inject_lora, lora_named_parameters, save_lora
 
@@ -27,7 +27,7 @@ from .lora import DEFAULT_LORA_TARGETS, LoRAConfig, inject_lora, lora_named_para
 class ConditionEncoder(nn.Module):
     def __init__(self, in_channels: int, downscale: int, out_channels: int):
         super().__init__()
-        self.pre_hint_blocks = _pre_hint(in_channels, downscale)
+        self.pre_hint_blocks = pre_hint_encoder(in_channels, downscale)
         self.act = nn.SiLU()
         self.proj = nn.Conv2d(256, out_channels, 1)
         nn.init.zeros_(self.proj.weight)
