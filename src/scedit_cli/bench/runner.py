@@ -110,7 +110,7 @@ class BaseFactory:
 # --- one method ---------------------------------------------------------------------------------
 
 def _random_batch(method, base, s: BenchSettings, device: torch.device):
-    from ..methods import condition_channels
+    from ..conditions import condition_channels
     from ..training import StepBatch
 
     if s.resolution % base.vae_scale_factor:

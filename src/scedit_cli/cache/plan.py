@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..conditions import MASKED_CONDITIONS
 from ..errors import SceditError
 from .store import CacheStore, content_key, text_fingerprint, vae_fingerprint
 
@@ -110,7 +111,7 @@ def make_plan(data, base, folder: Path) -> CachePlan:
                 files = []
                 for cond in data.conditions:
                     col = condition_column(cfg, cond)
-                    for c in ([col, f"{col}_mask"] if cond in ("inpaint", "outpaint") else [col]):
+                    for c in ([col, f"{col}_mask"] if cond in MASKED_CONDITIONS else [col]):
                         files.append(hashlib.sha256(_cell_bytes(row.get(c), base_dir)).hexdigest())
                 plan.cond_key = content_key("cond", list(data.conditions), files, img_sha, geometry)
         except BadSample as e:

@@ -20,7 +20,8 @@ from torch import nn
 
 from ..fsutil import atomic_path
 from ..tuners.csc import pre_hint_encoder
-from .base import ConditionalConfig, Method, condition_channels
+from ..conditions import condition_channels
+from .base import ConditionalConfig, Method
 from .lora import DEFAULT_LORA_TARGETS, LoRAConfig, inject_lora, lora_named_parameters, save_lora
 
 

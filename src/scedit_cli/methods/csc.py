@@ -12,7 +12,8 @@ from pathlib import Path
 from ..errors import SceditError
 from ..tuners import CSCTuner, CSCTunerConfig, SkipLayout, attach, save_tuner
 from ..tuners.csc import CSCSettings
-from .base import ConditionalConfig, Method, condition_channels
+from ..conditions import condition_channels
+from .base import ConditionalConfig, Method
 
 
 @dataclass
