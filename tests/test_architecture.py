@@ -163,3 +163,29 @@ def test_graph_sees_lazy_relative_and_reexported_imports():
     assert "scedit_cli.tuners" not in graph["scedit_cli.methods.csc"]
     assert not any(_own("scedit_cli.tuners", m) for m in graph["scedit_cli.tuners"])
     assert strongly_connected({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [frozenset("abc")]
+
+
+# Private names imported across modules in other engineers' areas this session, (importer, name) with
+# the owner who removes them; the lead empties this list after merging.
+KNOWN_PRIVATE_IMPORTS: dict[tuple[str, str], str] = {
+    ("scedit_cli.buckets", "scedit_cli.data._open_image_size"): "shards",
+}
+
+
+def private_imports() -> set[tuple[str, str]]:
+    """(importer, module.name) for every `from module import _name` of another module's private name."""
+    out = set()
+    for module in MODULES:
+        for target, name in _raw_imports(module):
+            if (target.startswith(ROOT) and name and name.startswith("_") and not name.startswith("__")
+                    and f"{target}.{name}" not in MODULES):
+                out.add((module, f"{target}.{name}"))
+    return out
+
+
+def test_no_module_imports_another_modules_private_names():
+    found = private_imports()
+    unknown = sorted(found - set(KNOWN_PRIVATE_IMPORTS))
+    assert not unknown, f"make these public (or move them where they are used): {unknown}"
+    stale = sorted(set(KNOWN_PRIVATE_IMPORTS) - found)
+    assert not stale, f"these are gone: remove them from KNOWN_PRIVATE_IMPORTS: {stale}"
