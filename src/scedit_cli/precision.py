@@ -64,6 +64,11 @@ def cast_encoders(base, frozen: torch.dtype) -> None:
         cast_frozen([base.vae], vae_dtype(base.is_sdxl, frozen))
 
 
+def inference_dtype(device: torch.device) -> torch.dtype:
+    """The dtype sampling loads a base in unless told: fp16 on a GPU, fp32 on a CPU."""
+    return torch.float16 if device.type == "cuda" else torch.float32
+
+
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
     """A benchmark's `--precision` as an autocast dtype (None: fp32). 'auto' is the paper's AMP fp16 on a
     GPU and fp32 on a CPU."""

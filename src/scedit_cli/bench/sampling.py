@@ -128,6 +128,7 @@ def bench_sampling(
     from diffusers import StableDiffusionControlNetPipeline, StableDiffusionPipeline
 
     from ..models import BaseModel, parse_dtype
+    from ..precision import inference_dtype
     from ..sampling.inputs import resolve_device
 
     unknown = [v for v in variants if v not in VARIANTS]
@@ -142,7 +143,7 @@ def bench_sampling(
         raise SceditError(f"--resolution {resolution}: must be a multiple of 64 (>= 64)")
     arch_name = arch if unet is None else f"custom ({type(unet).__name__})"
     dev = resolve_device(device)
-    torch_dtype = parse_dtype(dtype) or (torch.float16 if dev.type == "cuda" else torch.float32)
+    torch_dtype = parse_dtype(dtype) or inference_dtype(dev)
     if unet is None:
         if arch not in ("sd15", "sd21"):
             raise SceditError(f"--arch {arch!r}: the sampling benchmark runs sd15 or sd21 (SD pipelines)")

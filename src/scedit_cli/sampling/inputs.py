@@ -12,6 +12,7 @@ from ..console import warn
 from ..errors import SceditError
 from ..fsutil import check_output_location
 from ..models import BaseModel, load_base, same_base
+from ..precision import inference_dtype
 from ..tuners import CSCTuner, SkipTuner, load_tuner
 from ..tuners.hub import resolve_tuner_source
 from .controls import ControlSpec, file_digest, known_condition_names
@@ -45,9 +46,7 @@ def load_model(model: str | BaseModel, device: str | None = "auto", dtype: str |
         return model
     quiet_loaders()
     dev = resolve_device(device)
-    if dtype is None:
-        dtype = "fp16" if dev.type == "cuda" else "fp32"
-    base = load_base(model, dtype=dtype)
+    base = load_base(model, dtype=dtype or inference_dtype(dev))
     base.pipeline.to(dev)
     return base
 
