@@ -9,6 +9,7 @@ timesteps, target, MSE, backward, AdamW) on random latents and text embeddings.
 Per method, in the same run: trainable parameters, peak training memory
 (`metrics.memory`) and the median step time (`metrics.timing`); then each
 figure's ratio to the table's baseline, beside the paper's figure and ratio.
+The tables themselves are data in `specs.py`; the JSON and chart are written by `chart.py`.
 """
 
 from __future__ import annotations
