@@ -166,7 +166,7 @@ def summarize(runs: list[dict]) -> dict:
 def _machine(device: str) -> dict:
     import torch
 
-    from scedit_cli.bench.tables import machine_info
+    from scedit_cli.bench.runner import machine_info
 
     info = machine_info(device)
     info.pop("torch_threads", None)  # the driver's; each side's is in its runs

@@ -18,7 +18,8 @@ import torch
 from diffusers.models.attention import BasicTransformerBlock, FeedForward
 from diffusers.models.resnet import ResnetBlock2D, Upsample2D
 
-from scedit_cli.bench.tables import TABLES, BaseFactory, BenchSettings, select_methods, setup_method
+from scedit_cli.bench.runner import BaseFactory, select_methods, setup_method
+from scedit_cli.bench.specs import TABLES, BenchSettings
 from scedit_cli.metrics.memory import release_memory
 
 WATCHED = (ResnetBlock2D, BasicTransformerBlock, FeedForward, Upsample2D)

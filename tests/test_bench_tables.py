@@ -8,7 +8,8 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from scedit_cli.bench.tables import TABLES, BenchSettings, run_table
+from scedit_cli.bench.runner import run_table
+from scedit_cli.bench.specs import TABLES, BenchSettings
 from scedit_cli.cli import app
 from scedit_cli.errors import SceditError
 from tiny_models import tiny_unet_config

@@ -185,3 +185,16 @@ def test_ade20k_palette_is_the_standard_one():
     assert [list(c) for c in ADE20K_PALETTE] == mod.ade_palette()
     labels = np.array([[0, 1], [149, 2]])
     assert colorize_ade20k(labels).tolist() == [[list(ADE20K_PALETTE[0]), list(ADE20K_PALETTE[1])], [list(ADE20K_PALETTE[149]), list(ADE20K_PALETTE[2])]]
+
+
+def test_condition_facts_come_from_the_registry():
+    from PIL import Image
+
+    from scedit_cli.conditions import CONDITIONS, MASKED_CONDITIONS, condition_channels, resize_filter
+
+    assert MASKED_CONDITIONS == ("inpaint", "outpaint")
+    assert {n: condition_channels(n) for n in CONDITIONS} == {
+        "canny": 3, "depth": 3, "hed": 3, "seg": 3, "pose": 3, "color": 3, "inpaint": 4, "outpaint": 4}
+    assert condition_channels("my_column_map") == 3  # a condition read from a dataset column
+    assert [n for n in CONDITIONS if resize_filter(n) == Image.NEAREST] == ["seg", "pose"]
+    assert resize_filter("canny", is_mask=True) == Image.NEAREST and resize_filter("unknown") == Image.BILINEAR

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from scedit_cli.errors import SceditError
-from scedit_cli.recipes import load_recipe, parse_override
+from scedit_cli.recipe_parse import parse_override
+from scedit_cli.recipes import load_recipe
 from scedit_cli.training import train
 
 RECIPES = sorted((Path(__file__).resolve().parents[1] / "recipes").glob("*.toml"))

@@ -96,7 +96,7 @@ def _eval_loss(recipe_path: Path, weights: Path | None) -> float:
     from scedit_cli.methods import build_method
     from scedit_cli.models import load_base
     from scedit_cli.recipes import load_recipe
-    from scedit_cli.training.validation import text_embeddings
+    from scedit_cli.models import text_embeddings
 
     r = load_recipe(recipe_path)
     base = load_base(r.model.source)
@@ -264,7 +264,7 @@ def test_frozen_weights_half_trainable_fp32(name):
     from scedit_cli.methods import build_method
     from scedit_cli.models import BaseModel
     from scedit_cli.recipes import load_recipe
-    from scedit_cli.training.loop import _cast_frozen, _frozen_dtype
+    from scedit_cli.precision import cast_frozen, resolve_frozen_dtype, vae_dtype
     from tiny_models import make_tiny_unet
 
     cfg = {k: v for k, v in method_cfg(name).items() if k != "name"}
@@ -274,13 +274,16 @@ def test_frozen_weights_half_trainable_fp32(name):
     raw = {"model": {"source": "x/y"}, "data": {"source": "x/z"}, "method": {"name": "sc"},
            "train": {"output_dir": "o", "mixed_precision": "fp16"}}
     r = load_recipe(raw)
-    assert _frozen_dtype(r, torch.device("cuda")) == torch.float16
-    assert _frozen_dtype(r, torch.device("cpu")) == torch.float32
-    _cast_frozen([m.unet, *m.trainable_modules()], torch.float16)
+    assert resolve_frozen_dtype(r, torch.device("cuda")) == torch.float16
+    assert resolve_frozen_dtype(r, torch.device("cpu")) == torch.float32
+    cast_frozen([m.unet, *m.trainable_modules()], torch.float16)
     trainable = {id(p) for p in m.trainable_parameters()}
     assert trainable and all(p.dtype == torch.float32 for p in m.trainable_parameters())
     frozen = [p for p in m.unet.parameters() if id(p) not in trainable]
     assert frozen and all(p.dtype == torch.float16 for p in frozen)
     r_cpu = load_recipe({**raw, "model": {"source": "x/y", "frozen_dtype": "fp16"}})
     with pytest.raises(Exception, match="needs a GPU"):
-        _frozen_dtype(r_cpu, torch.device("cpu"))
+        resolve_frozen_dtype(r_cpu, torch.device("cpu"))
+    # SDXL's VAE overflows in fp16: it alone stays fp32 there
+    assert vae_dtype(True, torch.float16) == torch.float32
+    assert vae_dtype(False, torch.float16) == torch.float16 and vae_dtype(True, torch.bfloat16) == torch.bfloat16

@@ -237,7 +237,8 @@ def _train_forward(unet):
 
 
 def test_sc_tuner_stores_no_encoder_activations_and_far_less_than_lora():
-    from scedit_cli.baselines import add_lora
+    from scedit_cli.methods import build_method
+    from scedit_cli.models import BaseModel
 
     sc_unet = make_tiny_unet()
     attach(sc_unet, SCTuner(SCTunerConfig(), SkipLayout.from_unet(sc_unet)))
@@ -245,7 +246,7 @@ def test_sc_tuner_stores_no_encoder_activations_and_far_less_than_lora():
     sc.measure(lambda: _train_forward(sc_unet)).backward()
 
     lora_unet = make_tiny_unet()
-    add_lora(lora_unet, rank=4)
+    build_method("lora", {"rank": 4}).setup(BaseModel.from_unet(lora_unet))
     lora = _SavedBytes(lora_unet)
     lora.measure(lambda: _train_forward(lora_unet)).backward()
 
@@ -394,10 +395,10 @@ def test_ops_in_half_precision_for_inference(tiny_unet):
 
 def test_pre_hint_encoder_keeps_the_condition_signal():
     """The condition must reach the hint features at a usable scale from step 0."""
-    from scedit_cli.tuners.csc import _pre_hint
+    from scedit_cli.tuners.csc import pre_hint_encoder
 
     torch.manual_seed(0)
-    enc = _pre_hint(3, 4)
+    enc = pre_hint_encoder(3, 4)
     g = torch.Generator().manual_seed(0)
     a = (torch.rand(8, 3, 32, 32, generator=g) > 0.85).float()
     b = (torch.rand(8, 3, 32, 32, generator=g) > 0.85).float()

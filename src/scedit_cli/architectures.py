@@ -9,10 +9,13 @@ benchmarks run anywhere without fetching a checkpoint.
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import torch
-from diffusers import UNet2DConditionModel
 
 from .errors import SceditError
+from .models import BaseModel, vae_scale_factor
 
 UNET_CONFIGS: dict[str, dict] = {
     "sd15": dict(
@@ -42,6 +45,20 @@ UNET_CONFIGS: dict[str, dict] = {
 }
 
 ARCH_NAMES = {"sd15": "SD 1.5", "sd21": "SD 2.1", "sdxl": "SDXL"}
+# The published schedulers' prediction types; sd21-base is SD 2.1's U-Net at 512 px, trained on epsilon.
+PREDICTION = {"sd15": "epsilon", "sd21": "v_prediction", "sd21-base": "epsilon", "sdxl": "epsilon"}
+
+
+def unet_arch(arch: str) -> str:
+    """The U-Net architecture of a `model.arch` name (sd21-base shares SD 2.1's U-Net)."""
+    return "sd21" if arch == "sd21-base" else arch
+
+
+def arch_of(base: BaseModel) -> str:
+    """sd15 / sd21 / sdxl, from the U-Net's configuration."""
+    if base.is_sdxl:
+        return "sdxl"
+    return "sd21" if getattr(base.unet.config, "use_linear_projection", False) else "sd15"
 
 
 def unet_config(arch: str) -> dict:
@@ -52,6 +69,8 @@ def unet_config(arch: str) -> dict:
 
 def build_unet(arch: str, device: str | torch.device = "meta", dtype: torch.dtype | None = None, seed: int = 0):
     """The real-size U-Net of `arch`: on `meta` (no memory) or with random weights."""
+    from diffusers import UNet2DConditionModel
+
     config = unet_config(arch)
     if str(device) == "meta":
         with torch.device("meta"):
@@ -60,6 +79,56 @@ def build_unet(arch: str, device: str | torch.device = "meta", dtype: torch.dtyp
     with torch.device(device):
         unet = UNet2DConditionModel(**config)
     return unet.to(dtype) if dtype is not None else unet
+
+
+def _hub_file(repo: str, filename: str) -> Path | None:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        found = try_to_load_from_cache(repo, filename)
+    except Exception:  # invalid repo id and the like: not in the cache
+        return None
+    return Path(found) if isinstance(found, str) else None
+
+
+PIPELINE_FILES = {"unet": "unet/config.json", "scheduler": "scheduler/scheduler_config.json",
+                  "vae": "vae/config.json", "index": "model_index.json"}
+
+
+def pipeline_configs(source: str) -> dict[str, dict]:
+    """The configuration files of a diffusers pipeline that are here (a local folder or the HF cache),
+    by part (`PIPELINE_FILES`'s keys); {} when none are."""
+    path = Path(source).expanduser()
+    if path.is_dir():
+        files = {k: path / n for k, n in PIPELINE_FILES.items()}
+    elif path.exists() or source.startswith((".", "/", "~")):
+        return {}
+    else:
+        files = {k: _hub_file(source, n) for k, n in PIPELINE_FILES.items()}
+    return {k: json.loads(f.read_text()) for k, f in files.items() if f is not None and f.is_file()}
+
+
+def meta_base(source: str | None = None, arch: str | None = None) -> tuple[BaseModel, str] | None:
+    """A U-Net-only base on the meta device (shapes only, no memory, no download), and where its
+    configuration came from: `source`'s own configuration files when all are here, else `arch`'s
+    published configuration; None when neither is available."""
+    from diffusers import UNet2DConditionModel
+
+    cfgs = pipeline_configs(source) if source else {}
+    if len(cfgs) == len(PIPELINE_FILES):
+        with torch.device("meta"):
+            unet = UNet2DConditionModel.from_config(cfgs["unet"])
+        index = cfgs["index"]
+        is_sdxl = "text_encoder_2" in index and index["text_encoder_2"][0] is not None
+        return BaseModel.from_unet(unet, is_sdxl=is_sdxl,
+                                   prediction_type=cfgs["scheduler"].get("prediction_type", "epsilon"),
+                                   vae_scale_factor=vae_scale_factor(cfgs["vae"]),
+                                   source=source), "model configuration"
+    if not arch:
+        return None
+    unet = build_unet(unet_arch(arch), device="meta")
+    return BaseModel.from_unet(unet, is_sdxl=arch == "sdxl", prediction_type=PREDICTION[arch],
+                               source=source or arch), f"published {arch} configuration (weights not here)"
 
 
 # SD 1.5's VAE (`vae/config.json`) and CLIP ViT-L/14 text encoder (`text_encoder/config.json`), for

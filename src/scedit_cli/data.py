@@ -20,14 +20,12 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .conditions import MASKED_CONDITIONS
+from .conditions import MASKED_CONDITIONS, condition_channels, resize_filter
 from .conditions.tensor import condition_tensor, image_tensor
 from .datasource import LoadedDataset, load_source
 from .errors import SceditError
 from .images import to_gray8, to_rgb8
-from .methods.base import condition_channels
 
-NEAREST_CONDITIONS = ("seg", "segmentation", "pose")  # label colours must not blend
 VALIDATION_OFFSET = 1 << 40  # stream positions for validation samples, apart from training ones
 
 
@@ -301,8 +299,8 @@ class TrainDataset(torch.utils.data.Dataset):
             is_mask = c.endswith("_mask")
             m, _ = _open_image(row.get(c), self.loaded.base_dir, "L" if is_mask else "RGB")
             if m.size != full_img.size:
-                m = m.resize(full_img.size, Image.NEAREST if is_mask or cond in NEAREST_CONDITIONS else Image.BILINEAR)
-            m = m.resize(resized, Image.NEAREST if is_mask or cond in NEAREST_CONDITIONS else Image.BILINEAR)
+                m = m.resize(full_img.size, resize_filter(cond, is_mask))
+            m = m.resize(resized, resize_filter(cond, is_mask))
             top, left = crop_tl
             out.append(m.crop((left, top, left + image.width, top + image.height)))
         return out

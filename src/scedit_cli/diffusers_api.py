@@ -31,7 +31,8 @@ from PIL import Image
 from .errors import SceditError
 from .models import BaseModel
 from .sampling.controls import control_map, map_to_tensor, open_image
-from .sampling.generate import load_tuners, normalise_weights
+from .sampling.generate import normalise_weights
+from .sampling.inputs import load_tuners
 from .tuners import CSCTuner, SkipTuner, attach, detach, get_editor
 
 TunerSource = str | Path | SkipTuner

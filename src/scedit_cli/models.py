@@ -30,6 +30,11 @@ def parse_dtype(name: str | torch.dtype | None) -> torch.dtype | None:
     return DTYPES[name]
 
 
+def vae_scale_factor(vae_config) -> int:
+    """Pixels per latent cell: one 2x downsampling per VAE block after the first."""
+    return 2 ** (len(vae_config.get("block_out_channels", [0] * 4)) - 1)
+
+
 @dataclass
 class BaseModel:
     """The loaded pipeline plus the facts training and sampling need about it."""
@@ -83,8 +88,7 @@ class BaseModel:
         is_sdxl = getattr(pipe, "text_encoder_2", None) is not None or \
             getattr(pipe.unet.config, "addition_embed_type", None) == "text_time"
         prediction_type = getattr(pipe.scheduler.config, "prediction_type", "epsilon")
-        factor = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
-        return cls(pipe, source or "", is_sdxl, prediction_type, factor)
+        return cls(pipe, source or "", is_sdxl, prediction_type, vae_scale_factor(pipe.vae.config))
 
     @classmethod
     def from_unet(cls, unet, *, is_sdxl: bool | None = None, prediction_type: str = "epsilon",
@@ -98,6 +102,25 @@ class BaseModel:
         pipe = SimpleNamespace(unet=unet, vae=None, text_encoder=None, text_encoder_2=None, tokenizer=None,
                                tokenizer_2=None, scheduler=None)
         return cls(pipe, source, is_sdxl, prediction_type, vae_scale_factor)
+
+
+def text_embeddings(base: BaseModel, captions: list[str], device):
+    """(prompt embeds, SDXL's pooled text embeds or None) from the frozen text encoder(s), no grad."""
+    with torch.no_grad():
+        if base.is_sdxl:
+            pe, _, pooled, _ = base.pipeline.encode_prompt(
+                captions, device=device, num_images_per_prompt=1, do_classifier_free_guidance=False
+            )
+            return pe, pooled
+        pe, _ = base.pipeline.encode_prompt(captions, device, 1, False)
+        return pe, None
+
+
+def time_ids(original_sizes, crop_top_lefts, resolution, device, dtype):
+    """SDXL's added time ids: original size, crop top-left, target size (an int for a square, or (h, w))."""
+    target = (resolution, resolution) if isinstance(resolution, int) else tuple(resolution)
+    rows = [[*o, *c, *target] for o, c in zip(original_sizes, crop_top_lefts)]
+    return torch.tensor(rows, device=device, dtype=dtype)
 
 
 def _is_single_file(path: Path) -> bool:

@@ -18,13 +18,10 @@ the current directory.
 
 from __future__ import annotations
 
-import difflib
 import sys
-import types
-import typing
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, get_args, get_origin, get_type_hints
+from typing import Any
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -32,8 +29,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 from .errors import SceditError
-from .fsutil import looks_like_path
-from .values import finite_float
+from .recipe_parse import RecipeContext, apply_overrides, build_section, resolve_path, resolve_source, suggest
 
 ARCHES = ("sd15", "sd21", "sd21-base", "sdxl")
 PRECISIONS = ("no", "fp16", "bf16")
@@ -188,169 +184,6 @@ def _asdict(obj) -> dict:
     return {f.name: getattr(obj, f.name) for f in fields(obj)}
 
 
-# ---------------------------------------------------------------------------
-# type checking
-
-
-def _type_name(tp) -> str:
-    origin = get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = [a for a in get_args(tp) if a is not type(None)]
-        return " or ".join(_type_name(a) for a in args)
-    if origin is list:
-        return f"a list of {_type_name(get_args(tp)[0])}s"
-    if origin is dict:
-        return f"a table of {_type_name(get_args(tp)[1])}s"
-    return {str: "string", int: "integer", float: "number", bool: "boolean (true/false)"}.get(tp, str(tp))
-
-
-def _coerce(value, tp):
-    """`value` as type `tp`, or raise TypeError (ValueError for NaN and infinities)."""
-    origin = get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        for arg in (a for a in get_args(tp) if a is not type(None)):
-            try:
-                return _coerce(value, arg)
-            except TypeError:
-                continue
-        raise TypeError
-    if origin is list:
-        if not isinstance(value, list):
-            raise TypeError
-        return [_coerce(v, get_args(tp)[0]) for v in value]
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise TypeError
-        return {str(k): _coerce(v, get_args(tp)[1]) for k, v in value.items()}
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise TypeError
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise TypeError
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise TypeError
-        return finite_float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise TypeError
-        return value
-    raise TypeError
-
-
-class _Ctx:
-    def __init__(self, path: Path | None, overridden: set[str]):
-        self.path = path
-        self.overridden = overridden
-
-    def where(self, key: str) -> str:
-        src = str(self.path) if self.path else "recipe"
-        if key in self.overridden:
-            return f"{src}: --set {key}"
-        return f"{src}: {key}"
-
-    def error(self, key: str, message: str) -> SceditError:
-        return SceditError(f"{self.where(key)}: {message}")
-
-
-def _suggest(name: str, known) -> str:
-    close = difflib.get_close_matches(name, list(known), n=1)
-    return f"did you mean '{close[0]}'? " if close else ""
-
-
-def _build(cls, data: dict, section: str, ctx: _Ctx):
-    if not isinstance(data, dict):
-        raise ctx.error(section, f"must be a table ([{section}]), got {type(data).__name__}")
-    hints = get_type_hints(cls)
-    known = {f.name: f for f in fields(cls)}
-    for key in data:
-        if key not in known:
-            raise ctx.error(
-                f"{section}.{key}",
-                f"unknown key; {_suggest(key, known)}[{section}] accepts: {', '.join(known)}",
-            )
-    kwargs = {}
-    for name, f in known.items():
-        dotted = f"{section}.{name}"
-        if name not in data:
-            if (section, name) in REQUIRED:
-                raise ctx.error(dotted, f"missing; add `{name} = ...` to [{section}]")
-            if f.default is MISSING and f.default_factory is MISSING:
-                raise ctx.error(dotted, f"missing; add `{name} = ...` to [{section}]")
-            continue
-        try:
-            kwargs[name] = _coerce(data[name], hints[name])
-        except TypeError:
-            raise ctx.error(
-                dotted, f"must be {_type_name(hints[name])}, got {data[name]!r} ({type(data[name]).__name__})"
-            ) from None
-        except ValueError as e:  # nan, inf: TOML has both
-            raise ctx.error(dotted, str(e)) from None
-    return cls(**kwargs)
-
-
-# ---------------------------------------------------------------------------
-# overrides and paths
-
-
-def parse_override(item: str) -> tuple[str, Any]:
-    if "=" not in item:
-        raise SceditError(f"--set {item!r}: expected KEY=VALUE, e.g. --set train.max_steps=100")
-    key, _, text = item.partition("=")
-    key = key.strip()
-    if not key or any(not part for part in key.split(".")):
-        raise SceditError(f"--set {item!r}: the key must be a dotted path such as train.learning_rate")
-    text = text.strip()
-    try:
-        value = tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
-        value = text  # a bare string, e.g. --set data.source=./my-data
-    return key, value
-
-
-def apply_overrides(raw: dict, overrides: list[str] | dict | None) -> set[str]:
-    """Set each dotted key in `raw` (in place); returns the keys set."""
-    items = list(overrides.items()) if isinstance(overrides, dict) else [parse_override(o) for o in overrides or []]
-    done = set()
-    for key, value in items:
-        parts = key.split(".")
-        node = raw
-        for p in parts[:-1]:
-            nxt = node.setdefault(p, {})
-            if not isinstance(nxt, dict):
-                raise SceditError(f"--set {key}: {p} is not a table")
-            node = nxt
-        node[parts[-1]] = value
-        done.add(key)
-    return done
-
-
-def resolve_source(value: str, base_dir: Path) -> str:
-    """A path (absolute, or relative to `base_dir`) when it names one; otherwise a hub id, unchanged."""
-    if not value:
-        return value
-    p = Path(value).expanduser()
-    if p.is_absolute():
-        return str(p)
-    candidate = (base_dir / p)
-    if candidate.exists() or looks_like_path(value):
-        return str(candidate.resolve())
-    return value
-
-
-def resolve_path(value: str, base_dir: Path) -> str:
-    if not value:
-        return value
-    p = Path(value).expanduser()
-    return str(p if p.is_absolute() else (base_dir / p).resolve())
-
-
-# ---------------------------------------------------------------------------
-
-
 def load_recipe(source: str | Path | dict, overrides: list[str] | dict | None = None) -> Recipe:
     """Parse and validate a recipe file (or a dict with the same layout) with `--set` overrides."""
     if isinstance(source, dict):
@@ -367,7 +200,7 @@ def load_recipe(source: str | Path | dict, overrides: list[str] | dict | None = 
             raise SceditError(f"{path}: not a UTF-8 text file; a recipe is a TOML file") from None
         base_dir = path.resolve().parent
     overridden = apply_overrides(raw, overrides)
-    ctx = _Ctx(path, overridden)
+    ctx = RecipeContext(path, overridden)
     return _validate(raw, ctx, base_dir)
 
 
@@ -377,18 +210,18 @@ def _deepcopy(d):
     return copy.deepcopy(d)
 
 
-def _validate(raw: dict, ctx: _Ctx, base_dir: Path) -> Recipe:
+def _validate(raw: dict, ctx: RecipeContext, base_dir: Path) -> Recipe:
     from .methods import METHODS
 
     for key in raw:
         if key not in SECTIONS and key != "method" and key not in TOP_LEVEL:
-            raise ctx.error(key, f"unknown section or key; {_suggest(key, [*SECTIONS, 'method'])}"
+            raise ctx.error(key, f"unknown section or key; {suggest(key, [*SECTIONS, 'method'])}"
                                  f"a recipe has [model], [data], [method], [train], [checkpoint], [logging], "
                                  "[validation] and an optional description")
     description = raw.get("description", "")
     if not isinstance(description, str):
         raise ctx.error("description", "must be a string")
-    sections = {name: _build(cls, raw.get(name, {}), name, ctx) for name, cls in SECTIONS.items()}
+    sections = {name: build_section(cls, raw.get(name, {}), name, ctx, REQUIRED) for name, cls in SECTIONS.items()}
 
     method_raw = raw.get("method")
     if method_raw is None:
@@ -400,10 +233,10 @@ def _validate(raw: dict, ctx: _Ctx, base_dir: Path) -> Recipe:
     if name is None:
         raise ctx.error("method.name", f"missing; add name = one of {', '.join(METHODS)}")
     if not isinstance(name, str) or name not in METHODS:
-        raise ctx.error("method.name", f"unknown method {name!r}; {_suggest(str(name), METHODS)}"
+        raise ctx.error("method.name", f"unknown method {name!r}; {suggest(str(name), METHODS)}"
                                        f"choose one of {', '.join(METHODS)}")
     cls = METHODS[name]
-    method_cfg = _build(cls.Config, method_raw, "method", ctx)
+    method_cfg = build_section(cls.Config, method_raw, "method", ctx, REQUIRED)
     try:
         cls(method_cfg).validate()
     except SceditError as e:
@@ -425,7 +258,7 @@ def _validate(raw: dict, ctx: _Ctx, base_dir: Path) -> Recipe:
     return r
 
 
-def _check_values(r: Recipe, ctx: _Ctx) -> None:
+def _check_values(r: Recipe, ctx: RecipeContext) -> None:
     def choice(key, value, options):
         if value not in options:
             shown = ", ".join(repr(o) for o in options)

@@ -54,11 +54,12 @@ def _finite(v: float) -> float | None:
 def analyze_skips(model, prompts, out: str | Path, settings: SkipAnalysisSettings | None = None,
                   device: str | None = "auto", dtype: str | None = None) -> SkipAnalysisResult:
     """Removal grids and scores, trajectory statistics and feature maps of `model`'s skips, into `out`."""
-    from ..sampling.generate import _as_prompts, load_model
+    from ..sampling.inputs import load_model
+    from ..sampling.jobs import as_prompts
 
     settings = settings or SkipAnalysisSettings()
     settings.validate()
-    prompts = _as_prompts(prompts)
+    prompts = as_prompts(prompts)
     out = check_output_location(out, "--out")
     t0 = time.perf_counter()
     base = load_model(model, device, dtype)

@@ -239,7 +239,7 @@ class SkipRun:
 
 def run_skip_analysis(base, prompts, settings: SkipAnalysisSettings, on_step=None) -> SkipRun:
     """Generate every (prompt, seed) with every variant; `prompts` are `PromptSpec`s."""
-    from ..sampling.generate import _image_size  # the output size rule of `scedit sample`
+    from ..sampling.jobs import image_size  # the output size rule of `scedit sample`
     from ..sampling.schedulers import make_scheduler
 
     settings.validate()
@@ -250,7 +250,7 @@ def run_skip_analysis(base, prompts, settings: SkipAnalysisSettings, on_step=Non
     layout = SkipLayout.from_unet(unet)
     variants: list[Variant | None] = [None, *removal_variants(layout, settings.modes)]
     images = [(p, seed) for p in prompts for seed in (p.seeds or settings.seeds)]
-    width, height = _image_size(base, settings)
+    width, height = image_size(base, settings)
     items = [(v, i) for v in range(len(variants)) for i in range(len(images))]
     calls = [items[k:k + settings.batch_size] for k in range(0, len(items), settings.batch_size)]
     results: list[list] = [[None] * len(images) for _ in variants]

@@ -11,18 +11,14 @@ has no SDXL experiment); they are counted the same way.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Callable
 
 import torch
 
-from .. import baselines
-from ..architectures import ARCH_NAMES, build_unet
-from ..tuners import CSCTuner, CSCTunerConfig, SCTuner, SCTunerConfig, SkipLayout
+from ..architectures import ARCH_NAMES, meta_base
+from ..methods import build_method
 from ..tuners.csc import default_pre_hint
 
 EXACT, CLOSEST, MISSING, NO_PAPER = "exact", "closest", "not implemented", "no paper figure"
-# ControlNet-XS' size is a free choice; this ratio is the closest to the paper's 55.30M.
-CONTROLNET_XS_SIZE_RATIO = 0.21
 
 
 @dataclass
@@ -59,78 +55,69 @@ class ParamRow:
         return d
 
 
-def _tuner(cls, cfg_cls, layout, **kw) -> Callable[[], int]:
-    return lambda: sum(p.numel() for p in cls(cfg_cls(**kw), layout).parameters())
+def count(arch: str, method: str, **config) -> int:
+    """Trainable parameters of `method` set up on `arch`'s real-size U-Net on the meta device: the very
+    `build_method(...).setup(base)` that `scedit train` runs."""
+    key = (arch, method, repr(sorted(config.items())))
+    if key not in _COUNTS:
+        base, _ = meta_base(arch=arch)
+        m = build_method(method, config)
+        with torch.device("meta"):
+            m.setup(base)
+        _COUNTS[key] = m.num_trainable()
+    return _COUNTS[key]
+
+
+_COUNTS: dict[tuple, int] = {}
+_CANNY = {"conditions": ["canny"]}
 
 
 def param_rows() -> list[ParamRow]:
-    with torch.device("meta"):
-        return _param_rows()
+    return _paper_rows() + sdxl_rows()
 
 
 def sdxl_rows() -> list[ParamRow]:
     """SC / CSC on the SDXL U-Net (9 skips): the paper has no SDXL figures; the official release has
-    SDXL controllers, whose hint encoder is wider (`default_pre_hint`)."""
-    layout = SkipLayout.from_unet(build_unet("sdxl"))
+    SDXL controllers, whose hint encoder is wider (`default_pre_hint`, the CSC method's SDXL default)."""
     name = ARCH_NAMES["sdxl"]
     ratio, out = default_pre_hint(is_sdxl=True)
-
-    def csc(k: int) -> int:
-        return CSCTuner(CSCTunerConfig(hint_kernel=k, pre_hint_dim_ratio=ratio, pre_hint_out_channels=out),
-                        layout).trainable_parameters
-
     hint = f"pre-hint width x{ratio:g}, {out} channels (official SDXL configs)"
     return [
-        ParamRow("SDXL", "SCEdit", "sc", name, SCTuner(SCTunerConfig(), layout).trainable_parameters, None, NO_PAPER,
-                 "ratio 1, all 9 skips"),
-        ParamRow("SDXL", "SCEdit k=1", "csc", name, csc(1), None, NO_PAPER, hint),
-        ParamRow("SDXL", "SCEdit k=3", "csc", name, csc(3), None, NO_PAPER,
+        ParamRow("SDXL", "SCEdit", "sc", name, count("sdxl", "sc"), None, NO_PAPER, "ratio 1, all 9 skips"),
+        ParamRow("SDXL", "SCEdit k=1", "csc", name, count("sdxl", "csc", **_CANNY, hint_kernel=1), None, NO_PAPER,
+                 hint),
+        ParamRow("SDXL", "SCEdit k=3", "csc", name, count("sdxl", "csc", **_CANNY, hint_kernel=3), None, NO_PAPER,
                  hint + "; k=3, the official configs' kernel"),
     ]
 
 
-def _param_rows() -> list[ParamRow]:
-    u15, u21 = build_unet("sd15"), build_unet("sd21")
-    l15, l21 = SkipLayout.from_unet(u15), SkipLayout.from_unet(u21)
+def _paper_rows() -> list[ParamRow]:
     sd15, sd21 = ARCH_NAMES["sd15"], ARCH_NAMES["sd21"]
 
     def sc(**kw):
-        return SCTuner(SCTunerConfig(**kw), l15).trainable_parameters
+        return count("sd15", "sc", **kw)
 
     def csc(**kw):
-        return CSCTuner(CSCTunerConfig(**kw), l21).trainable_parameters
+        return count("sd21", "csc", **_CANNY, **kw)
 
-    def lora(rank: int) -> int:
-        unet = build_unet("sd15")
-        baselines.add_lora(unet, rank)
-        return baselines.count(baselines.lora_parameters(unet))
-
-    def controllora() -> tuple[int, int]:
-        # HighCWu/ControlLoRA: counted on the very method `scedit train` builds.
-        from ..methods import build_method
-        from ..models import BaseModel
-
-        method = build_method("controllora", {"conditions": ["canny"]})
-        method.setup(BaseModel.from_unet(build_unet("sd21")))
-        return baselines.count(method.trainable_parameters()), method.config.rank
-
-    lora64, lora6 = lora(64), lora(6)
-    controllora_params, controllora_rank = controllora()
+    controllora_rank = build_method("controllora", _CANNY).config.rank
+    xs_ratio = build_method("controlnet-xs", _CANNY).config.size_ratio
     sc_all = sc()
     rows = [
-        ParamRow("Table 1", "Full", "full", sd15, baselines.count(u15), 859.52, EXACT, "the whole U-Net"),
-        ParamRow("Table 1", "LoRA r=64", "lora", sd15, lora64, 23.94, EXACT, "peft, attention + FF targets"),
-        ParamRow("Table 1", "LoRA r=6", "lora", sd15, lora6, 2.24, EXACT, "peft, attention + FF targets"),
+        ParamRow("Table 1", "Full", "full", sd15, count("sd15", "full"), 859.52, EXACT, "the whole U-Net"),
+        ParamRow("Table 1", "LoRA r=64", "lora", sd15, count("sd15", "lora", rank=64), 23.94, EXACT,
+                 "peft, attention + FF targets"),
+        ParamRow("Table 1", "LoRA r=6", "lora", sd15, count("sd15", "lora", rank=6), 2.24, EXACT,
+                 "peft, attention + FF targets"),
         ParamRow("Table 1", "SCEdit", "sc", sd15, sc_all, 19.68, EXACT, "ratio 1, all 12 skips"),
         ParamRow("Table 1", "SCEdit ratio 10", "sc", sd15, sc(ratio=10), 1.98, EXACT),
-        ParamRow("Table 2", "ControlNet", "controlnet", sd21, baselines.count(baselines.build_controlnet(u21)),
-                 364.23, EXACT, "diffusers ControlNetModel.from_unet"),
-        ParamRow("Table 2", "T2I-Adapter", "t2i-adapter", sd21, baselines.count(baselines.build_t2i_adapter()),
-                 77.37, EXACT, "diffusers T2IAdapter, full adapter"),
-        ParamRow("Table 2", "ControlNet-XS", "controlnet-xs", sd21,
-                 baselines.count(baselines.build_controlnet_xs(u21, CONTROLNET_XS_SIZE_RATIO)), 55.30, CLOSEST,
-                 f"diffusers ControlNetXSAdapter, size_ratio={CONTROLNET_XS_SIZE_RATIO} (paper's ratio not given)"),
-        ParamRow("Table 2", "ControlLoRA", "controllora", sd21, controllora_params, 21.52, CLOSEST,
+        ParamRow("Table 2", "ControlNet", "controlnet", sd21, count("sd21", "controlnet", **_CANNY), 364.23, EXACT,
+                 "diffusers ControlNetModel.from_unet"),
+        ParamRow("Table 2", "T2I-Adapter", "t2i-adapter", sd21, count("sd21", "t2i-adapter", **_CANNY), 77.37, EXACT,
+                 "diffusers T2IAdapter, full adapter"),
+        ParamRow("Table 2", "ControlNet-XS", "controlnet-xs", sd21, count("sd21", "controlnet-xs", **_CANNY), 55.30,
+                 CLOSEST, f"diffusers ControlNet-XS, size_ratio={xs_ratio} (paper's ratio not given)"),
+        ParamRow("Table 2", "ControlLoRA", "controllora", sd21, count("sd21", "controllora", **_CANNY), 21.52, CLOSEST,
                  f"condition encoder + LoRA r={controllora_rank}, as `scedit train` builds it "
                  "(paper's rank not given)"),
         ParamRow("Table 2", "SCEdit k=1", "csc", sd21, csc(hint_kernel=1), 28.82, EXACT),
@@ -155,4 +142,4 @@ def _param_rows() -> list[ParamRow]:
         ParamRow("Table 6c", "Dual Conv", "csc", sd21, csc(hint_kernel=1, op="conv3x3", ratio=6), 37.82, CLOSEST,
                  "two 3x3 convs with ratio 6 (the paper's exact dual-conv layout is not published)"),
     ]
-    return rows + sdxl_rows()
+    return rows

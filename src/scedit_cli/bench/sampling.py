@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..errors import SceditError
-from ..tuners import CSCTuner, CSCTunerConfig, SCTuner, SCTunerConfig, SkipLayout, attach, detach
+from ..tuners import CSCTuner, attach, detach
 
 VARIANTS = ("plain", "sc", "csc1", "csc2", "controlnet")
 LABELS = {
@@ -76,6 +76,32 @@ def _randomize_(module: torch.nn.Module, seed: int) -> None:
             p.copy_((torch.randn(p.shape, generator=g) * 0.02).to(p.dtype))
 
 
+# The training method and its settings behind each variant.
+METHODS = {"sc": ("sc", {}), "csc1": ("csc", {"conditions": ["canny"]}),
+           "csc2": ("csc", {"conditions": ["canny", "color"]}), "controlnet": ("controlnet", {"conditions": ["canny"]})}
+
+
+def _set_up(variant: str, base, hint_kernel: int):
+    from ..methods import build_method
+
+    name, config = METHODS[variant]
+    method = build_method(name, {**config, "hint_kernel": hint_kernel} if name == "csc" else config)
+    method.setup(base)
+    if name != "controlnet":
+        detach(base.unet)
+    return method
+
+
+def _tuners(method, dtype: torch.dtype, seed: int) -> tuple[list, list[float]]:
+    """A tuner method's tuners with random non-zero weights, OPs in the base's precision (as `scedit
+    sample` runs them), and their weights (Eq. 7: the method's alphas)."""
+    tuners = [method.tuner] if method.name == "sc" else list(method.tuners)
+    for i, t in enumerate(tuners):
+        _randomize_(t, seed + i)
+        t.ops_in(dtype, copy=False)
+    return tuners, [1.0] if method.name == "sc" else list(method.weights)
+
+
 def _scheduler():
     from diffusers import DDIMScheduler
 
@@ -101,9 +127,9 @@ def bench_sampling(
     """Seconds per image of each variant; `unet` overrides the real-size `arch` U-Net (e.g. a tiny one)."""
     from diffusers import StableDiffusionControlNetPipeline, StableDiffusionPipeline
 
-    from ..baselines import build_controlnet, count
-    from ..models import parse_dtype
-    from ..sampling.generate import resolve_device
+    from ..models import BaseModel, parse_dtype
+    from ..precision import inference_dtype
+    from ..sampling.inputs import resolve_device
 
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
@@ -117,7 +143,7 @@ def bench_sampling(
         raise SceditError(f"--resolution {resolution}: must be a multiple of 64 (>= 64)")
     arch_name = arch if unet is None else f"custom ({type(unet).__name__})"
     dev = resolve_device(device)
-    torch_dtype = parse_dtype(dtype) or (torch.float16 if dev.type == "cuda" else torch.float32)
+    torch_dtype = parse_dtype(dtype) or inference_dtype(dev)
     if unet is None:
         if arch not in ("sd15", "sd21"):
             raise SceditError(f"--arch {arch!r}: the sampling benchmark runs sd15 or sd21 (SD pipelines)")
@@ -127,7 +153,6 @@ def bench_sampling(
     else:
         unet = unet.to(dev, torch_dtype)
     unet.eval()
-    layout = SkipLayout.from_unet(unet)
 
     common = dict(vae=None, text_encoder=None, tokenizer=None, unet=unet, safety_checker=None,
                   feature_extractor=None, requires_safety_checker=False)
@@ -143,29 +168,18 @@ def bench_sampling(
     latents = torch.randn(batch, unet.config.in_channels, latent, latent, generator=g).to(dev, torch_dtype)
     conds = [torch.rand(batch, 3, resolution, resolution, generator=g).to(dev) for _ in range(2)]
 
-    sc = SCTuner(SCTunerConfig(), layout)
-    _randomize_(sc, 1)
-    sc.ops_in(torch_dtype, copy=False)  # as `scedit sample` runs them: OPs in the base's precision
-    cscs = []
-    for i, cond_name in enumerate(("canny", "color")):
-        t = CSCTuner(CSCTunerConfig(hint_kernel=hint_kernel, hint_downscale=factor, condition=cond_name), layout)
-        _randomize_(t, 2 + i)
-        cscs.append(t.ops_in(torch_dtype, copy=False))
-    controlnet = None
+    # Every variant's modules come from the training methods themselves (`build_method(...).setup`);
+    # the tuners are taken off again and attached per run below.
+    base = BaseModel.from_unet(unet, is_sdxl=False, vae_scale_factor=factor)
+    methods = {v: _set_up(v, base, hint_kernel) for v in variants if v != "plain"}
+    tuned = {v: _tuners(m, torch_dtype, seed=1 + 2 * i) for i, (v, m) in enumerate(methods.items())
+             if v != "controlnet"}
     cpipe = None
     if "controlnet" in variants:
-        controlnet = build_controlnet(unet).to(dev, torch_dtype).eval()
+        controlnet = methods["controlnet"].controlnet.to(dev, torch_dtype).eval()
         cpipe = StableDiffusionControlNetPipeline(controlnet=controlnet, scheduler=_scheduler(), **common)
         cpipe.set_progress_bar_config(disable=True)
-
-    rows = {
-        "plain": SamplingRow("plain", LABELS["plain"], 0),
-        "sc": SamplingRow("sc", LABELS["sc"], count(sc)),
-        "csc1": SamplingRow("csc1", LABELS["csc1"], count(cscs[0])),
-        "csc2": SamplingRow("csc2", LABELS["csc2"], count(cscs[0]) + count(cscs[1])),
-        "controlnet": SamplingRow("controlnet", LABELS["controlnet"], count(controlnet) if controlnet else 0),
-    }
-    rows = {k: v for k, v in rows.items() if k in variants}
+    rows = {v: SamplingRow(v, LABELS[v], methods[v].num_trainable() if v in methods else 0) for v in variants}
 
     def sync():
         if dev.type == "cuda":
@@ -175,8 +189,7 @@ def bench_sampling(
         kwargs = dict(prompt_embeds=embeds, negative_prompt_embeds=neg, latents=latents.clone(), height=resolution,
                       width=resolution, num_inference_steps=n_steps, guidance_scale=guidance_scale,
                       output_type="latent")
-        tuners, weights = {"sc": ([sc], [1.0]), "csc1": (cscs[:1], [1.0]), "csc2": (cscs, [0.5, 0.5])}.get(
-            variant, ([], []))
+        tuners, weights = tuned.get(variant, ([], []))
         editor = attach(unet, tuners, weights) if tuners else None
         try:
             sync()

@@ -25,7 +25,7 @@ def _ratio(x: float | None) -> str:
 
 
 def render(result) -> None:
-    from ..bench.tables import fmt_bytes
+    from ..bench.chart import fmt_bytes
 
     s = result.settings
     m = result.machine
@@ -87,7 +87,9 @@ def _make(name: str):
                                   "every method (recipe key train.lean; default auto: on)."),
     ) -> None:
         on_interrupt(f"nothing was written to {out} (it gets the results at the end); run the command again")
-        from ..bench.tables import BenchSettings, run_table, write_outputs
+        from ..bench.chart import write_outputs
+        from ..bench.runner import run_table
+        from ..bench.specs import BenchSettings
         from ..fsutil import check_output_location
 
         check_output_location(out, "--out")  # before the measurements, not after them

@@ -89,7 +89,8 @@ def eval_command(
                                   on_image=lambda: bar.advance(task))
         result["control"] = c.to_dict()
     if params or memory or time_:
-        from ..bench.tables import BenchSettings, measure_recipe
+        from ..bench.specs import BenchSettings
+        from ..metrics.recipe import measure_recipe
 
         if recipe is None:
             raise SceditError("--params/--memory/--time need a RECIPE (a training recipe TOML) as argument")

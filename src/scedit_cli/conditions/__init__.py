@@ -44,10 +44,21 @@ class ConditionSpec:
     params: tuple[str, ...]  # keys accepted in `params`
     learned: bool = False  # needs detector weights (see detectors.py)
     random_without_params: bool = False  # with an rng and no params, draws random training settings
+    label_map: bool = False  # colours are labels (classes, limbs): resized nearest, never blended
 
     @property
     def primary(self) -> str:
         return self.columns[0]
+
+    @property
+    def masked(self) -> bool:
+        """Fed as a masked cut-out plus its mask (paper A.4), one column each."""
+        return len(self.columns) > 1
+
+    @property
+    def channels(self) -> int:
+        """Channels of the condition tensor: the cut-out's 3 and the mask's 1, else an RGB map."""
+        return 4 if self.masked else 3
 
 
 CONDITIONS: dict[str, ConditionSpec] = {
@@ -56,8 +67,8 @@ CONDITIONS: dict[str, ConditionSpec] = {
         ConditionSpec("canny", "Canny edges; 100/200 at inference, random thresholds for training", ("canny",), ("low", "high"), random_without_params=True),
         ConditionSpec("depth", "MiDaS (DPT-Hybrid) depth, controlnet-aux MidasDetector", ("depth",), ("detect_resolution",), learned=True),
         ConditionSpec("hed", "HED soft edges, controlnet-aux HEDdetector", ("hed",), ("detect_resolution",), learned=True),
-        ConditionSpec("seg", "ADE20K semantic segmentation (UperNet), ADE20K palette", ("seg",), ("detect_resolution",), learned=True),
-        ConditionSpec("pose", "OpenPose body keypoints, controlnet-aux OpenposeDetector", ("pose",), ("detect_resolution",), learned=True),
+        ConditionSpec("seg", "ADE20K semantic segmentation (UperNet), ADE20K palette", ("seg",), ("detect_resolution",), learned=True, label_map=True),
+        ConditionSpec("pose", "OpenPose body keypoints, controlnet-aux OpenposeDetector", ("pose",), ("detect_resolution",), learned=True, label_map=True),
         ConditionSpec("color", "colour map: 64x bicubic downsample, nearest upsample", ("color",), ("ratio",)),
         ConditionSpec("inpaint", "LaMa-style random mask + masked cut-out", ("inpaint", "inpaint_mask"), ("mask",), random_without_params=True),
         ConditionSpec("outpaint", "bands hidden along image sides + masked cut-out", ("outpaint", "outpaint_mask"), ("left", "right", "top", "bottom"), random_without_params=True),
@@ -65,7 +76,20 @@ CONDITIONS: dict[str, ConditionSpec] = {
 }
 
 # Conditions fed as a masked cut-out plus its mask (4 channels, see tensor.py).
-MASKED_CONDITIONS = tuple(name for name, spec in CONDITIONS.items() if len(spec.columns) > 1)
+MASKED_CONDITIONS = tuple(name for name, spec in CONDITIONS.items() if spec.masked)
+
+
+def condition_channels(name: str) -> int:
+    """Channels of condition `name`'s tensor; a condition outside the registry (maps read from a
+    dataset column) is an RGB map."""
+    return CONDITIONS[name].channels if name in CONDITIONS else 3
+
+
+def resize_filter(name: str, is_mask: bool = False) -> int:
+    """The PIL filter that resizes condition `name`'s maps: nearest for masks and label maps (their
+    colours must not blend), else bilinear."""
+    spec = CONDITIONS.get(name)
+    return Image.NEAREST if is_mask or (spec is not None and spec.label_map) else Image.BILINEAR
 
 
 def get_spec(name: str) -> ConditionSpec:
@@ -212,4 +236,5 @@ def record_rng(seed: int, key: str) -> np.random.Generator:
     return np.random.default_rng([seed, digest])
 
 
-__all__ = ["CONDITIONS", "MASKED_CONDITIONS", "ConditionSpec", "compute_condition", "compute_condition_maps", "get_spec", "record_rng"]
+__all__ = ["CONDITIONS", "MASKED_CONDITIONS", "ConditionSpec", "compute_condition", "compute_condition_maps",
+           "condition_channels", "get_spec", "record_rng", "resize_filter"]

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import fields
 
 from ..errors import SceditError
-from .base import CONDITION_CHANNELS, Method, MethodConfig, condition_channels
+from .base import Method, MethodConfig
 from .controllora import ControlLoRAMethod
 from .controlnet import ControlNetMethod
 from .controlnet_xs import ControlNetXSMethod
@@ -51,5 +51,4 @@ def build_method(name: str, config: dict | MethodConfig | None = None) -> Method
     return method
 
 
-__all__ = ["CONDITION_CHANNELS", "METHODS", "Method", "MethodConfig", "build_method", "condition_channels",
-           "get_method_class"]
+__all__ = ["METHODS", "Method", "MethodConfig", "build_method", "get_method_class"]

@@ -29,13 +29,6 @@ from torch import nn
 
 from ..errors import SceditError
 
-# Channels of a condition tensor: inpaint/outpaint feed the masked cut-out and
-# its mask together (paper A.4), every other condition is an RGB map.
-CONDITION_CHANNELS = {"inpaint": 4, "outpaint": 4}
-
-
-def condition_channels(name: str) -> int:
-    return CONDITION_CHANNELS.get(name, 3)
 
 
 @dataclass

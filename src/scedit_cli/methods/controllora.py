@@ -18,17 +18,17 @@ from pathlib import Path
 from safetensors.torch import save_file
 from torch import nn
 
-from ..baselines import DEFAULT_LORA_TARGETS
 from ..fsutil import atomic_path
-from ..tuners.csc import _pre_hint
-from .base import ConditionalConfig, Method, condition_channels
-from .lora import LoRAConfig, inject_lora, lora_named_parameters, save_lora
+from ..tuners.csc import pre_hint_encoder
+from ..conditions import condition_channels
+from .base import ConditionalConfig, Method
+from .lora import DEFAULT_LORA_TARGETS, LoRAConfig, inject_lora, lora_named_parameters, save_lora
 
 
 class ConditionEncoder(nn.Module):
     def __init__(self, in_channels: int, downscale: int, out_channels: int):
         super().__init__()
-        self.pre_hint_blocks = _pre_hint(in_channels, downscale)
+        self.pre_hint_blocks = pre_hint_encoder(in_channels, downscale)
         self.act = nn.SiLU()
         self.proj = nn.Conv2d(256, out_channels, 1)
         nn.init.zeros_(self.proj.weight)

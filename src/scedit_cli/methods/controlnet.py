@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..fsutil import atomic_dir
-from .base import ConditionalConfig, Method, condition_channels
+from ..conditions import condition_channels
+from .base import ConditionalConfig, Method
 
 # ControlNet's conditioning embedding: one stride-2 conv per step after the first.
 EMBEDDING_CHANNELS = (16, 32, 96, 256)

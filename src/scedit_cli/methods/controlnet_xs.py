@@ -14,7 +14,8 @@ from pathlib import Path
 
 from ..errors import SceditError
 from ..fsutil import atomic_dir
-from .base import ConditionalConfig, Method, condition_channels
+from ..conditions import condition_channels
+from .base import ConditionalConfig, Method
 from .controlnet import embedding_channels
 
 

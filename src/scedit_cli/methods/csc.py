@@ -11,23 +11,17 @@ from pathlib import Path
 
 from ..errors import SceditError
 from ..tuners import CSCTuner, CSCTunerConfig, SkipLayout, attach, save_tuner
-from ..tuners.csc import default_pre_hint
-from .base import ConditionalConfig, Method, condition_channels
+from ..tuners.csc import CSCSettings
+from ..conditions import condition_channels
+from .base import ConditionalConfig, Method
 
 
 @dataclass
-class CSCConfig(ConditionalConfig):
-    """hint_kernel: dense-cascade kernel k (paper 1 or 3); weights: alpha per condition (sum 1).
-    pre_hint_dim_ratio / pre_hint_out_channels: the pre-hint encoder's width; unset, the official
-    controllers' for the base (SD 1.5 / 2.1: 1.0 / 256; SDXL: 2.0 / 320)."""
+class CSCConfig(CSCSettings, ConditionalConfig):
+    """The CSC-Tuner's settings (`tuners.csc.CSCSettings`, as its file records them), one tuner per
+    condition; weights: alpha per condition (Eq. 7, sum 1; default equal)."""
 
-    ratio: float = 1.0
-    op: str = "linear"
-    skips: list[int] | None = None
-    hint_kernel: int = 3
     weights: list[float] | None = None
-    pre_hint_dim_ratio: float | None = None
-    pre_hint_out_channels: int | None = None
 
 
 class CSCMethod(Method):
@@ -49,21 +43,9 @@ class CSCMethod(Method):
     def setup(self, base) -> None:
         super().setup(base)
         layout = SkipLayout.from_unet(base.unet)
-        dim_ratio, out_channels = default_pre_hint(base.is_sdxl)
-        if self.config.pre_hint_dim_ratio is not None:
-            dim_ratio = self.config.pre_hint_dim_ratio
-        if self.config.pre_hint_out_channels is not None:
-            out_channels = self.config.pre_hint_out_channels
         self.tuners = [
-            CSCTuner(
-                CSCTunerConfig(
-                    ratio=self.config.ratio, op=self.config.op, skips=self.config.skips,
-                    hint_kernel=self.config.hint_kernel, hint_downscale=base.vae_scale_factor,
-                    condition=cond, in_channels=condition_channels(cond),
-                    pre_hint_dim_ratio=dim_ratio, pre_hint_out_channels=out_channels,
-                ),
-                layout,
-            )
+            CSCTuner(CSCTunerConfig.resolve(self.config, is_sdxl=base.is_sdxl, hint_downscale=base.vae_scale_factor,
+                                            condition=cond, in_channels=condition_channels(cond)), layout)
             for cond in self.conditions
         ]
         n = len(self.tuners)

@@ -11,10 +11,13 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..baselines import DEFAULT_LORA_TARGETS, lora_config
 from ..errors import SceditError
 from ..fsutil import atomic_dir
 from .base import Method, MethodConfig
+
+
+# DESIGN.md section 4: LoRA on the attention projections and the feed-forward.
+DEFAULT_LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2"]
 
 
 @dataclass
@@ -27,15 +30,23 @@ class LoRAConfig(MethodConfig):
     dropout: float = 0.0
 
 
+def peft_config(cfg: LoRAConfig):
+    """peft's LoraConfig of our settings (alpha 0 means alpha = rank: scale 1)."""
+    from peft import LoraConfig
+
+    return LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha or cfg.rank, lora_dropout=cfg.dropout,
+                      target_modules=list(cfg.targets), init_lora_weights="gaussian")
+
+
 def inject_lora(unet, cfg: LoRAConfig):
+    """Inject peft LoRA layers into `unet` in place (the caller has frozen it); returns peft's config."""
     from peft import inject_adapter_in_model
 
     if cfg.rank < 1:
         raise SceditError(f"method.rank must be >= 1, got {cfg.rank}")
     if not 0.0 <= cfg.dropout < 1.0:
         raise SceditError(f"method.dropout must be in [0, 1), got {cfg.dropout}")
-    lcfg = lora_config(cfg.rank, cfg.targets, cfg.alpha or None)
-    lcfg.lora_dropout = cfg.dropout
+    lcfg = peft_config(cfg)
     try:
         inject_adapter_in_model(lcfg, unet, adapter_name="default")
     except ValueError as e:

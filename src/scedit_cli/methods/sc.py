@@ -2,30 +2,20 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 from ..tuners import SCTuner, SCTunerConfig, SkipLayout, attach, save_tuner
-from .base import Method, MethodConfig
-
-
-@dataclass
-class SCConfig(MethodConfig):
-    """ratio: hidden = C / ratio; op: linear | conv1x1 | conv3x3; skips: paper indices j (None = all)."""
-
-    ratio: float = 1.0
-    op: str = "linear"
-    skips: list[int] | None = None
+from .base import Method
 
 
 class SCMethod(Method):
     name = "sc"
-    Config = SCConfig
+    Config = SCTunerConfig  # the tuner file records the same settings
 
     def setup(self, base) -> None:
         super().setup(base)
         layout = SkipLayout.from_unet(base.unet)
-        self.tuner = SCTuner(SCTunerConfig(ratio=self.config.ratio, op=self.config.op, skips=self.config.skips), layout)
+        self.tuner = SCTuner(self.config, layout)
         self.editor = attach(base.unet, self.tuner)
 
     def trainable_modules(self):

@@ -6,7 +6,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..fsutil import atomic_dir
-from .base import ConditionalConfig, Method, condition_channels
+from ..conditions import condition_channels
+from .base import ConditionalConfig, Method
 
 
 @dataclass

@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -26,8 +25,16 @@ from PIL import Image, UnidentifiedImageError
 from ..errors import SceditError
 from ..images import to_gray8, to_rgb8
 
-if TYPE_CHECKING:
-    from .masked import MaskSpec
+
+@dataclass(frozen=True)
+class MaskSpec:
+    """`--mask`: a mask file (white = repaint), or `path=None` for prepare's seeded LaMa-style mask."""
+
+    path: Path | None = None
+    seed: int = 0
+
+    def describe(self) -> str:
+        return f"auto:{self.seed}" if self.path is None else str(self.path)
 
 
 @dataclass(frozen=True)
@@ -39,7 +46,7 @@ class ControlSpec:
     scale: float = 1.0
     is_map: bool = False
     params: tuple = field(default=())
-    mask: "MaskSpec | None" = None  # inpaint: which pixels to repaint
+    mask: MaskSpec | None = None  # inpaint: which pixels to repaint
     extend: tuple[tuple[str, float], ...] = ()  # outpaint: (side, fraction of the image) margins
 
     def describe(self) -> dict:
@@ -148,21 +155,6 @@ class LoadedControl:
 
     tensor: torch.Tensor
     panels: list[Image.Image] = field(default_factory=list)
-
-
-def load_control(spec: ControlSpec, width: int, height: int, channels: int, weights: str | Path | None = None,
-                 area: tuple[int | None, int | None] = (None, None)) -> LoadedControl:
-    """The condition tensor of `spec` at the output size, for a tuner that reads `channels` channels.
-
-    `area`: --width/--height as given, the size of an outpainting image inside its canvas.
-    """
-    from ..conditions import MASKED_CONDITIONS
-
-    if spec.name in MASKED_CONDITIONS:
-        from .masked import load_masked
-
-        return load_masked(spec, width, height, channels, area)
-    return LoadedControl(map_to_tensor(load_control_map(spec, width, height, weights=weights), channels))
 
 
 def file_digest(path: Path, chunk: int = 1 << 20) -> str:

@@ -31,22 +31,11 @@ from PIL import Image
 from ..conditions import MASKED_CONDITIONS, compute_condition_maps, get_spec, record_rng
 from ..conditions.tensor import condition_tensor
 from ..errors import SceditError
-from .controls import ControlSpec, LoadedControl, fit_to, open_image
+from .controls import ControlSpec, LoadedControl, MaskSpec, fit_to, open_image
 
 SIDES = ("left", "right", "top", "bottom")
 MAX_EXTEND = 4.0  # a margin of 4 image widths: beyond that a typo (25 for 0.25) is likelier than intent
 GRID = 8  # output sizes and outpainting margins are multiples of this many pixels
-
-
-@dataclass(frozen=True)
-class MaskSpec:
-    """`--mask`: a mask file (white = repaint), or `path=None` for prepare's seeded LaMa-style mask."""
-
-    path: Path | None = None
-    seed: int = 0
-
-    def describe(self) -> str:
-        return f"auto:{self.seed}" if self.path is None else str(self.path)
 
 
 def parse_mask(text: str) -> MaskSpec:

@@ -24,8 +24,8 @@ from .world import (
     SHAPES,
     STRIPE_PERIOD,
     Scene,
-    _erode,
-    _shape_mask_grid,
+    erode,
+    shape_mask_grid,
     half_rows,
     scene_mask,
 )
@@ -98,7 +98,7 @@ def _best_shape(mask: np.ndarray) -> tuple[str | None, float]:
     cx, cy = (x0 + x1 + 1) / 2.0, (y0 + y1 + 1) / 2.0
     best, best_iou = None, -1.0
     for s in SHAPES:
-        t = _shape_mask_grid(s, cx, cy, int(d))
+        t = shape_mask_grid(s, cx, cy, int(d))
         iou = (t & mask).sum() / max((t | mask).sum(), 1)
         if iou > best_iou:
             best, best_iou = s, float(iou)
@@ -170,17 +170,17 @@ def style_score(image, scene: Scene, style: str | None = None) -> float:
     bg = np.array(BACKGROUNDS[scene.background], np.float32)
     is_fg = ((grid - fg) ** 2).sum(-1) < ((grid - bg) ** 2).sum(-1)
     if style == "solid":
-        inner = _erode(region, 1)
+        inner = erode(region, 1)
         inner = inner if inner.any() else region
         return float(is_fg[inner].mean()) if inner.any() else 0.0
     if style == "outline":
-        inner = _erode(region, 3)
-        rim = region & ~_erode(region, 1)
+        inner = erode(region, 3)
+        rim = region & ~erode(region, 1)
         if not inner.any() or not rim.any():
             return 0.0
         return float((~is_fg[inner]).mean() * is_fg[rim].mean())
     if style == "striped":
-        inner = _erode(region, 1)
+        inner = erode(region, 1)
         if not inner.any():
             return 0.0
         ys = np.nonzero(inner)[0]
@@ -211,7 +211,7 @@ def _half_score(is_fg: np.ndarray, scene: Scene) -> float:
     for dy in range(-HALF_MAX_SHIFT, HALF_MAX_SHIFT + 1):
         rows = half_rows(cy + dy)[:, None]
         for dx in range(-HALF_MAX_SHIFT, HALF_MAX_SHIFT + 1):
-            full = _shape_mask_grid(scene.shape, cx + dx, cy + dy, scene.diameter)
+            full = shape_mask_grid(scene.shape, cx + dx, cy + dy, scene.diameter)
             upper, lower = full & rows, full & ~rows
             if upper.any() and lower.any():
                 best = max(best, float(is_fg[upper].mean() * (~is_fg[lower]).mean()))

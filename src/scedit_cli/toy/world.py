@@ -194,7 +194,7 @@ def caption(scene: Scene, with_size: bool = False, trigger: str | None = None, s
     return text
 
 
-def _shape_mask_grid(shape: str, cx: float, cy: float, d: int) -> np.ndarray:
+def shape_mask_grid(shape: str, cx: float, cy: float, d: int) -> np.ndarray:
     """Binary mask (GRID x GRID) of a filled shape with bounding-box side `d` centred at (cx, cy)."""
     img = Image.new("L", (GRID, GRID), 0)
     draw = ImageDraw.Draw(img)
@@ -213,7 +213,7 @@ def _shape_mask_grid(shape: str, cx: float, cy: float, d: int) -> np.ndarray:
 
 def shape_mask(shape: str, cx: float, cy: float, d: int, size: int = GRID) -> np.ndarray:
     """Filled-shape mask at output resolution `size` (a multiple of 32)."""
-    return _upscale(_shape_mask_grid(shape, cx, cy, d), size)
+    return _upscale(shape_mask_grid(shape, cx, cy, d), size)
 
 
 def _upscale(a: np.ndarray, size: int) -> np.ndarray:
@@ -225,7 +225,7 @@ def _upscale(a: np.ndarray, size: int) -> np.ndarray:
     return np.repeat(np.repeat(a, k, axis=0), k, axis=1)
 
 
-def _erode(mask: np.ndarray, r: int) -> np.ndarray:
+def erode(mask: np.ndarray, r: int) -> np.ndarray:
     from scipy.ndimage import binary_erosion
 
     return binary_erosion(mask, iterations=r) if r > 0 else mask
@@ -243,7 +243,7 @@ def paint_mask(scene: Scene, size: int = GRID) -> np.ndarray:
     if scene.style == "solid":
         m = full
     elif scene.style == "outline":
-        m = full & ~_erode(full, OUTLINE_WIDTH)
+        m = full & ~erode(full, OUTLINE_WIDTH)
     elif scene.style == "striped":
         rows = (np.arange(GRID) % STRIPE_PERIOD) < STRIPE_PERIOD // 2
         m = full & rows[:, None]

@@ -28,7 +28,9 @@ import torch.nn.functional as F
 
 from ..errors import SceditError
 from ..fsutil import check_output_location
-from ..models import BaseModel, parse_dtype
+from ..architectures import arch_of
+from ..models import BaseModel, text_embeddings, time_ids
+from ..precision import autocast_dtype, cast_frozen, resolve_frozen_dtype, vae_dtype
 from ..recipes import Recipe, load_recipe
 
 # --------------------------------------------------------------------------
@@ -199,10 +201,6 @@ class TrainingParts:
         return iter((self.params, self.optimizer, self.scaler, self.lr_scheduler, self.noise_scheduler))
 
 
-def autocast_dtype(mixed_precision: str) -> torch.dtype | None:
-    return {"fp16": torch.float16, "bf16": torch.bfloat16}.get(mixed_precision)
-
-
 def prepare_training(method, base: BaseModel, device: torch.device, frozen_dtype: torch.dtype,
                      train_cfg=None) -> TrainingParts:
     """Place a set-up method for training, the one way `scedit train` and `scedit bench` do it.
@@ -223,10 +221,9 @@ def prepare_training(method, base: BaseModel, device: torch.device, frozen_dtype
     cfg = train_cfg if train_cfg is not None else TrainSection()
     device = torch.device(device)
     vae = base.vae
-    vae_dtype = torch.float32 if (base.is_sdxl and frozen_dtype == torch.float16) else frozen_dtype
-    _cast_frozen(_unique([method.unet, *method.trainable_modules(), *base.text_encoders]), frozen_dtype)
+    cast_frozen(_unique([method.unet, *method.trainable_modules(), *base.text_encoders]), frozen_dtype)
     if vae is not None:
-        _cast_frozen([vae], vae_dtype)
+        cast_frozen([vae], vae_dtype(base.is_sdxl, frozen_dtype))
     for m in _unique([method.unet, vae, *base.text_encoders, *method.extra_modules()]):
         m.to(device)
     for p in method.trainable_parameters():
@@ -286,35 +283,6 @@ class TrainResult:
         d = {k: v for k, v in self.__dict__.items() if k != "losses"}
         d["loss_points"] = len(self.losses)
         return d
-
-
-def _arch_of(base: BaseModel) -> str:
-    if base.is_sdxl:
-        return "sdxl"
-    return "sd21" if getattr(base.unet.config, "use_linear_projection", False) else "sd15"
-
-
-def _frozen_dtype(r: Recipe, device: torch.device) -> torch.dtype:
-    mp = r.train.mixed_precision
-    want = r.model.frozen_dtype
-    if want == "auto":
-        if device.type == "cpu" or mp == "no":
-            return torch.float32
-        return parse_dtype(mp)
-    dtype = parse_dtype(want)
-    if dtype != torch.float32 and device.type == "cpu":
-        raise SceditError(
-            f"model.frozen_dtype = {want!r} needs a GPU (CPU kernels do not mix half-precision weights with "
-            "fp32 activations); use frozen_dtype = 'auto' or 'fp32' on a CPU"
-        )
-    return dtype
-
-
-def _cast_frozen(modules, dtype: torch.dtype) -> None:
-    for m in modules:
-        for p in m.parameters():
-            if not p.requires_grad and p.dtype.is_floating_point and p.dtype != dtype:
-                p.data = p.data.to(dtype)
 
 
 def _unique(modules):
@@ -399,7 +367,7 @@ class _Trainer:
         from .checkpoint import apply_checkpoint, read_for_resume, save_checkpoint
         from .rundir import check_fresh_run, check_resume_recipe, clear_previous_run, recipe_defaults
         from .logging import ProgressLog, save_grid, save_loss_curve
-        from .validation import sample_images, text_embeddings, time_ids
+        from .validation import sample_images
 
         r, method = self.r, self.method
         t0 = time.perf_counter()
@@ -416,7 +384,7 @@ class _Trainer:
             project_dir=str(out),
         )
         device, rank, world, main = acc.device, acc.process_index, acc.num_processes, acc.is_main_process
-        frozen = _frozen_dtype(r, device)
+        frozen = resolve_frozen_dtype(r, device)
         seed = r.train.seed
 
         _quiet_loaders()
@@ -436,9 +404,9 @@ class _Trainer:
 
         trigger = caption_trigger(data.first_captions())  # for the model card
         base = load_base(r.model.source, dtype=None, config=r.model.single_file_config or None)
-        if r.model.arch and r.model.arch.replace("-base", "") != _arch_of(base):
+        if r.model.arch and r.model.arch.replace("-base", "") != arch_of(base):
             raise SceditError(
-                f"{r.path or 'recipe'}: model.arch = {r.model.arch!r} but {r.model.source} is a {_arch_of(base)} model; "
+                f"{r.path or 'recipe'}: model.arch = {r.model.arch!r} but {r.model.source} is a {arch_of(base)} model; "
                 "fix model.arch or model.source"
             )
         prediction_type = r.model.prediction_type or base.prediction_type

@@ -9,69 +9,26 @@ run. The dataset is opened (not decoded) to count its rows.
 
 from __future__ import annotations
 
-import json
 import os
-from pathlib import Path
 
 import torch
 
 from ..errors import SceditError
 from ..models import BaseModel
 
-PREDICTION = {"sd15": "epsilon", "sd21": "v_prediction", "sd21-base": "epsilon", "sdxl": "epsilon"}
-
-
-def _hub_file(repo: str, filename: str) -> Path | None:
-    try:
-        from huggingface_hub import try_to_load_from_cache
-
-        found = try_to_load_from_cache(repo, filename)
-    except Exception:  # invalid repo id and the like: not in the cache
-        return None
-    return Path(found) if isinstance(found, str) else None
-
-
-def _configs(source: str):
-    """(unet config, scheduler config, vae config, model_index) dicts from a folder or the HF cache, or None."""
-    path = Path(source)
-    names = ("unet/config.json", "scheduler/scheduler_config.json", "vae/config.json", "model_index.json")
-    if path.is_dir():
-        files = [path / n for n in names]
-    elif path.exists() or source.startswith((".", "/", "~")):
-        return None
-    else:
-        files = [_hub_file(source, n) for n in names]
-    if not all(f is not None and f.is_file() for f in files):
-        return None
-    return [json.loads(f.read_text()) for f in files]
-
 
 def meta_base(r) -> tuple[BaseModel, str]:
     """A U-Net-only base on the meta device, and where its configuration came from."""
-    from diffusers import UNet2DConditionModel
+    from ..architectures import meta_base as build_meta_base
 
-    from ..architectures import build_unet
-
-    cfgs = _configs(r.model.source)
-    if cfgs is not None:
-        unet_cfg, sched_cfg, vae_cfg, index = cfgs
-        with torch.device("meta"):
-            unet = UNet2DConditionModel.from_config(unet_cfg)
-        is_sdxl = "text_encoder_2" in index and index["text_encoder_2"][0] is not None
-        pred = sched_cfg.get("prediction_type", "epsilon")
-        factor = 2 ** (len(vae_cfg.get("block_out_channels", [0] * 4)) - 1)
-        return BaseModel.from_unet(unet, is_sdxl=is_sdxl, prediction_type=pred, vae_scale_factor=factor,
-                                   source=r.model.source), "model configuration"
-    if not r.model.arch:
+    built = build_meta_base(r.model.source, r.model.arch or None)
+    if built is None:
         where = f"{r.path}: model.arch" if r.path else "model.arch"
         raise SceditError(
             f"{where}: {r.model.source} is not on this machine, so --dry-run needs model.arch "
             "(sd15, sd21, sd21-base or sdxl) to build the U-Net on the meta device"
         )
-    arch = r.model.arch
-    unet = build_unet("sd21" if arch == "sd21-base" else arch, device="meta")
-    return BaseModel.from_unet(unet, is_sdxl=arch == "sdxl", prediction_type=PREDICTION[arch],
-                               source=r.model.source), f"published {arch} configuration (weights not here)"
+    return built
 
 
 def dry_run_plan(r, method) -> dict:

@@ -5,24 +5,7 @@ from __future__ import annotations
 
 import torch
 
-
-def text_embeddings(base, captions: list[str], device, negative: bool = False):
-    """(prompt embeds, added-cond text embeds or None) from the frozen text encoder(s), no grad."""
-    with torch.no_grad():
-        if base.is_sdxl:
-            pe, _, pooled, _ = base.pipeline.encode_prompt(
-                captions, device=device, num_images_per_prompt=1, do_classifier_free_guidance=False
-            )
-            return pe, pooled
-        pe, _ = base.pipeline.encode_prompt(captions, device, 1, False)
-        return pe, None
-
-
-def time_ids(original_sizes, crop_top_lefts, resolution, device, dtype):
-    """SDXL's added time ids: original size, crop top-left, target size (an int for a square, or (h, w))."""
-    target = (resolution, resolution) if isinstance(resolution, int) else tuple(resolution)
-    rows = [[*o, *c, *target] for o, c in zip(original_sizes, crop_top_lefts)]
-    return torch.tensor(rows, device=device, dtype=dtype)
+from ..models import text_embeddings, time_ids
 
 
 @torch.no_grad()

@@ -14,7 +14,7 @@ halves of classifier-free guidance (the official code recomputes them per step).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import ClassVar
 
 import torch
@@ -58,22 +58,47 @@ PRE_HINT_INIT_GAIN = 1.7
 
 
 @dataclass
-class CSCTunerConfig(TunerConfig):
-    """CSC-Tuner settings. `hint_kernel` is the dense-cascade kernel k (paper: 1 or 3).
+class CSCSettings(TunerConfig):
+    """What a user chooses for a CSC-Tuner (a recipe's [method] and the tuner file share these).
+    `hint_kernel` is the dense-cascade kernel k (paper: 1 or 3). `pre_hint_dim_ratio` /
+    `pre_hint_out_channels`: the pre-hint encoder's width multiplier and output channels (official SD
+    configs 1.0 / 256, SDXL 2.0 / 320; None in a recipe: the base's, `default_pre_hint`)."""
+
+    hint_kernel: int = 3
+    pre_hint_dim_ratio: float | None = None
+    pre_hint_out_channels: int | None = None
+
+    def settings(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(CSCSettings)}
+
+
+@dataclass
+class CSCTunerConfig(CSCSettings):
+    """A CSC-Tuner as built: its settings, resolved for one base model and one condition.
 
     `hint_downscale` is the VAE's downscale factor (8 for Stable Diffusion): the
-    pre-hint encoder maps the pixel-size condition to the latent size.
-    `pre_hint_dim_ratio` / `pre_hint_out_channels`: the pre-hint encoder's width
-    multiplier and output channels (official SD configs 1.0 / 256, SDXL 2.0 / 320).
+    pre-hint encoder maps the pixel-size condition to the latent size; `in_channels`
+    the condition tensor's channels.
     """
 
     method: ClassVar[str] = "csc"
-    hint_kernel: int = 3
     hint_downscale: int = 8
     condition: str = "canny"
     in_channels: int = 3
     pre_hint_dim_ratio: float = SD_PRE_HINT[0]
     pre_hint_out_channels: int = SD_PRE_HINT[1]
+
+    @classmethod
+    def resolve(cls, settings: CSCSettings, *, is_sdxl: bool, hint_downscale: int, condition: str,
+                in_channels: int) -> "CSCTunerConfig":
+        """The tuner `settings` make on a base (SDXL or not, its VAE factor) for `condition`."""
+        chosen = settings.settings()
+        dim_ratio, out_channels = default_pre_hint(is_sdxl)
+        if chosen["pre_hint_dim_ratio"] is None:
+            chosen["pre_hint_dim_ratio"] = dim_ratio
+        if chosen["pre_hint_out_channels"] is None:
+            chosen["pre_hint_out_channels"] = out_channels
+        return cls(**chosen, hint_downscale=hint_downscale, condition=condition, in_channels=in_channels)
 
     def validate(self, layout: SkipLayout) -> None:
         super().validate(layout)
@@ -90,7 +115,7 @@ class CSCTunerConfig(TunerConfig):
             )
 
 
-def _pre_hint(in_channels: int, downscale: int, channels: tuple[int, ...] = PRE_HINT_CHANNELS) -> nn.Sequential:
+def pre_hint_encoder(in_channels: int, downscale: int, channels: tuple[int, ...] = PRE_HINT_CHANNELS) -> nn.Sequential:
     n_strided = int(math.log2(downscale))
     strided = set(_STRIDE_POSITIONS[:n_strided])
     layers: list[nn.Module] = []
@@ -113,7 +138,7 @@ class HintEncoder(nn.Module):
         super().__init__()
         self.skips = skips  # encoder indices, ascending
         channels = pre_hint_channels(config.pre_hint_dim_ratio, config.pre_hint_out_channels)
-        self.pre_hint_blocks = _pre_hint(config.in_channels, config.hint_downscale, channels)
+        self.pre_hint_blocks = pre_hint_encoder(config.in_channels, config.hint_downscale, channels)
         k = config.hint_kernel
         levels = []
         c_in, scale = channels[-1], 1

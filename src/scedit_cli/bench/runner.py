@@ -9,6 +9,7 @@ timesteps, target, MSE, backward, AdamW) on random latents and text embeddings.
 Per method, in the same run: trainable parameters, peak training memory
 (`metrics.memory`) and the median step time (`metrics.timing`); then each
 figure's ratio to the table's baseline, beside the paper's figure and ratio.
+The tables themselves are data in `specs.py`; the JSON and chart are written by `chart.py`.
 """
 
 from __future__ import annotations
@@ -17,182 +18,20 @@ import json
 import os
 import platform
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
 import torch
 
+from ..architectures import ARCH_NAMES
 from ..errors import SceditError
-from ..fsutil import atomic_path, check_output_location, write_json_atomic
 from ..lean import resolve_lean
-from ..metrics.memory import MemoryReport, gib, measure_step_memory, release_memory, unet_regions
+from ..metrics.memory import MemoryReport, measure_step_memory, release_memory, unet_regions
 from ..metrics.timing import StepTiming, time_steps
-
-GB = 1e9  # the paper's "G" (memory columns); our GiB figures are converted for the side-by-side
-
-
-@dataclass(frozen=True)
-class MethodSpec:
-    label: str
-    method: str
-    config: dict
-    paper_params_m: float | None = None
-    paper_mem_gb: float | None = None
-    paper_time_ratio: float | None = None
-    paper_mem_ratio: float | None = None  # where the paper states a ratio but no figure
-    train: dict = field(default_factory=dict)  # TrainSection overrides for this row (memory options)
-
-
-@dataclass(frozen=True)
-class Target:
-    """`method`'s figure must be at most `max_ratio` x `versus`'s (the paper's ratio, which we mean to beat)."""
-
-    method: str
-    versus: str
-    metric: str  # "memory" | "time"
-    max_ratio: float
-
-
-@dataclass(frozen=True)
-class TableSpec:
-    name: str
-    title: str
-    arch: str
-    baseline: str
-    methods: tuple[MethodSpec, ...]
-    targets: tuple[Target, ...] = ()
-    note: str = ""
-
-
-_CANNY = {"conditions": ["canny"]}
-_FF = {"recompute_feed_forward": True}
-
-TABLES: dict[str, TableSpec] = {
-    "table1": TableSpec(
-        "table1", "Table 1: text-to-image tuning efficiency (SD 1.5)", "sd15", "Full",
-        (
-            MethodSpec("Full", "full", {}, 859.52, 53.46, 1.00),
-            MethodSpec("LoRA r=64", "lora", {"rank": 64}, 23.94, 60.57, 1.24),
-            MethodSpec("LoRA r=6", "lora", {"rank": 6}, 2.24, 59.94, 1.20),
-            MethodSpec("SCEdit", "sc", {}, 19.68, 29.02, 0.78),
-            MethodSpec("SCEdit ratio 10", "sc", {"ratio": 10}, 1.98, 28.06, 0.77),
-            # Not in the paper: the feed-forward recompute (train.recompute_feed_forward) spends some of
-            # a method's time on memory; both rows show what it buys SCEdit and LoRA.
-            MethodSpec("SCEdit + FF recompute", "sc", {}, 19.68, train=_FF),
-            MethodSpec("LoRA r=64 + FF recompute", "lora", {"rank": 64}, 23.94, train=_FF),
-        ),
-        (
-            Target("SCEdit", "LoRA r=64", "memory", 0.48),
-            Target("SCEdit", "Full", "memory", 0.55),
-            Target("SCEdit", "Full", "time", 0.78),
-            Target("SCEdit", "LoRA r=64", "time", 0.63),
-        ),
-        "paper: batch 32, 512 px, A100, AMP fp16",
-    ),
-    "table2": TableSpec(
-        "table2", "Table 2: controllable generation efficiency (SD 2.1, canny)", "sd21", "ControlNet",
-        (
-            MethodSpec("ControlNet", "controlnet", _CANNY, 364.23, None, 1.00),
-            MethodSpec("T2I-Adapter", "t2i-adapter", _CANNY, 77.37, None, 0.92),
-            MethodSpec("ControlNet-XS", "controlnet-xs", _CANNY, 55.30, None, 0.97),
-            MethodSpec("ControlLoRA", "controllora", _CANNY, 21.52, None, 1.34),
-            MethodSpec("SCEdit k=1", "csc", {**_CANNY, "hint_kernel": 1}, 28.82, 34.78, 0.87, paper_mem_ratio=0.70),
-            MethodSpec("SCEdit k=3", "csc", {**_CANNY, "hint_kernel": 3}, 99.11, 35.28, 0.87),
-        ),
-        (
-            Target("SCEdit k=1", "ControlNet", "memory", 0.70),
-            Target("SCEdit k=1", "ControlNet", "time", 0.87),
-        ),
-        "paper: batch 64, 512 px, A100; SCEdit memory figures from Table 6, the 0.70 ratio from the text "
-        "('30% reduction in memory'); Table 2's single Mem. figure (37.01G) has no clear row",
-    ),
-    "table5": TableSpec(
-        "table5", "Table 5: SC-Tuner ablations (SD 1.5)", "sd15", "ratio 1",
-        (
-            MethodSpec("ratio 1", "sc", {}, 19.68, 29.02),
-            MethodSpec("ratio 5", "sc", {"ratio": 5}, 3.94, 28.29),
-            MethodSpec("ratio 10", "sc", {"ratio": 10}, 1.98, 28.06),
-            MethodSpec("skips {0,11}", "sc", {"skips": [0, 11]}, 3.48, 28.11),
-            MethodSpec("skips {0,3,6,9,11}", "sc", {"skips": [0, 3, 6, 9, 11]}, 7.79, 28.56),
-            MethodSpec("Conv", "sc", {"op": "conv3x3", "ratio": 8}, 22.13, 28.65),
-        ),
-        (),
-        "paper: batch 32, 512 px, A100, AMP fp16",
-    ),
-    "table6": TableSpec(
-        "table6", "Table 6: CSC-Tuner ablations (SD 2.1, canny)", "sd21", "k=1",
-        (
-            MethodSpec("k=1", "csc", {**_CANNY, "hint_kernel": 1}, 28.82, 34.78),
-            MethodSpec("k=3", "csc", {**_CANNY, "hint_kernel": 3}, 99.11, 35.28),
-            MethodSpec("skips {0,3,4,6,7,9,11}", "csc", {**_CANNY, "hint_kernel": 1, "skips": [0, 3, 4, 6, 7, 9, 11]},
-                       17.14, 34.48),
-            MethodSpec("Dual Conv", "csc", {**_CANNY, "hint_kernel": 1, "op": "conv3x3", "ratio": 6}, 37.82, 35.31),
-        ),
-        (),
-        "paper: batch 64, 512 px, A100",
-    ),
-}
-
-PREDICTION = {"sd15": "epsilon", "sd21": "v_prediction", "sdxl": "epsilon"}
-
-
-@dataclass
-class BenchSettings:
-    arch: str | None = None  # sd15 / sd21 (default: the table's)
-    unet_config: str | None = None  # a diffusers U-Net config.json (any architecture)
-    model: str | None = None  # real weights: a diffusers folder (or HF id in the cache)
-    device: str = "cpu"
-    batch: int = 1
-    resolution: int = 256
-    steps: int = 3
-    warmup: int = 1
-    precision: str = "auto"  # auto | no | fp16 | bf16
-    methods: list[str] | None = None  # labels to run (default: all)
-    seed: int = 0
-    text_tokens: int = 77
-    recompute_feed_forward: bool = False  # train.recompute_feed_forward, for every method alike
-    lean: bool | str = "auto"  # train.lean, for every method alike
-
-
-@dataclass
-class MethodResult:
-    label: str
-    method: str
-    config: dict
-    trainable_params: int
-    memory: dict
-    timing: dict
-    peak_bytes: int
-    step_time_s: float
-    saved_encoder_bytes: int
-    memory_ratio: float | None = None
-    time_ratio: float | None = None
-    rss_ratio: float | None = None
-    paper_params_m: float | None = None
-    paper_mem_gb: float | None = None
-    paper_mem_ratio: float | None = None
-    paper_time_ratio: float | None = None
-    final_loss: float | None = None
-    train: dict = field(default_factory=dict)
-
-
-@dataclass
-class TableResult:
-    table: str
-    title: str
-    baseline: str
-    base: str
-    machine: dict
-    settings: dict
-    rows: list[MethodResult] = field(default_factory=list)
-    targets: list[dict] = field(default_factory=list)
-    note: str = ""
-    seconds: float = 0.0
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
+from ..models import vae_scale_factor
+from ..precision import mixed_precision_name, resolve_precision
+from .specs import TABLES, BenchSettings, MethodResult, MethodSpec, TableResult, TableSpec
 
 # --- building the base ------------------------------------------------------------------------
 
@@ -209,33 +48,24 @@ def _read_unet_config(path: str) -> dict:
     return {k: v for k, v in cfg.items() if not k.startswith("_")}
 
 
-def _model_parts(model: str):
-    """(unet folder or id + subfolder, prediction type) of a diffusers pipeline folder."""
-    p = Path(model).expanduser()
-    pred, factor = "epsilon", 8
-    sched = p / "scheduler" / "scheduler_config.json"
-    if sched.is_file():
-        pred = json.loads(sched.read_text()).get("prediction_type", "epsilon")
-    vae = p / "vae" / "config.json"
-    if vae.is_file():
-        factor = 2 ** (len(json.loads(vae.read_text()).get("block_out_channels", [0] * 4)) - 1)
-    return p, pred, factor
-
-
 class BaseFactory:
     """Builds a fresh, identical base U-Net for each method (same seed / same weights)."""
 
     def __init__(self, default_arch: str, s: BenchSettings):
         from diffusers import UNet2DConditionModel
 
-        from ..architectures import ARCH_NAMES, unet_config
+        from ..architectures import PREDICTION, pipeline_configs, unet_config
 
         self.s = s
         self.vae_scale_factor = 8
         if sum(x is not None for x in (s.unet_config, s.model)) > 1:
             raise SceditError("give at most one of --unet-config and --model")
         if s.model is not None:
-            path, self.prediction_type, self.vae_scale_factor = _model_parts(s.model)
+            path = Path(s.model).expanduser()
+            cfgs = pipeline_configs(str(path))
+            self.prediction_type = cfgs.get("scheduler", {}).get("prediction_type", "epsilon")
+            if "vae" in cfgs:
+                self.vae_scale_factor = vae_scale_factor(cfgs["vae"])
             self.description = f"{s.model} (real weights)"
             self._load = lambda: UNet2DConditionModel.from_pretrained(str(path), subfolder="unet")
             try:
@@ -280,21 +110,8 @@ class BaseFactory:
 
 # --- one method ---------------------------------------------------------------------------------
 
-def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype (None: fp32). 'auto' is the paper's AMP fp16 on a GPU and fp32 on a CPU."""
-    if precision not in ("auto", "no", "fp16", "bf16"):
-        raise SceditError(f"--precision {precision!r}: choose auto, no, fp16 or bf16")
-    if precision == "auto":
-        return torch.float16 if device.type == "cuda" else None
-    if precision == "no":
-        return None
-    if device.type == "cpu" and precision == "fp16":
-        raise SceditError("--precision fp16 needs a GPU; use --precision no (or bf16) on a CPU")
-    return torch.float16 if precision == "fp16" else torch.bfloat16
-
-
 def _random_batch(method, base, s: BenchSettings, device: torch.device):
-    from ..methods import condition_channels
+    from ..conditions import condition_channels
     from ..training import StepBatch
 
     if s.resolution % base.vae_scale_factor:
@@ -356,7 +173,7 @@ def setup_method(spec: MethodSpec, factory: BaseFactory, s: BenchSettings) -> Me
     method.setup(base)
     # Exactly as `scedit train` prepares a run with the paper's Table 4 settings (AdamW, lr 5e-5,
     # weight decay 0.01, gradient clipping at 1.0), in this precision.
-    mp = {torch.float16: "fp16", torch.bfloat16: "bf16"}.get(autocast, "no")
+    mp = mixed_precision_name(autocast)
     cfg = TrainSection(**{"mixed_precision": mp, "recompute_feed_forward": s.recompute_feed_forward,
                           "lean": s.lean, **spec.train})
     params, optimizer, scaler, _, noise_scheduler = prepare_training(method, base, device, frozen, cfg)
@@ -491,7 +308,7 @@ def run_table(name: str, s: BenchSettings, on_event: Callable[[str, int], None] 
         raise SceditError(f"--device {s.device}: use cpu or cuda[:N]")
     resolve_precision(s.precision, device)
     table = TABLES[name]
-    if s.arch is not None and s.arch not in PREDICTION:
+    if s.arch is not None and s.arch not in ARCH_NAMES:
         raise SceditError(f"--arch {s.arch!r}: choose sd15, sd21 or sdxl")
     specs = select_methods(table, s.methods)
     factory = BaseFactory(table.arch, s)
@@ -505,112 +322,3 @@ def run_table(name: str, s: BenchSettings, on_event: Callable[[str, int], None] 
     compute_ratios(result)
     result.seconds = time.perf_counter() - t0
     return result
-
-
-# --- outputs ------------------------------------------------------------------------------------
-
-def write_outputs(result: TableResult, out_dir: str | Path) -> dict[str, str]:
-    """`<table>.json` and `<table>.png` (bar chart of measured vs paper ratios), written atomically."""
-    out = check_output_location(out_dir, "--out")
-    json_path, png_path = out / f"{result.table}.json", out / f"{result.table}.png"
-    write_json_atomic(json_path, result.to_dict())
-    bar_chart(result, png_path)
-    return {"json": str(json_path), "png": str(png_path)}
-
-
-def bar_chart(result: TableResult, path: str | Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    labels = [r.label for r in result.rows]
-    x = np.arange(len(labels))
-    fig, axes = plt.subplots(1, 2, figsize=(max(8, 1.6 * len(labels) * 2), 4.2))
-    for ax, what, measured, paper in (
-        (axes[0], "peak training memory", [r.memory_ratio for r in result.rows],
-         [r.paper_mem_ratio for r in result.rows]),
-        (axes[1], "step time", [r.time_ratio for r in result.rows], [r.paper_time_ratio for r in result.rows]),
-    ):
-        w = 0.38
-        ax.bar(x - w / 2, [m or 0 for m in measured], w, label="measured", color="#2b6cb0")
-        ax.bar(x + w / 2, [p if p is not None else 0 for p in paper], w, label="paper", color="#a0aec0")
-        for i, p in enumerate(paper):
-            if p is None:
-                ax.text(x[i] + w / 2, 0.02, "n/a", ha="center", va="bottom", fontsize=7, rotation=90)
-        ax.axhline(1.0, color="black", lw=0.6)
-        ax.set_xticks(x)
-        ax.set_xticklabels(labels, rotation=25, ha="right", fontsize=8)
-        ax.set_title(f"{what} / {result.baseline}")
-        ax.legend(fontsize=8)
-    s = result.settings
-    where = result.machine.get("gpu") or result.machine.get("cpu", "")
-    fig.suptitle(f"{result.title}\n{result.base}, batch {s['batch']}, {s['resolution']} px, {where}", fontsize=9)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
-
-
-def fmt_bytes(n: int | None) -> str:
-    return "-" if n is None else f"{gib(n):.2f}"
-
-
-# --- one recipe (`scedit eval --params --memory --time RECIPE`) -----------------------------------
-
-def measure_recipe(recipe: str | Path, s: BenchSettings, *, memory: bool = True, timing: bool = True,
-                   overrides: list[str] | None = None) -> dict:
-    """Trainable parameters, and (when asked) peak training memory and step time of a training recipe.
-
-    The base is the recipe's `model.source` when it is a local diffusers folder (real weights), else the
-    published architecture `model.arch` with random weights (said in the result). Batch size,
-    resolution and mixed precision come from the recipe unless `s` overrides them.
-    """
-    from ..methods import build_method
-    from ..recipes import load_recipe
-
-    r = load_recipe(recipe, overrides)
-    method_cfg = r.method.to_dict()
-    src = Path(r.model.source).expanduser() if r.model.source else None
-    arch = (r.model.arch or "").replace("-base", "") or None
-    if src is not None and src.is_dir():
-        s.model = str(src)
-    elif arch is None:
-        raise SceditError(f"{r.path or recipe}: model.source {r.model.source!r} is not a local folder, so "
-                          "the benchmark needs model.arch (sd15, sd21 or sdxl) to build the U-Net with random weights")
-    out: dict = {"recipe": str(r.path or recipe), "method": r.method_name, "config": method_cfg}
-    if not (memory or timing):
-        from .. import architectures
-
-        base_unet = architectures.build_unet(arch, "meta") if s.model is None else None
-        if base_unet is None:
-            from diffusers import UNet2DConditionModel
-
-            with torch.device("meta"):
-                base_unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(s.model, subfolder="unet"))
-        from ..models import BaseModel
-
-        method = build_method(r.method_name, method_cfg)
-        with torch.device("meta"):
-            method.setup(BaseModel.from_unet(base_unet))
-        out.update(trainable_params=method.num_trainable(), base=s.model or f"{arch} (meta device)")
-        return out
-    if s.precision == "auto":
-        s.precision = r.train.mixed_precision
-    if s.lean == "auto":
-        s.lean = r.train.lean
-    if s.batch is None:
-        s.batch = max(1, r.train.batch_size // r.train.gradient_accumulation_steps)
-    if s.resolution is None:
-        s.resolution = r.data.resolution
-    factory = BaseFactory(arch or "sd15", s)
-    spec = MethodSpec(r.name, r.method_name, method_cfg)
-    res = run_method(spec, factory, s)
-    out.update(trainable_params=res.trainable_params, base=factory.description, settings=asdict(s),
-               machine=machine_info(s.device))
-    if memory:
-        out["memory"] = res.memory
-    if timing:
-        out["timing"] = res.timing
-    return out
