@@ -47,7 +47,7 @@ def test_source_syntax():
         assert parse_hub_source(path_like) is None, path_like
 
 
-def test_hub_ids_resolve_from_the_cache_offline(world, hf_cache):
+def test_hub_ids_resolve_from_the_cache_offline(world, hf_cache, monkeypatch):
     snap = add_to_cache(hf_cache, "someone/style", _tuner_files(world / "sc"))
     assert resolve_tuner_source("someone/style") == snap
     # a subfolder, and a revision that is a tag pointing at another commit
@@ -58,14 +58,8 @@ def test_hub_ids_resolve_from_the_cache_offline(world, hf_cache):
     assert resolve_tuner_source(f"someone/style@{COMMIT_V1}") == v1
     # A local folder of that name wins.
     (hf_cache.parent / "someone" / "style").mkdir(parents=True)
-    import os
-
-    cwd = os.getcwd()
-    os.chdir(hf_cache.parent)
-    try:
-        assert str(resolve_tuner_source("someone/style")) == "someone/style"
-    finally:
-        os.chdir(cwd)
+    monkeypatch.chdir(hf_cache.parent)
+    assert str(resolve_tuner_source("someone/style")) == "someone/style"
 
 
 @pytest.mark.parametrize("source, message", [

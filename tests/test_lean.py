@@ -3,6 +3,8 @@ saved bytes."""
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -98,10 +100,17 @@ def test_feed_forward_recompute_same_gradients_fewer_bytes(method):
 
 def test_unfrozen_conv_still_trains_its_weight():
     conv = torch.nn.Conv2d(3, 4, 3, padding=1)
+    stock = copy.deepcopy(conv)
     lean_autograd(conv)
     x = torch.randn(1, 3, 8, 8, requires_grad=True)
-    conv(x).sum().backward()
-    assert conv.weight.grad is not None and x.grad is not None
+    x_stock = x.detach().clone().requires_grad_(True)
+    w = torch.randn(1, 4, 8, 8)  # a loss that weighs each output differently
+    (conv(x) * w).sum().backward()
+    (stock(x_stock) * w).sum().backward()
+    # the same gradients as stock autograd, for the weight, the bias and the input
+    torch.testing.assert_close(conv.weight.grad, stock.weight.grad)
+    torch.testing.assert_close(conv.bias.grad, stock.bias.grad)
+    torch.testing.assert_close(x.grad, x_stock.grad)
 
 
 def test_lean_autograd_is_idempotent():

@@ -182,12 +182,29 @@ def test_sd21_v_prediction_is_read_from_the_scheduler(tmp_path, dataset):
     assert meta["prediction_type"] == "v_prediction"
 
 
-def test_sdxl_trains_with_its_added_conditions(tmp_path, dataset):
+def test_sdxl_trains_with_its_added_conditions(tmp_path, dataset, monkeypatch):
+    from diffusers import UNet2DConditionModel
+
     make_tiny_pipeline(tmp_path / "sdxl", "sdxl")
     recipe = write_recipe(tmp_path / "r.toml", tmp_path / "sdxl", dataset, {"name": "sc"}, tmp_path / "out",
                           train={"max_steps": 1}, model={"arch": "sdxl"})
+    seen = []
+    forward = UNet2DConditionModel.forward
+
+    def recording(self, *args, **kwargs):
+        seen.append({k: v.detach().clone() for k, v in (kwargs.get("added_cond_kwargs") or {}).items()})
+        return forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(UNet2DConditionModel, "forward", recording)
     result = train(recipe)
     assert result.steps == 1 and (tmp_path / "out" / "tuner" / "tuner.safetensors").is_file()
+    # the training step's U-Net call got SDXL's added conditions: the pooled text embeds and the time ids
+    assert len(seen) == 1 and set(seen[0]) == {"text_embeds", "time_ids"}
+    assert seen[0]["text_embeds"].shape == (2, 32) and seen[0]["text_embeds"].abs().sum() > 0
+    ids = seen[0]["time_ids"]
+    assert ids.shape == (2, 6)
+    assert ids[:, :2].tolist() == [[40, 48]] * 2  # the dataset images' original size (h, w)
+    assert ids[:, 4:].tolist() == [[32, 32]] * 2  # the training resolution
 
 
 def test_logging_checkpoints_and_validation_outputs(sd15, dataset, tmp_path):
