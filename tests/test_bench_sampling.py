@@ -11,7 +11,9 @@ from tiny_models import make_tiny_unet
 
 
 def test_sampling_benchmark_tiny_end_to_end():
-    res = bench_sampling(unet=make_tiny_unet("sd15"), resolution=64, steps=3, batch=2, repeats=2, device="cpu")
+    bench = bench_sampling(unet=make_tiny_unet("sd15"), resolution=64, steps=3, batch=2, repeats=2, device="cpu")
+    res = bench.to_dict()
+    assert [r.variant for r in bench.rows] == list(VARIANTS) and res["rows"] == bench.row_dicts()
     rows = {r["variant"]: r for r in res["rows"]}
     assert list(rows) == list(VARIANTS)
     assert rows["plain"]["overhead_pct"] == 0.0

@@ -12,7 +12,7 @@ from diffusers.models.activations import GEGLU
 
 from scedit_cli.lean import _PATCHED, _GegluProduct, _Norm, lean_autograd, resolve_lean, restore_autograd
 from scedit_cli.tuners import SCTuner, SCTunerConfig, SkipLayout, attach
-from tiny_models import make_tiny_unet, unet_inputs
+from tiny_models import make_tiny_unet, randomize_, unet_inputs
 
 AUTO_ON_CPU = True  # what train.lean = "auto" means on a CPU (benchmarks/bench_peers.py measured both)
 
@@ -40,12 +40,8 @@ def test_geglu_product_gradcheck():
 
 def _run(lean: bool, method: str, recompute_ff: bool = False):
     unet = make_tiny_unet()
-    g = torch.Generator().manual_seed(0)
     if method == "sc":
-        tuner = SCTuner(SCTunerConfig(), SkipLayout.from_unet(unet))
-        with torch.no_grad():
-            for p in tuner.parameters():
-                p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+        tuner = randomize_(SCTuner(SCTunerConfig(), SkipLayout.from_unet(unet)), scale=0.05)
         attach(unet, tuner)
         params = list(tuner.parameters())
     else:  # full fine-tuning: norms with trainable weights
@@ -143,11 +139,7 @@ def test_lean_autograd_under_cuda_fp16_autocast():
 
     def run(lean: bool):
         unet = make_tiny_unet().cuda().half()
-        tuner = SCTuner(SCTunerConfig(), SkipLayout.from_unet(unet)).cuda()
-        g = torch.Generator().manual_seed(0)
-        with torch.no_grad():
-            for p in tuner.parameters():
-                p.copy_((torch.randn(p.shape, generator=g) * 0.05).cuda())
+        tuner = randomize_(SCTuner(SCTunerConfig(), SkipLayout.from_unet(unet)), scale=0.05).cuda()
         attach(unet, tuner)
         if lean:
             lean_autograd(unet)

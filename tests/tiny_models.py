@@ -6,8 +6,12 @@ channels each, so every test exercises the real model code in seconds.
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 import torch
 from diffusers import UNet2DConditionModel
+
+M = TypeVar("M", bound=torch.nn.Module)
 
 _BASE = dict(
     sample_size=16,
@@ -47,12 +51,14 @@ def tiny_unet_config(kind: str = "sd15") -> dict:
     raise ValueError(kind)
 
 
-def randomize_(module: torch.nn.Module, seed: int = 0, scale: float = 0.2) -> None:
-    """Give every parameter (zero-initialised ones too) random N(0, scale^2) values: a "trained" module."""
+def randomize_(module: M, seed: int = 0, scale: float = 0.2) -> M:
+    """Give every parameter (zero-initialised ones too) random N(0, scale^2) values: a "trained" module.
+    Returns `module`."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in module.parameters():
             p.copy_(torch.randn(p.shape, generator=g) * scale)
+    return module
 
 
 def make_tiny_unet(kind: str = "sd15", seed: int = 0) -> UNet2DConditionModel:

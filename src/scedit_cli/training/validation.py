@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 
-def text_embeddings(base, captions: list[str], device):
+def text_embeddings(base, captions: list[str], device, negative: bool = False):
     """(prompt embeds, added-cond text embeds or None) from the frozen text encoder(s), no grad."""
     with torch.no_grad():
         if base.is_sdxl:
