@@ -166,11 +166,9 @@ def make_tiny_pipeline(folder, kind: str = "sd15", prediction_type: str = "epsil
         tok2 = make_tiny_tokenizer(folder / "tokenizer_2")
         # SDXL's U-Net cross-attends to both encoders' hidden states concatenated:
         # 16 + 16 = 32 channels; the second encoder's projection feeds text_embeds.
-        cfg1 = CLIPTextConfig(**{**text_cfg.to_dict(), "hidden_size": 16, "intermediate_size": 20})
-        text_encoder = CLIPTextModel(cfg1)
-        text_encoder_2 = CLIPTextModelWithProjection(
-            CLIPTextConfig(**{**text_cfg.to_dict(), "hidden_size": 16, "intermediate_size": 20})
-        )
+        narrow = {**text_cfg.to_dict(), "hidden_size": 16, "intermediate_size": 20}
+        text_encoder = CLIPTextModel(CLIPTextConfig(**narrow))
+        text_encoder_2 = CLIPTextModelWithProjection(CLIPTextConfig(**narrow))
         pipe = StableDiffusionXLPipeline(
             vae=vae,
             text_encoder=text_encoder,
