@@ -301,3 +301,19 @@ def test_frozen_weights_half_trainable_fp32(name):
     r_cpu = load_recipe({**raw, "model": {"source": "x/y", "frozen_dtype": "fp16"}})
     with pytest.raises(Exception, match="needs a GPU"):
         _frozen_dtype(r_cpu, torch.device("cpu"))
+
+
+def test_validation_grid_lays_rows_out_without_gaps(tmp_path):
+    from PIL import Image
+
+    from scedit_cli.training.logging import save_grid
+
+    colours = [[(255, 0, 0), (0, 255, 0)], [(0, 0, 255), (9, 9, 9)]]
+    rows = [[Image.new("RGB", (8, 6), c) for c in row] for row in colours]
+    with Image.open(save_grid(rows, tmp_path / "g.png")) as g:
+        assert g.size == (16, 12)
+        for i, row in enumerate(colours):
+            for j, c in enumerate(row):
+                assert g.getpixel((j * 8 + 4, i * 6 + 3)) == c
+    with pytest.raises(ValueError, match="differ in length"):
+        save_grid([rows[0], rows[1][:1]], tmp_path / "h.png")
