@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One prepared GPU session: the efficiency tables at the paper's batch, the sampling overhead at 50
-# steps, the fp16 training path, and the CUDA-only tests. Writes under $OUT (pick STAGES so that
-# at most 8 files come back from the device): gpu.log (everything printed), tableN/tableN.json|png,
+# steps, the fp16 training path, and the CUDA-only tests. Writes under $OUT: gpu.log (everything
+# printed), tableN/tableN.json|png,
 # probe.json, sampling.json, quickstart.json, train-fp16.json (train needs quickstart's data:
 # /tmp/scedit-qs)
 # Usage (from the repository root, scedit importable): OUT=results bash benchmarks/gpu_check.sh

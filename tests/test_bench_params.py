@@ -64,7 +64,7 @@ def test_sdxl_rows_have_no_paper_figure_and_count_by_hand(all_rows):
     rows = {r.setting: r for r in all_rows if r.table == "SDXL"}
     assert set(rows) == {"SCEdit", "SCEdit k=1", "SCEdit k=3"}
     assert all(r.kind == NO_PAPER and r.paper_m is None and r.diff_m is None and r.ok for r in rows.values())
-    skips = [320] * 4 + [640] * 3 + [1280] * 2  # SDXL's 9 skips (DESIGN.md section 1)
+    skips = [320] * 4 + [640] * 3 + [1280] * 2  # SDXL's 9 skips: conv_in + 3 at 320, 3 at 640, 2 at 1280
     sc = sum(2 * c * c + 2 * c for c in skips)  # W_down, W_up and their biases, ratio 1
     pre = [3, 32, 32, 64, 64, 192, 192, 320]  # official SDXL pre-hint: widths x2, 320 out
     pre_hint = sum(a * b * 9 + b for a, b in zip(pre, pre[1:]))

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
-from scedit_cli.bench.sampling import VARIANTS, bench_sampling
+from scedit_cli.bench.sampling import CSC_GOAL_PCT, VARIANTS, bench_sampling
 from scedit_cli.errors import SceditError
 from tiny_models import make_tiny_unet
 
 
 def test_sampling_benchmark_tiny_end_to_end():
-    res = bench_sampling(unet=make_tiny_unet("sd15"), resolution=64, steps=3, batch=2, repeats=2, device="cpu")
+    bench = bench_sampling(unet=make_tiny_unet("sd15"), resolution=64, steps=3, batch=2, repeats=2, device="cpu")
+    res = bench.to_dict()
+    assert [r.variant for r in bench.rows] == list(VARIANTS) and res["rows"] == bench.row_dicts()
     rows = {r["variant"]: r for r in res["rows"]}
     assert list(rows) == list(VARIANTS)
     assert rows["plain"]["overhead_pct"] == 0.0
@@ -21,7 +24,15 @@ def test_sampling_benchmark_tiny_end_to_end():
     assert rows["csc1"]["hint_encoder_calls"] == 2 and rows["csc2"]["hint_encoder_calls"] == 4
     assert rows["sc"]["hint_encoder_calls"] == 0
     assert rows["controlnet"]["extra_params_m"] > 0 and rows["csc2"]["extra_params_m"] > rows["csc1"]["extra_params_m"] > 0
-    assert res["dtype"] == "float32" and res["steps"] == 3 and isinstance(res["csc1_within_goal"], bool)
+    # Overheads are each row's median seconds per image against the plain U-Net's, and the goals follow them.
+    plain = rows["plain"]["seconds_per_image"]
+    for r in rows.values():
+        assert r["overhead_pct"] == pytest.approx(100 * (r["seconds_per_image"] / plain - 1), abs=0.1)
+    assert res["csc_goal_pct"] == CSC_GOAL_PCT
+    assert res["csc1_within_goal"] is (rows["csc1"]["overhead_pct"] <= CSC_GOAL_PCT)
+    assert res["csc2_within_goal"] is (rows["csc2"]["overhead_pct"] <= CSC_GOAL_PCT)
+    assert (res["dtype"], res["steps"], res["batch"], res["repeats"], res["resolution"]) == ("float32", 3, 2, 2, 64)
+    assert res["device"] == "cpu" and res["torch_threads"] == torch.get_num_threads()
 
 
 def test_sampling_benchmark_bad_settings():

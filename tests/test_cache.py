@@ -165,3 +165,21 @@ def test_prepare_cache_cli_then_train_uses_it(tmp_path, sd15):
     assert again.exit_code == 0 and " s, 0 images/s on cpu" in line and ": 0 image, 0 caption," in line
     res = train(rec)
     assert res.cache.startswith("cache: using")
+
+
+def test_prepare_cache_cli_without_a_recipe_caches_for_the_default_run(tmp_path, sd15):
+    """--model/--input/--conditions: the recipe `recipes.dataset_recipe` makes, cached where that run reads."""
+    from typer.testing import CliRunner
+
+    from scedit_cli.cli import app
+    from scedit_cli.recipes import dataset_recipe
+
+    data = _dataset(tmp_path / "data")
+    out = CliRunner().invoke(app, ["prepare", "cache", "--model", str(sd15), "--input", str(data),
+                                   "--resolution", "32", "--conditions", "canny", "--json"])
+    assert out.exit_code == 0, out.output
+    summary = json.loads(out.stdout)
+    assert summary["missing"] == 0 and summary["images"] == 4 and summary["conditions"] == 4
+    r = load_recipe(dataset_recipe(str(sd15), str(data), 32, ["canny"]))
+    assert (r.method_name, r.method.conditions, r.data.resolution) == ("csc", ["canny"], 32)
+    assert load_recipe(dataset_recipe(str(sd15), str(data))).method_name == "sc"

@@ -20,6 +20,7 @@ from PIL import Image
 
 from comfy_double import ModelSamplingDiscrete, apply_model, comfy_model
 from hub_helpers import add_to_cache, hf_cache  # noqa: F401  (hf_cache: a fixture)
+from tiny_models import randomize_
 from scedit_cli.comfyui import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
 from scedit_cli.comfyui import model as comfy_info
 from scedit_cli.comfyui.hints import fit_hint
@@ -36,14 +37,6 @@ STEPS, CFG, PROMPT = 3, 7.5, "a red circle on a blue background"
 Tuner, Control = NODE_CLASS_MAPPINGS["SCEditTuner"](), NODE_CLASS_MAPPINGS["SCEditControl"]()
 
 
-def _randomize_(module, seed, scale=0.2):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * scale)
-    return module
-
-
 @pytest.fixture(scope="module")
 def toy(tmp_path_factory):
     """The shipped toy base (fp32, CPU), random non-zero SC / canny / color tuners, two condition maps."""
@@ -52,10 +45,10 @@ def toy(tmp_path_factory):
     base.pipeline.set_progress_bar_config(disable=True)
     layout = SkipLayout.from_unet(base.unet)
     f = base.vae_scale_factor
-    paths = {"sc": save_tuner(_randomize_(SCTuner(SCTunerConfig(ratio=2), layout), 1), root / "sc", base="toy")}
+    paths = {"sc": save_tuner(randomize_(SCTuner(SCTunerConfig(ratio=2), layout), 1), root / "sc", base="toy")}
     for seed, cond in ((2, "canny"), (3, "color")):
         t = CSCTuner(CSCTunerConfig(hint_downscale=f, hint_kernel=1, condition=cond), layout)
-        paths[cond] = save_tuner(_randomize_(t, seed), root / cond, base="toy")
+        paths[cond] = save_tuner(randomize_(t, seed), root / cond, base="toy")
     rng = np.random.default_rng(0)
     maps = {}
     for name in ("canny", "color"):
@@ -406,7 +399,7 @@ def test_errors_are_one_line_and_name_what_to_fix(toy, tmp_path, caplog):
         output_block_patch(torch.zeros(1, 64, 8, 8), torch.zeros(1, 64, 8, 8), {STATE_KEY: entries,
                                                                                 "block": ("output", 6)})
     # a tuner recorded for another family than the model: a warning, not an error
-    sd21 = save_tuner(_randomize_(SCTuner(SCTunerConfig(), toy.layout), 0), tmp_path / "sd21",
+    sd21 = save_tuner(randomize_(SCTuner(SCTunerConfig(), toy.layout), 0), tmp_path / "sd21",
                       base="stabilityai/stable-diffusion-2-1")
     with caplog.at_level(logging.WARNING, logger="scedit"):
         Tuner.apply(comfy_model(toy.base.unet, toy.base.pipeline.scheduler.config, 1024, 4), str(sd21), 1.0)

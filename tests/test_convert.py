@@ -18,7 +18,7 @@ from torch import nn
 from scedit_cli.convert import convert_checkpoint
 from scedit_cli.errors import SceditError
 from scedit_cli.tuners import SkipLayout, attach, detach, load_tuner
-from tiny_models import make_tiny_pipeline, make_tiny_unet, unet_inputs
+from tiny_models import make_tiny_pipeline, make_tiny_unet, randomize_, unet_inputs
 
 
 
@@ -68,15 +68,8 @@ def _official_csc(layout: SkipLayout, kernel: int, down_ratio: float = 1.0, down
     m.lsc_tuner_blocks = nn.ModuleList(
         [_SCTuner(c, int(c * down_ratio)) for c in layout.channels[::-1]]
     )
-    _randomize_(m)
+    randomize_(m, scale=0.1)
     return m
-
-
-def _randomize_(module, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * 0.1)
 
 
 def _reference_output(unet, layout, edit):

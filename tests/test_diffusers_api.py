@@ -19,25 +19,18 @@ from scedit_cli.sampling.controls import load_control_map, map_to_tensor
 from scedit_cli.toy import base_model_path
 from scedit_cli.tuners import (CSCTuner, CSCTunerConfig, SCTuner, SCTunerConfig, SkipLayout, attach, detach,
                               get_editor, save_tuner)
-from tiny_models import make_tiny_pipeline
+from tiny_models import make_tiny_pipeline, randomize_
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 PROMPT = "a red circle at the top left on a black background in <sce> style"
 
 
-def _randomize_(module, seed):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * 0.2)
-    return module
-
 
 def _tuners(unet, vae_factor: int, folder: Path) -> dict[str, Path]:
     """A trained-looking (random, non-zero) SC-Tuner and canny CSC-Tuner for `unet`, saved in `folder`."""
     layout = SkipLayout.from_unet(unet)
-    sc = _randomize_(SCTuner(SCTunerConfig(ratio=2), layout), 1)
-    canny = _randomize_(CSCTuner(CSCTunerConfig(condition="canny", hint_kernel=1, hint_downscale=vae_factor), layout), 2)
+    sc = randomize_(SCTuner(SCTunerConfig(ratio=2), layout), 1)
+    canny = randomize_(CSCTuner(CSCTunerConfig(condition="canny", hint_kernel=1, hint_downscale=vae_factor), layout), 2)
     return {"sc": save_tuner(sc, folder / "style" / "tuner"), "canny": save_tuner(canny, folder / "canny" / "tuner")}
 
 

@@ -83,3 +83,34 @@ def test_eval_recipe_params_memory_time(tmp_path):
     assert rec["method"] == "sc" and rec["trainable_params"] > 0
     assert rec["memory"]["saved_encoder_bytes"] == 0 and rec["memory"]["peak_bytes"] > 0
     assert rec["timing"]["steps"] == 1 and rec["timing"]["median_s"] > 0
+
+
+def test_evaluate_from_python(tmp_path):
+    """`metrics.evaluate` is what `scedit eval` runs: typed results, the same JSON, the same checks."""
+    from scedit_cli.errors import SceditError
+    from scedit_cli.metrics.evaluate import EvalSettings, evaluate
+    from scedit_cli.tuners import SCTuner, SCTunerConfig, SkipLayout
+    from tiny_models import make_tiny_pipeline
+
+    w = write_inception_weights(tmp_path / "w.pth")
+    gen = write_images(tmp_path / "gen", 3, seed=0)
+    ref = write_images(tmp_path / "ref", 3, seed=1)
+    pipe = make_tiny_pipeline(tmp_path / "model")
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(f'[model]\nsource = "{tmp_path / "model"}"\n[data]\nsource = "{tmp_path}"\nresolution = 64\n'
+                      '[method]\nname = "sc"\nratio = 2\n[train]\nbatch_size = 1\noutput_dir = "out"\n')
+    events = []
+    res = evaluate(EvalSettings(fid=True, generated=gen, reference=str(ref), inception_weights=w, dims=64,
+                                stats_cache=tmp_path / "c", params=True, recipe=recipe),
+                   on_control=lambda kind, n: events.append(kind))
+    assert res.control is None and events == []
+    assert res.fid.fid > 0 and (res.fid.generated_count, res.fid.reference_count, res.fid.dims) == (3, 3, 64)
+    assert res.warnings == res.fid.warnings and res.warnings[0].startswith("only 3 generated image(s)")
+    tuner = SCTuner(SCTunerConfig(ratio=2), SkipLayout.from_unet(pipe.unet))
+    assert res.recipe["method"] == "sc" and res.recipe["trainable_params"] == tuner.trainable_parameters
+    assert "memory" not in res.recipe and "timing" not in res.recipe  # only what was asked for
+    assert set(res.to_dict()) == {"fid", "recipe"} and res.to_dict()["fid"] == res.fid.to_dict()
+    with pytest.raises(SceditError, match="nothing to evaluate"):
+        evaluate(EvalSettings())
+    with pytest.raises(SceditError, match="--control needs --generated"):
+        evaluate(EvalSettings(control=True))

@@ -13,7 +13,7 @@ from scedit_cli.errors import SceditError
 from scedit_cli.tuners import SCTuner, SCTunerConfig, SkipLayout, save_tuner
 from scedit_cli.tuners.hub import HubTunerSource, parse_hub_source, resolve_tuner_source
 from hub_helpers import COMMIT_V1, add_to_cache, hf_cache  # noqa: F401  (hf_cache: a fixture)
-from tiny_models import make_tiny_pipeline
+from tiny_models import make_tiny_pipeline, randomize_
 
 
 @pytest.fixture(scope="module")
@@ -21,13 +21,7 @@ def world(tmp_path_factory):
     root = tmp_path_factory.mktemp("hub")
     pipe = make_tiny_pipeline(root / "sd15")
     layout = SkipLayout.from_unet(pipe.unet)
-    sc = SCTuner(SCTunerConfig(ratio=2), layout)
-    import torch
-
-    g = torch.Generator().manual_seed(3)
-    with torch.no_grad():
-        for p in sc.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * 0.2)
+    sc = randomize_(SCTuner(SCTunerConfig(ratio=2), layout), 3)
     save_tuner(sc, root / "sc", base=str(root / "sd15"))
     save_tuner(sc, root / "sc_other", base="someone/another-base")
     return root
@@ -47,7 +41,7 @@ def test_source_syntax():
         assert parse_hub_source(path_like) is None, path_like
 
 
-def test_hub_ids_resolve_from_the_cache_offline(world, hf_cache):
+def test_hub_ids_resolve_from_the_cache_offline(world, hf_cache, monkeypatch):
     snap = add_to_cache(hf_cache, "someone/style", _tuner_files(world / "sc"))
     assert resolve_tuner_source("someone/style") == snap
     # a subfolder, and a revision that is a tag pointing at another commit
@@ -58,14 +52,8 @@ def test_hub_ids_resolve_from_the_cache_offline(world, hf_cache):
     assert resolve_tuner_source(f"someone/style@{COMMIT_V1}") == v1
     # A local folder of that name wins.
     (hf_cache.parent / "someone" / "style").mkdir(parents=True)
-    import os
-
-    cwd = os.getcwd()
-    os.chdir(hf_cache.parent)
-    try:
-        assert str(resolve_tuner_source("someone/style")) == "someone/style"
-    finally:
-        os.chdir(cwd)
+    monkeypatch.chdir(hf_cache.parent)
+    assert str(resolve_tuner_source("someone/style")) == "someone/style"
 
 
 @pytest.mark.parametrize("source, message", [

@@ -9,7 +9,6 @@ that ends before that point fails the test; nothing here skips.
 from __future__ import annotations
 
 import io
-import json
 import os
 import signal
 import subprocess

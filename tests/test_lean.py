@@ -3,6 +3,8 @@ saved bytes."""
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -10,7 +12,7 @@ from diffusers.models.activations import GEGLU
 
 from scedit_cli.lean import _PATCHED, _GegluProduct, _Norm, lean_autograd, resolve_lean, restore_autograd
 from scedit_cli.tuners import SCTuner, SCTunerConfig, SkipLayout, attach
-from tiny_models import make_tiny_unet, unet_inputs
+from tiny_models import make_tiny_unet, randomize_, unet_inputs
 
 AUTO_ON_CPU = True  # what train.lean = "auto" means on a CPU (benchmarks/bench_peers.py measured both)
 
@@ -38,12 +40,8 @@ def test_geglu_product_gradcheck():
 
 def _run(lean: bool, method: str, recompute_ff: bool = False):
     unet = make_tiny_unet()
-    g = torch.Generator().manual_seed(0)
     if method == "sc":
-        tuner = SCTuner(SCTunerConfig(), SkipLayout.from_unet(unet))
-        with torch.no_grad():
-            for p in tuner.parameters():
-                p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+        tuner = randomize_(SCTuner(SCTunerConfig(), SkipLayout.from_unet(unet)), scale=0.05)
         attach(unet, tuner)
         params = list(tuner.parameters())
     else:  # full fine-tuning: norms with trainable weights
@@ -98,10 +96,17 @@ def test_feed_forward_recompute_same_gradients_fewer_bytes(method):
 
 def test_unfrozen_conv_still_trains_its_weight():
     conv = torch.nn.Conv2d(3, 4, 3, padding=1)
+    stock = copy.deepcopy(conv)
     lean_autograd(conv)
     x = torch.randn(1, 3, 8, 8, requires_grad=True)
-    conv(x).sum().backward()
-    assert conv.weight.grad is not None and x.grad is not None
+    x_stock = x.detach().clone().requires_grad_(True)
+    w = torch.randn(1, 4, 8, 8)  # a loss that weighs each output differently
+    (conv(x) * w).sum().backward()
+    (stock(x_stock) * w).sum().backward()
+    # the same gradients as stock autograd, for the weight, the bias and the input
+    torch.testing.assert_close(conv.weight.grad, stock.weight.grad)
+    torch.testing.assert_close(conv.bias.grad, stock.bias.grad)
+    torch.testing.assert_close(x.grad, x_stock.grad)
 
 
 def test_lean_autograd_is_idempotent():
@@ -134,11 +139,7 @@ def test_lean_autograd_under_cuda_fp16_autocast():
 
     def run(lean: bool):
         unet = make_tiny_unet().cuda().half()
-        tuner = SCTuner(SCTunerConfig(), SkipLayout.from_unet(unet)).cuda()
-        g = torch.Generator().manual_seed(0)
-        with torch.no_grad():
-            for p in tuner.parameters():
-                p.copy_((torch.randn(p.shape, generator=g) * 0.05).cuda())
+        tuner = randomize_(SCTuner(SCTunerConfig(), SkipLayout.from_unet(unet)), scale=0.05).cuda()
         attach(unet, tuner)
         if lean:
             lean_autograd(unet)

@@ -249,6 +249,11 @@ def test_quickstart_end_to_end_small(tmp_path, one_thread):
         assert set(rep["style"][k]) >= {"style", "colour", "shape", "position", "background", "all"}
         assert len(list((out / "samples" / "style" / k).glob("*.png"))) >= 2
     assert 0.0 <= rep["style"]["vae_ceiling"] <= 1.0
+    # the report's sentence about reading `half` shapes carries this run's own measurement of the real renders
+    scenes = ToyWorld().scenes(s.n_eval, s.seed + 1000, s.style)
+    real = score_images([render(x) for x in scenes], scenes)["shape"]
+    assert rep["style"]["real_shape"] == real
+    assert f"read right {real:.2f} of the time" in md
     assert set(rep["timing"]["stages"]) == {"data", "train", "control", "report"}
     # style, colour and the style evaluation ran in the second process, which logged there
     assert rep["parallel"]["second"] == ["style", "color", "sample"] and rep["parallel"]["threads_per_process"] == 1

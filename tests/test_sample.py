@@ -196,7 +196,7 @@ def test_outputs_metadata_manifest_grid_and_resume(world, tmp_path):
         sample(base, specs, out, settings=_settings(seeds=(0, 1), steps=3))
 
 
-def test_hint_encoder_runs_once_per_condition_image_not_per_step(world, tmp_path):
+def test_hint_encoder_runs_once_per_condition_image_not_per_step(world, tmp_path, monkeypatch):
     base, tuners = world["base"], world["tuners"]
     calls = []
     counts = {}
@@ -206,16 +206,13 @@ def test_hint_encoder_runs_once_per_condition_image_not_per_step(world, tmp_path
         calls.append(cond.shape[0])
         return orig(self, cond)
 
-    CSCTuner.encode_condition = counting
-    try:
-        for steps in (2, 4):
-            calls.clear()
-            r = sample(base, ["a cat", "a dog"], tmp_path / f"s{steps}", tuners=[tuners["canny"]],
-                       controls=[ControlSpec("canny", world["maps"]["edges"], 1.0, True)],
-                       settings=_settings(steps=steps, batch_size=2, guidance_scale=5.0))
-            counts[steps] = (len(calls), r.extra["hint_encoder_calls"], r.generated)
-    finally:
-        CSCTuner.encode_condition = orig
+    monkeypatch.setattr(CSCTuner, "encode_condition", counting)
+    for steps in (2, 4):
+        calls.clear()
+        r = sample(base, ["a cat", "a dog"], tmp_path / f"s{steps}", tuners=[tuners["canny"]],
+                   controls=[ControlSpec("canny", world["maps"]["edges"], 1.0, True)],
+                   settings=_settings(steps=steps, batch_size=2, guidance_scale=5.0))
+        counts[steps] = (len(calls), r.extra["hint_encoder_calls"], r.generated)
     # One condition image: encoded once for the whole run, whatever the steps, prompts and CFG.
     assert counts == {2: (1, 1, 2), 4: (1, 1, 2)}
 

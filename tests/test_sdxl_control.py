@@ -41,12 +41,9 @@ def trained(tmp_path_factory):
                      [c.shape for c in conditions or []]))
         return original(self, sample, timestep, encoder_hidden_states, added_cond_kwargs, conditions)
 
-    mp = pytest.MonkeyPatch()
-    mp.setattr(CSCMethod, "predict", recording)
-    try:
+    with pytest.MonkeyPatch.context() as mp:  # a module-scoped fixture cannot take `monkeypatch`
+        mp.setattr(CSCMethod, "predict", recording)
         result = train(recipe)
-    finally:
-        mp.undo()
     base = load_base(str(root / "sdxl"))
     base.pipeline.set_progress_bar_config(disable=True)
     return {"root": root, "data": data, "result": result, "seen": seen, "base": base}

@@ -182,12 +182,29 @@ def test_sd21_v_prediction_is_read_from_the_scheduler(tmp_path, dataset):
     assert meta["prediction_type"] == "v_prediction"
 
 
-def test_sdxl_trains_with_its_added_conditions(tmp_path, dataset):
+def test_sdxl_trains_with_its_added_conditions(tmp_path, dataset, monkeypatch):
+    from diffusers import UNet2DConditionModel
+
     make_tiny_pipeline(tmp_path / "sdxl", "sdxl")
     recipe = write_recipe(tmp_path / "r.toml", tmp_path / "sdxl", dataset, {"name": "sc"}, tmp_path / "out",
                           train={"max_steps": 1}, model={"arch": "sdxl"})
+    seen = []
+    forward = UNet2DConditionModel.forward
+
+    def recording(self, *args, **kwargs):
+        seen.append({k: v.detach().clone() for k, v in (kwargs.get("added_cond_kwargs") or {}).items()})
+        return forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(UNet2DConditionModel, "forward", recording)
     result = train(recipe)
     assert result.steps == 1 and (tmp_path / "out" / "tuner" / "tuner.safetensors").is_file()
+    # the training step's U-Net call got SDXL's added conditions: the pooled text embeds and the time ids
+    assert len(seen) == 1 and set(seen[0]) == {"text_embeds", "time_ids"}
+    assert seen[0]["text_embeds"].shape == (2, 32) and seen[0]["text_embeds"].abs().sum() > 0
+    ids = seen[0]["time_ids"]
+    assert ids.shape == (2, 6)
+    assert ids[:, :2].tolist() == [[40, 48]] * 2  # the dataset images' original size (h, w)
+    assert ids[:, 4:].tolist() == [[32, 32]] * 2  # the training resolution
 
 
 def test_logging_checkpoints_and_validation_outputs(sd15, dataset, tmp_path):
@@ -287,3 +304,19 @@ def test_frozen_weights_half_trainable_fp32(name):
     # SDXL's VAE overflows in fp16: it alone stays fp32 there
     assert vae_dtype(True, torch.float16) == torch.float32
     assert vae_dtype(False, torch.float16) == torch.float16 and vae_dtype(True, torch.bfloat16) == torch.bfloat16
+
+
+def test_validation_grid_lays_rows_out_without_gaps(tmp_path):
+    from PIL import Image
+
+    from scedit_cli.training.logging import save_grid
+
+    colours = [[(255, 0, 0), (0, 255, 0)], [(0, 0, 255), (9, 9, 9)]]
+    rows = [[Image.new("RGB", (8, 6), c) for c in row] for row in colours]
+    with Image.open(save_grid(rows, tmp_path / "g.png")) as g:
+        assert g.size == (16, 12)
+        for i, row in enumerate(colours):
+            for j, c in enumerate(row):
+                assert g.getpixel((j * 8 + 4, i * 6 + 3)) == c
+    with pytest.raises(ValueError, match="differ in length"):
+        save_grid([rows[0], rows[1][:1]], tmp_path / "h.png")

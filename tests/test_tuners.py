@@ -20,17 +20,13 @@ from scedit_cli.tuners import (
     load_tuner,
     save_tuner,
 )
-from tiny_models import make_tiny_unet, unet_inputs
+from tiny_models import make_tiny_unet, randomize_, unet_inputs
 
 COND_SIZE = 16  # tiny U-Net input is the latent itself: hint_downscale=1
 
 
 def _randomize_(module: torch.nn.Module, seed: int = 0) -> None:
-    """Give every parameter (incl. zero-initialised ones) random values."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+    randomize_(module, seed, scale=0.05)
 
 
 def _csc(layout, seed=0, randomize=True, **kw):

@@ -6,8 +6,12 @@ channels each, so every test exercises the real model code in seconds.
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 import torch
 from diffusers import UNet2DConditionModel
+
+M = TypeVar("M", bound=torch.nn.Module)
 
 _BASE = dict(
     sample_size=16,
@@ -47,12 +51,14 @@ def tiny_unet_config(kind: str = "sd15") -> dict:
     raise ValueError(kind)
 
 
-def randomize_(module: torch.nn.Module, seed: int = 0, scale: float = 0.2) -> None:
-    """Give every parameter (zero-initialised ones too) random N(0, scale^2) values: a "trained" module."""
+def randomize_(module: M, seed: int = 0, scale: float = 0.2) -> M:
+    """Give every parameter (zero-initialised ones too) random N(0, scale^2) values: a "trained" module.
+    Returns `module`."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in module.parameters():
             p.copy_(torch.randn(p.shape, generator=g) * scale)
+    return module
 
 
 def make_tiny_unet(kind: str = "sd15", seed: int = 0) -> UNet2DConditionModel:
@@ -160,11 +166,9 @@ def make_tiny_pipeline(folder, kind: str = "sd15", prediction_type: str = "epsil
         tok2 = make_tiny_tokenizer(folder / "tokenizer_2")
         # SDXL's U-Net cross-attends to both encoders' hidden states concatenated:
         # 16 + 16 = 32 channels; the second encoder's projection feeds text_embeds.
-        cfg1 = CLIPTextConfig(**{**text_cfg.to_dict(), "hidden_size": 16, "intermediate_size": 20})
-        text_encoder = CLIPTextModel(cfg1)
-        text_encoder_2 = CLIPTextModelWithProjection(
-            CLIPTextConfig(**{**text_cfg.to_dict(), "hidden_size": 16, "intermediate_size": 20})
-        )
+        narrow = {**text_cfg.to_dict(), "hidden_size": 16, "intermediate_size": 20}
+        text_encoder = CLIPTextModel(CLIPTextConfig(**narrow))
+        text_encoder_2 = CLIPTextModelWithProjection(CLIPTextConfig(**narrow))
         pipe = StableDiffusionXLPipeline(
             vae=vae,
             text_encoder=text_encoder,

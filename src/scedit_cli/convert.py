@@ -14,7 +14,7 @@ Formats understood (all read as plain tensors; pickles only with
   (scepter U-Net, decoder mode) or `...up_blocks.{b}.resnets.{r}.scetuner_<adapter>...`
   (diffusers U-Net, decoder mode).
 
-Index conventions (DESIGN.md section 3): SC tuners `m` are in decoder order, so
+Index conventions (`tuners.layout.SkipLayout`): SC tuners `m` are in decoder order, so
 tuner m is our paper index j = m; dense hint blocks are in encoder order; `ln1`
 is the down projection, `ln2` the up projection. The official forward is
 `skip + T_m(skip + c) + c` for CSC and `skip + T_m(skip)` for SC, the same as

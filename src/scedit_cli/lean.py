@@ -289,7 +289,7 @@ def lean_autograd(model: nn.Module, recompute_feed_forward: bool = False, exact:
             counts["norm_silu"] += _fuse_silu(m, fused, "nonlinearity")
         elif isinstance(getattr(m, "conv_norm_out", None), nn.GroupNorm):
             # The U-Net's output head: conv_norm_out -> conv_act -> conv_out (its SiLU would keep
-            # the fp32 norm output, 168 MB at 512 px and batch 32).
+            # the fp32 norm output, full resolution and batch).
             counts["norm_silu"] += _fuse_silu(m, [m.conv_norm_out], "conv_act")
     for m in model.modules():
         if type(m) is nn.Conv2d:

@@ -71,11 +71,6 @@ class BaseModel:
     def scheduler(self):
         return self.pipeline.scheduler
 
-    @property
-    def is_meta(self) -> bool:
-        p = next(self.unet.parameters(), None)
-        return p is not None and p.device.type == "meta"
-
     @classmethod
     def from_pipeline(cls, pipe, source: str | None) -> "BaseModel":
         """The facts about a loaded diffusers Stable Diffusion pipeline (any task: text-to-image, img2img, ...).

@@ -322,3 +322,13 @@ def _check_values(r: Recipe, ctx: RecipeContext) -> None:
             raise ctx.error(f"data.condition_columns.{cond}",
                             f"method {r.method_name!r} has no condition {cond!r} "
                             f"(its conditions: {getattr(r.method, 'conditions', []) or 'none'})")
+
+
+def dataset_recipe(model: str, data: str, resolution: int = 512,
+                   conditions: list[str] | tuple[str, ...] = ()) -> dict:
+    """The recipe (a dict for `load_recipe`) of the default run on dataset `data` for base `model`: an
+    SC-Tuner, or a CSC-Tuner for `conditions`. For commands that take a model and a dataset in place of
+    a recipe (`scedit prepare cache --model M --input DATASET`)."""
+    method = {"name": "csc", "conditions": list(conditions)} if conditions else {"name": "sc"}
+    return {"model": {"source": model}, "data": {"source": data, "resolution": resolution},
+            "method": method, "train": {"output_dir": "."}}

@@ -27,7 +27,6 @@ text-conditioned half of classifier-free guidance.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import ClassVar, Sequence
 
 import numpy as np

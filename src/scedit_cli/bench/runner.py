@@ -135,14 +135,12 @@ def _random_batch(method, base, s: BenchSettings, device: torch.device):
 
 
 def _check_layout(base, s: BenchSettings) -> None:
-    cfg = base.unet.config
     latent = s.resolution // base.vae_scale_factor
     n_down = sum(1 for b in base.unet.down_blocks if getattr(b, "downsamplers", None))
     if latent % (2 ** n_down):
         raise SceditError(f"--resolution {s.resolution}: the latent size {latent} must be divisible by "
                           f"{2 ** n_down} for this U-Net ({n_down} downsamplers); use a multiple of "
                           f"{base.vae_scale_factor * 2 ** n_down}")
-    del cfg
 
 
 @dataclass
@@ -284,10 +282,6 @@ def compute_ratios(result: TableResult) -> None:
         measured = (a.peak_bytes / b.peak_bytes) if t.metric == "memory" else (a.step_time_s / b.step_time_s)
         result.targets.append({"method": t.method, "versus": t.versus, "metric": t.metric,
                                "measured_ratio": measured, "target_max": t.max_ratio, "met": measured <= t.max_ratio})
-
-
-def paper_baseline_mem(table: TableSpec) -> float | None:
-    return next((m.paper_mem_gb for m in table.methods if m.label == table.baseline), None)
 
 
 def run_table(name: str, s: BenchSettings, on_event: Callable[[str, int], None] | None = None) -> TableResult:

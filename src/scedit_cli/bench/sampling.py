@@ -68,6 +68,39 @@ class SamplingRow:
         }
 
 
+@dataclass
+class SamplingBench:
+    """What `bench_sampling` measured: its settings and one row per variant (`to_dict()`: the --json form)."""
+
+    arch: str
+    resolution: int
+    steps: int
+    batch: int
+    repeats: int
+    guidance_scale: float
+    hint_kernel: int
+    device: str
+    dtype: str
+    torch_threads: int
+    rows: list[SamplingRow]
+
+    def row_dicts(self) -> list[dict]:
+        """Each row with its overheads over the plain U-Net's (wall and CPU time)."""
+        plain = next(r for r in self.rows if r.variant == "plain")
+        plain_cpu = statistics.median(plain.cpu_runs) if plain.cpu_runs else None
+        return [r.to_dict(plain.seconds_per_image, plain_cpu) for r in self.rows]
+
+    def to_dict(self) -> dict:
+        rows = self.row_dicts()
+        by = {r["variant"]: r for r in rows}
+        goal = {f"{v}_within_goal": by[v]["overhead_pct"] <= CSC_GOAL_PCT if v in by else None
+                for v in ("csc1", "csc2")}
+        return {"arch": self.arch, "resolution": self.resolution, "steps": self.steps, "batch": self.batch,
+                "repeats": self.repeats, "guidance_scale": self.guidance_scale, "hint_kernel": self.hint_kernel,
+                "device": self.device, "dtype": self.dtype, "torch_threads": self.torch_threads, "rows": rows,
+                "csc_goal_pct": CSC_GOAL_PCT, **goal}
+
+
 def _randomize_(module: torch.nn.Module, seed: int) -> None:
     """Non-zero weights everywhere (a fresh tuner's zero layers would not change the timing, but be honest)."""
     g = torch.Generator().manual_seed(seed)
@@ -123,7 +156,7 @@ def bench_sampling(
     hint_kernel: int = 3,
     variants: tuple[str, ...] = VARIANTS,
     on_run=None,
-) -> dict:
+) -> SamplingBench:
     """Seconds per image of each variant; `unet` overrides the real-size `arch` U-Net (e.g. a tiny one)."""
     from diffusers import StableDiffusionControlNetPipeline, StableDiffusionPipeline
 
@@ -223,23 +256,10 @@ def bench_sampling(
             if on_run is not None:
                 on_run(v, r)
 
-    plain = rows["plain"].seconds_per_image
-    plain_cpu = statistics.median(rows["plain"].cpu_runs)
-    out_rows = [row.to_dict(plain, plain_cpu) for row in rows.values()]
-    by = {r["variant"]: r for r in out_rows}
-    return {
-        "arch": arch_name,
-        "resolution": resolution,
-        "steps": steps,
-        "batch": batch,
-        "repeats": repeats,
-        "guidance_scale": guidance_scale,
-        "hint_kernel": hint_kernel,
-        "device": str(dev) if dev.type != "cuda" else torch.cuda.get_device_name(dev),
-        "dtype": str(torch_dtype).replace("torch.", ""),
-        "torch_threads": torch.get_num_threads(),
-        "rows": out_rows,
-        "csc_goal_pct": CSC_GOAL_PCT,
-        "csc1_within_goal": by["csc1"]["overhead_pct"] <= CSC_GOAL_PCT if "csc1" in by else None,
-        "csc2_within_goal": by["csc2"]["overhead_pct"] <= CSC_GOAL_PCT if "csc2" in by else None,
-    }
+    return SamplingBench(
+        arch=arch_name, resolution=resolution, steps=steps, batch=batch, repeats=repeats,
+        guidance_scale=guidance_scale, hint_kernel=hint_kernel,
+        device=str(dev) if dev.type != "cuda" else torch.cuda.get_device_name(dev),
+        dtype=str(torch_dtype).replace("torch.", ""), torch_threads=torch.get_num_threads(),
+        rows=list(rows.values()),
+    )

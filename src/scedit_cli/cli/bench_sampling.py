@@ -46,12 +46,12 @@ def bench_sampling_command(
                                 guidance_scale=guidance_scale, device=device, dtype=dtype, hint_kernel=hint_kernel,
                                 on_run=lambda v, r: bar.advance(task))
     if json_out:
-        print_json(result)
+        print_json(result.to_dict())
         return
-    table = Table(title=(f"Sampling, {result['arch']} {resolution}px, {steps} DDIM steps, batch {batch}, "
-                         f"CFG {guidance_scale}, {result['device']} {result['dtype']}"))
+    table = Table(title=(f"Sampling, {result.arch} {resolution}px, {steps} DDIM steps, batch {batch}, "
+                         f"CFG {guidance_scale}, {result.device} {result.dtype}"))
     for col in ("variant", "s / image", "overhead", "extra params (M)"):
         table.add_column(col, justify="left" if col == "variant" else "right")
-    for r in result["rows"]:
+    for r in result.row_dicts():
         table.add_row(r["label"], f"{r['seconds_per_image']:.3f}", f"{r['overhead_pct']:+.1f}%", f"{r['extra_params_m']:.2f}")
     out_console.print(table)

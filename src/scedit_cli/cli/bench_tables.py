@@ -51,7 +51,7 @@ def render(result) -> None:
         )
     out_console.print(t)
     if result.targets:
-        tt = Table(title="Targets (issue 6: the paper's ratios, to beat)")
+        tt = Table(title="Targets (the paper's ratios, to beat)")
         for col in ("figure", "measured", "target", "verdict"):
             tt.add_column(col, justify="left" if col == "figure" else "right")
         for g in result.targets:

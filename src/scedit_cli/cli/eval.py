@@ -8,7 +8,6 @@ import typer
 from rich.table import Table
 
 from ..console import info, out_console, print_json, progress
-from ..errors import SceditError
 from ..fsutil import check_output_location, write_json_atomic
 from ..values import finite_float
 from . import app, on_interrupt
@@ -58,58 +57,42 @@ def eval_command(
 ) -> None:
     """Measure generated images (FID, controllability) or a training recipe (parameters, memory, time)."""
     on_interrupt("no result was written; run the command again (FID reference statistics already computed are cached)")
-    if not (fid or control or params or memory or time_):
-        raise SceditError("nothing to evaluate: give --fid, --control, or --params/--memory/--time RECIPE")
+    from ..metrics.evaluate import EvalSettings, evaluate
+
+    settings = EvalSettings(
+        recipe=recipe, fid=fid, control=control, params=params, memory=memory, timing=time_, generated=generated,
+        reference=reference, inception_weights=inception_weights, dims=dims, batch_size=batch_size, workers=workers,
+        stats_cache=stats_cache, use_cache=not no_cache, edge_tolerance=edge_tolerance,
+        annotator_weights=annotator_weights, pose_threshold=pose_threshold, detect_resolution=detect_resolution,
+        report_dir=report, worst=worst, device=device, steps=steps, warmup=warmup, batch=batch,
+        resolution=resolution, overrides=list(set_))
+    settings.validate()  # before --out is checked, as before: the usage error comes first
     if out is not None:
         check_output_location(out, "--out", folder=False)
-    result: dict = {}
-    if fid:
-        from ..metrics.fid import compute_fid
+    bar = progress()
+    task = None
 
-        if generated is None or reference is None:
-            raise SceditError("--fid needs --generated DIR and --reference DIR|DATASET|STATS.npz")
-        r = compute_fid(generated, reference, weights=inception_weights, dims=dims, batch_size=batch_size,
-                        num_workers=workers, device=device, cache_dir=stats_cache, use_cache=not no_cache,
-                        progress_factory=progress)
-        result["fid"] = r.to_dict()
-        for warning in r.warnings:
-            typer.echo(f"warning: {warning}", err=True)  # one line, as errors are: no wrapping
-    if control:
-        from ..metrics.control import evaluate_controls, read_sample_manifest
-
-        if generated is None:
-            raise SceditError("--control needs --generated FOLDER, the output folder of `scedit sample`")
-        n = len(read_sample_manifest(generated))
-        report_dir = report if report is not None else default_report_dir(generated)
-        with progress() as bar:
+    def on_control(kind: str, n: int) -> None:
+        nonlocal task
+        if kind == "start":
+            bar.start()
             task = bar.add_task("controllability", total=n)
-            c = evaluate_controls(generated, tolerance=edge_tolerance, annotator_weights=annotator_weights,
-                                  pose_threshold=pose_threshold, detect_resolution=detect_resolution,
-                                  report_dir=report_dir, worst=worst,
-                                  on_image=lambda: bar.advance(task))
-        result["control"] = c.to_dict()
-    if params or memory or time_:
-        from ..bench.specs import BenchSettings
-        from ..metrics.recipe import measure_recipe
+        else:
+            bar.advance(task, n)
 
-        if recipe is None:
-            raise SceditError("--params/--memory/--time need a RECIPE (a training recipe TOML) as argument")
-        if not recipe.is_file():
-            raise SceditError(f"{recipe}: no such recipe file")
-        s = BenchSettings(device=device, steps=steps, warmup=warmup, batch=batch, resolution=resolution)
-        result["recipe"] = measure_recipe(recipe, s, memory=memory, timing=time_, overrides=list(set_))
+    try:
+        evaluated = evaluate(settings, fid_progress=progress, on_control=on_control)
+    finally:
+        bar.stop()
+    for warning in evaluated.warnings:
+        typer.echo(f"warning: {warning}", err=True)  # one line, as errors are: no wrapping
+    result = evaluated.to_dict()
     if out is not None:
         write_json_atomic(out, result)
     if json_out:
         print_json(result)
         return
     _render(result)
-
-
-def default_report_dir(generated: Path) -> Path:
-    """`out/samples` -> `out/samples-control`: beside the sample folder, never inside it."""
-    resolved = generated.resolve()
-    return resolved.with_name(resolved.name + "-control")
 
 
 def _render(result: dict) -> None:

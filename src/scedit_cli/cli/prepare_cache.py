@@ -31,15 +31,12 @@ def prepare_cache_cmd(
     on_interrupt("the entries encoded so far are kept in the cache; run the same command again to encode the rest")
     from ..cache import prepare_cache
     from ..prepare.runner import parse_shard
+    from ..recipes import dataset_recipe
 
     if recipe is None:
         if model is None or input is None:
             raise SceditError("scedit prepare cache needs --recipe R, or --model M and --input DATASET")
-        src = {"model": {"source": model}, "data": {"source": input, "resolution": resolution},
-               "method": {"name": "sc"}, "train": {"output_dir": "."}}
-        if conditions:
-            src["method"] = {"name": "csc", "conditions": [c.strip() for c in conditions.split(",") if c.strip()]}
-        target = src
+        target = dataset_recipe(model, input, resolution, [c.strip() for c in (conditions or "").split(",") if c.strip()])
     else:
         if model or input or conditions:
             raise SceditError("--recipe takes model, data and conditions from the recipe; use --set to change them")

@@ -104,7 +104,7 @@ def warn_if_other_base(tuner: SkipTuner, model, name: str) -> str | None:
     """Log (and return) a warning when the tuner's recorded base is of another family than the model.
 
     SD 1.x and 2.x U-Nets share one skip layout, so the layout check cannot tell them apart."""
-    recorded = (getattr(tuner, "file_meta", None) or {}).get("base_model")
+    recorded = tuner.file_meta.get("base_model")
     theirs, ours = base_family(recorded), model_family(model)
     if theirs is None or ours is None or theirs == ours:
         return None

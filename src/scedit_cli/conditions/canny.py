@@ -41,7 +41,7 @@ class CannyRandomRange:
 
 
 def canny_array(rgb: np.ndarray, low: int, high: int) -> np.ndarray:
-    """(H, W, 3) uint8 RGB -> (H, W) uint8 edge map (0 or 255)."""
+    """(H, W, 3) uint8 RGB (or (H, W) grey) -> (H, W) uint8 edge map (0 or 255)."""
     if not (0 <= low <= high):
         raise ValueError(f"canny thresholds must satisfy 0 <= low <= high, got low={low} high={high}")
     return cv2.Canny(rgb, low, high)

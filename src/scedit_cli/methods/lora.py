@@ -1,6 +1,7 @@
 """`lora`: peft LoRA on the U-Net (the paper's LoRA baselines, Table 1).
 
-Targets default to DESIGN.md's (attention projections + feed-forward). The
+Targets default to the attention projections and the feed-forward of every
+transformer block (`DEFAULT_LORA_TARGETS`). The
 output is diffusers' LoRA format (`pytorch_lora_weights.safetensors`), which
 `pipeline.load_lora_weights(folder)` loads.
 """

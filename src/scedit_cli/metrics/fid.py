@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import SceditError
-from ..fsutil import atomic_path, read_jsonl, read_torch_weights
+from ..fsutil import atomic_path, file_sha256, read_jsonl, read_torch_weights
 
 INCEPTION_FILENAME = "pt_inception-2015-12-05-6726825d.pth"
 INCEPTION_URL = f"https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/{INCEPTION_FILENAME}"
@@ -103,17 +103,6 @@ def load_inception(weights: str | os.PathLike | None = None, dims: int = 2048,
             f"({first[1].strip() if len(first) > 1 else first[0]}); use {INCEPTION_FILENAME} from {INCEPTION_URL}"
         ) from None
     return model.eval().to(device)
-
-
-def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while True:
-            b = f.read(chunk)
-            if not b:
-                break
-            h.update(b)
-    return h.hexdigest()
 
 
 # --- which images a folder or dataset holds -------------------------------------------------

@@ -25,6 +25,7 @@ from typing import Any
 
 from ..errors import SceditError
 from ..fsutil import atomic_dir, atomic_path, check_output_location, read_jsonl, write_text_atomic
+from .inputs import TEXT_COLUMNS
 
 # Longer phrases are matched first, so "oil painting" wins over "painting".
 STYLE_WORDS: dict[str, tuple[str, ...]] = {
@@ -137,9 +138,6 @@ def _tidy(text: str) -> str:
 
 
 # --- datasets -----------------------------------------------------------------
-TEXT_COLUMNS = ("text", "caption", "prompt", "TEXT")
-
-
 def _text_column(columns: list[str], wanted: str | None, where: str) -> str:
     if wanted:
         if wanted not in columns:

@@ -65,7 +65,7 @@ def vae_ceiling(base, scenes, style: str) -> float:
 
 def style_eval(base, scenes, tuner: Path, out: Path, ss, s: QuickstartSettings, commands: dict) -> dict:
     from ..sampling import sample
-    from ..toy import TRIGGER, ToyWorld, score_images
+    from ..toy import TRIGGER, ToyWorld, render, score_images
 
     world = ToyWorld()
     prompts = [world.caption(sc, trigger=TRIGGER) for sc in scenes]
@@ -78,6 +78,8 @@ def style_eval(base, scenes, tuner: Path, out: Path, ss, s: QuickstartSettings, 
     res["n"] = len(scenes)
     res["style"] = s.style
     res["vae_ceiling"] = vae_ceiling(base, scenes, s.style)
+    # How often the shape reader names the shape of the real renders of these scenes (for `half`, well below 1).
+    res["real_shape"] = score_images([render(sc) for sc in scenes], scenes)["shape"]
     prompts_file = out / "eval" / "style_prompts.jsonl"
     commands["sample_style_after"] = (
         f"scedit sample --model {shlex.quote(str(base.source))} --prompts {shlex.quote(str(prompts_file))} "

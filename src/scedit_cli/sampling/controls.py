@@ -14,7 +14,6 @@ read, never changed.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,6 +22,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from ..errors import SceditError
+from ..fsutil import file_sha256
 from ..images import to_gray8, to_rgb8
 
 
@@ -157,9 +157,6 @@ class LoadedControl:
     panels: list[Image.Image] = field(default_factory=list)
 
 
-def file_digest(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()[:16]
+def file_digest(path: Path) -> str:
+    """A file's short content digest, as run manifests record inputs."""
+    return file_sha256(path)[:16]

@@ -31,7 +31,7 @@ def contact_sheet(images: list[Image.Image], cols: int | None = None, cell: int 
 
 
 def write_contact_sheet(items: list[Path | Image.Image], out: Path, cols: int | None = None, cell: int = 256,
-                        background=(255, 255, 255)) -> Path:
+                        background=(255, 255, 255), pad: int = 2) -> Path:
     """`contact_sheet` of image files and/or PIL images, written atomically to `out`."""
     images = []
     for p in items:
@@ -40,7 +40,7 @@ def write_contact_sheet(items: list[Path | Image.Image], out: Path, cols: int | 
             continue
         with Image.open(p) as im:
             images.append(im.convert("RGB"))
-    sheet = contact_sheet(images, cols=cols, cell=cell, background=background)
+    sheet = contact_sheet(images, cols=cols, cell=cell, pad=pad, background=background)
     with atomic_path(out) as tmp:
         sheet.save(tmp, format="PNG")
     return out

@@ -11,7 +11,7 @@ design grid first.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import numpy as np
 from PIL import Image
@@ -202,9 +202,8 @@ def _half_score(is_fg: np.ndarray, scene: Scene) -> float:
 
     A `half` shape is not a full-shape blob, so the region read from the image cannot place the template; the
     shift search lets a shape drawn a pixel or two off the asked-for centre score as what it is. A solid shape
-    still scores low (measured: mean 0.34, at most 0.38, over 300 scenes; real `half` renders 1.0, their base-VAE
-    round trip 0.97-0.98): shifting the template down leaves at most
-    HALF_MAX_SHIFT of the lower half's rows as background.
+    still scores low: shifting the template down leaves at most HALF_MAX_SHIFT of the lower half's rows as
+    background.
     """
     cx, cy = scene.centre
     best = 0.0
@@ -261,11 +260,6 @@ def edge_f1(pred: np.ndarray, target: np.ndarray, tolerance: int = 1) -> float:
     if p.shape != t.shape:
         raise ValueError(f"edge maps differ in shape: {p.shape} vs {t.shape}")
     return f1(t.astype(bool), p.astype(bool), tolerance, footprint="square")["f1"]
-
-
-def summarize(rows: Iterable[dict]) -> dict:
-    rows = list(rows)
-    return {k: float(np.mean([r[k] for r in rows])) for k in rows[0]} if rows else {}
 
 
 __all__ = [

@@ -87,9 +87,3 @@ def save_tokenizer(folder: str | os.PathLike, words: list[str] | None = None, ma
     tok.add_tokens([TRIGGER])
     tok.save_pretrained(str(folder))
     return CLIPTokenizer.from_pretrained(str(folder))
-
-
-def load_tokenizer(folder: str | os.PathLike):
-    from transformers import CLIPTokenizer
-
-    return CLIPTokenizer.from_pretrained(str(folder))

@@ -278,12 +278,20 @@ def render_array(scene: Scene, size: int = GRID, style: str | None = None) -> np
 
 
 def canny(image: Image.Image | np.ndarray, low: int = 100, high: int = 200) -> np.ndarray:
-    """Canny edge map (bool H x W) of an RGB image, thresholds as SCEdit's inference (100/200)."""
+    """Canny edge map (bool H x W) of an RGB image, thresholds as SCEdit's inference (100/200).
+
+    `conditions.canny`'s operator on the grey image, not on the RGB one as `scedit prepare` runs it: on
+    the toy's flat colours the two differ where neighbouring colours are about as bright, and the toy's
+    condition maps (`make_dataset`) and the quickstart's edge F1 of generated images must use the same
+    maps, on which the quickstart recipes are set.
+    """
     import cv2
+
+    from ..conditions.canny import canny_array
 
     arr = np.asarray(image.convert("RGB") if isinstance(image, Image.Image) else image)
     gray = cv2.cvtColor(np.ascontiguousarray(arr[..., :3]), cv2.COLOR_RGB2GRAY)
-    return cv2.Canny(gray, low, high) > 0
+    return canny_array(gray, low, high) > 0
 
 
 def make_dataset(

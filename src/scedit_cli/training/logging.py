@@ -73,15 +73,10 @@ def save_loss_curve(history: list[list[float]], path: Path, title: str = "") -> 
 
 
 def save_grid(rows: list[list], path: Path) -> Path:
-    """Rows of equally sized PIL images as one PNG."""
-    from PIL import Image
+    """Rows of PIL images, all as long, as one PNG without gaps, every image at the first one's size."""
+    from ..sampling.grid import write_contact_sheet
 
+    if len({len(r) for r in rows}) != 1:
+        raise ValueError(f"grid rows differ in length: {[len(r) for r in rows]}")
     w, h = rows[0][0].size
-    cols = max(len(r) for r in rows)
-    grid = Image.new("RGB", (cols * w, len(rows) * h), "white")
-    for i, row in enumerate(rows):
-        for j, img in enumerate(row):
-            grid.paste(img.convert("RGB").resize((w, h)), (j * w, i * h))
-    with atomic_path(path) as tmp:
-        grid.save(tmp, format="PNG")
-    return path
+    return write_contact_sheet([im for row in rows for im in row], path, cols=len(rows[0]), cell=max(w, h), pad=0)

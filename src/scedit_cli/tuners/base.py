@@ -70,6 +70,9 @@ class SkipTuner(nn.Module):
         self.layout = layout
         # encoder skip index -> paper (decoder) index j, for the tuned skips only.
         self.encoder_to_decoder = {layout.decoder_to_encoder(j): j for j in config.decoder_indices(layout)}
+        # Where a loaded tuner came from: its file's metadata (base_model, ...) and path; empty when built here.
+        self.file_meta: dict = {}
+        self.source_path: str | None = None
 
     def tuned_encoder_skips(self) -> list[int]:
         return sorted(self.encoder_to_decoder)
@@ -85,8 +88,8 @@ class SkipTuner(nn.Module):
     def ops_in(self, dtype: torch.dtype, copy: bool = True) -> "SkipTuner":
         """This tuner with its per-skip OPs in `dtype`, for inference beside a base in that precision.
 
-        Run every step, the OPs in fp32 beside an fp16 base cost casts and fp32 matmuls (GPU sampling:
-        +14% per image with SC-Tuners on all skips at 512 px). A CSC-Tuner's hint encoder, run once per
+        Run every step, the OPs in fp32 beside an fp16 base cost casts and fp32 matmuls on each skip.
+        A CSC-Tuner's hint encoder, run once per
         image, keeps its dtype. With `copy` (the default) the tuner itself is left as it was, so fp32
         weights that may still be trained are never rounded.
         """

@@ -51,7 +51,7 @@ def default_pre_hint(is_sdxl: bool) -> tuple[float, int]:
 # signal ~3x per layer, so after 7 convs the condition-dependent part of the
 # features is ~1e-4 of the input and a CSC-Tuner needs many thousand steps to
 # notice its condition at all. N(0, (gain / sqrt(fan_in))^2) with zero biases
-# keeps the scale through SiLU (measured: 0.36 in -> 0.46 out on edge maps).
+# keeps the scale through SiLU (edge maps in, features of about the same scale out).
 # Parameter counts are unchanged, and the zero-initialised dense convs keep a
 # fresh tuner the identity.
 PRE_HINT_INIT_GAIN = 1.7

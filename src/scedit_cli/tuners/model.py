@@ -34,11 +34,8 @@ class SkipEditor(nn.Module):
         self.weights = [float(w) for w in weights]
         self._hooks: list = []
         self._requires_grad: dict[str, bool] = {}
-        self.enabled = True
 
     def edit(self, skip: int, x: torch.Tensor) -> torch.Tensor:
-        if not self.enabled:
-            return x
         out = x
         for tuner, w in zip(self.tuners, self.weights):
             if w == 0.0:
