@@ -13,8 +13,6 @@ never a crash.
 
 from __future__ import annotations
 
-import io
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -22,17 +20,13 @@ from PIL import Image
 
 from .conditions import MASKED_CONDITIONS
 from .conditions.tensor import condition_tensor, image_tensor
+from .cells import BadSample, open_image
 from .datasource import LoadedDataset, load_source
 from .errors import SceditError
-from .images import to_gray8, to_rgb8
 from .methods.base import condition_channels
 
 NEAREST_CONDITIONS = ("seg", "segmentation", "pose")  # label colours must not blend
 VALIDATION_OFFSET = 1 << 40  # stream positions for validation samples, apart from training ones
-
-
-class BadSample(Exception):
-    """An unreadable image or an unusable row: the sample is skipped and counted."""
 
 
 def condition_column(cfg, name: str) -> str:
@@ -98,64 +92,6 @@ def load_training_data(cfg, conditions: list[str], seed: int = 0) -> "TrainDatas
 
         data.buckets = assign_buckets(data, cfg.bucket_step, cfg.bucket_max_ratio)
     return data
-
-
-def _open_image(value, base_dir: Path | None, mode: str | None = None) -> tuple[Image.Image, str]:
-    """(image, description) from a dataset cell, as 8-bit `mode` ("RGB", "L") if given; raises BadSample."""
-    desc = "<bytes>"
-    try:
-        if isinstance(value, dict):
-            if value.get("bytes"):
-                desc = value.get("path") or "<bytes>"
-                value = value["bytes"]
-            elif value.get("path"):
-                value = value["path"]
-            else:
-                raise BadSample("empty image cell")
-        if isinstance(value, Image.Image):
-            desc, img = "<image>", value
-        elif isinstance(value, (bytes, bytearray)):
-            img = Image.open(io.BytesIO(value))
-        elif isinstance(value, str):
-            p = Path(value).expanduser()
-            if not p.is_absolute() and base_dir is not None:
-                p = base_dir / p
-            desc = str(p)
-            if not p.is_file():
-                raise BadSample(f"{p}: file not found")
-            img = Image.open(p)
-        elif value is None:
-            raise BadSample("no image in this row")
-        else:
-            raise BadSample(f"unsupported image cell of type {type(value).__name__}")
-        img.load()
-        return (to_rgb8(img) if mode == "RGB" else to_gray8(img) if mode == "L" else img), desc
-    except BadSample:
-        raise
-    except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError...
-        raise BadSample(f"{desc}: unreadable image ({type(e).__name__}: {str(e)[:80]})") from None
-
-
-def _open_image_size(value, base_dir: Path | None) -> tuple[int, int]:
-    """(height, width) of an image cell from its header, without decoding; raises BadSample."""
-    if isinstance(value, dict) and not value.get("bytes") and value.get("path"):
-        value = value["path"]
-    try:
-        if isinstance(value, str):
-            p = Path(value).expanduser()
-            if not p.is_absolute() and base_dir is not None:
-                p = base_dir / p
-            with Image.open(p) as im:
-                return im.height, im.width
-        if isinstance(value, dict) and value.get("bytes"):
-            value = value["bytes"]
-        if isinstance(value, (bytes, bytearray)):
-            with Image.open(io.BytesIO(value)) as im:
-                return im.height, im.width
-    except Exception as e:
-        raise BadSample(f"unreadable image ({type(e).__name__})") from None
-    img, _ = _open_image(value, base_dir)
-    return img.height, img.width
 
 
 def _resize_crop(img: Image.Image, size, center: bool, rng: np.random.Generator, resample) -> tuple:
@@ -248,7 +184,7 @@ class TrainDataset(torch.utils.data.Dataset):
 
     def crop_image(self, row: dict, index: int, position: int, size=None) -> tuple:
         """(PIL crop, the full RGB image, original (h, w), crop (top, left), resized (w, h)) of row `index`."""
-        img, _ = _open_image(row.get(self.cfg.image_column), self.loaded.base_dir, "RGB")
+        img, _ = open_image(row.get(self.cfg.image_column), self.loaded.base_dir, "RGB")
         original_size = (img.height, img.width)
         crop_rng = np.random.default_rng([self.seed, int(position), 1])
         image, crop_tl, resized = _resize_crop(img, size or self.target_size(index), self.cfg.center_crop, crop_rng,
@@ -299,7 +235,7 @@ class TrainDataset(torch.utils.data.Dataset):
         out = []
         for c in cols:
             is_mask = c.endswith("_mask")
-            m, _ = _open_image(row.get(c), self.loaded.base_dir, "L" if is_mask else "RGB")
+            m, _ = open_image(row.get(c), self.loaded.base_dir, "L" if is_mask else "RGB")
             if m.size != full_img.size:
                 m = m.resize(full_img.size, Image.NEAREST if is_mask or cond in NEAREST_CONDITIONS else Image.BILINEAR)
             m = m.resize(resized, Image.NEAREST if is_mask or cond in NEAREST_CONDITIONS else Image.BILINEAR)

@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import torch
 
-from .buckets import BucketSampler
 from .data import collate
-from .samplers import StepSampler, StreamSampler
+from .samplers import BucketSampler, StepSampler, StreamSampler
 
 
 def training_loader(data, train_cfg, num_workers: int, rank: int, world: int,
