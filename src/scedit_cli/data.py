@@ -13,6 +13,7 @@ never a crash.
 
 from __future__ import annotations
 
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -35,7 +36,8 @@ def condition_column(cfg, name: str) -> str:
 
 def load_training_data(cfg, conditions: list[str], seed: int = 0) -> "TrainDataset":
     """Load `cfg.source` (a `DataSection`) and check its columns for `conditions`."""
-    loaded = load_source(cfg.source, cfg.split)
+    index_dir = Path(cfg.cache_dir) / "shard-index" if cfg.cache_dir else None
+    loaded = load_source(cfg.source, cfg.split, index_dir)
     ds = loaded.dataset
     cols = list(ds.column_names)
     where = loaded.description
@@ -78,7 +80,7 @@ def load_training_data(cfg, conditions: list[str], seed: int = 0) -> "TrainDatas
         ds = ds.select(range(cfg.max_samples))
     if len(ds) == 0:
         raise SceditError(f"{where}: the dataset is empty")
-    data = TrainDataset(LoadedDataset(ds, loaded.base_dir, where), cfg, conditions, seed)
+    data = TrainDataset(LoadedDataset(ds, loaded.base_dir, where, loaded.reader), cfg, conditions, seed)
     # Skipping unreadable rows is right for a few; with none left, training would step on nothing.
     skipped: list[str] = []
     if not data.validation_items(1, skipped):
@@ -148,7 +150,7 @@ class TrainDataset(torch.utils.data.Dataset):
     buckets = None  # a `buckets.BucketAssignment` when data.buckets is on
 
     def row(self, index: int) -> dict:
-        return self.ds[int(index)]
+        return self.loaded.row(index)
 
     def draw_caption(self, row: dict, index: int, rng: np.random.Generator, train: bool) -> str:
         """The caption of one visit (one of several alternatives, prefix, dropout): the first draws of `rng`."""

@@ -65,9 +65,12 @@ class StreamSampler(StepSampler):
     def _index(self, position: int) -> int:
         epoch, offset = divmod(position, self.n)
         if epoch != self._perm_epoch:
-            self._perm = np.random.default_rng([self.seed, epoch, 12345]).permutation(self.n)
+            self._perm = self.permutation(epoch)
             self._perm_epoch = epoch
         return int(self._perm[offset])
+
+    def permutation(self, epoch: int) -> np.ndarray:
+        return np.random.default_rng([self.seed, epoch, 12345]).permutation(self.n)
 
     def micro_batch(self, step: int, micro: int) -> list[tuple[int, int]]:
         p0 = step * self.B + (micro * self.W + self.r) * self.b
@@ -117,3 +120,24 @@ class BucketSampler(StepSampler):
         p0, rows = self.step_batch(step)
         lo = (micro * self.W + self.r) * self.b
         return [(p0 + i, rows[i]) for i in range(lo, min(lo + self.b, len(rows)))]
+
+class ShardStreamSampler(StreamSampler):
+    """`StreamSampler` whose per-epoch order keeps tar shards together, so that a process reads few
+    shards at a time: the shards in a seeded order, each one's rows in tar order, then shuffled
+    inside consecutive windows of `window` rows. Still a permutation per epoch, a pure function of
+    (seed, epoch): every row once per epoch, whatever the process and worker counts."""
+
+    def __init__(self, shard_of, window: int, *args):
+        self.shard_of = np.asarray(shard_of)
+        self.window = max(1, int(window))
+        super().__init__(len(self.shard_of), *args)
+
+    def permutation(self, epoch: int) -> np.ndarray:
+        order = np.random.default_rng([self.seed, epoch, 4242]).permutation(int(self.shard_of.max()) + 1)
+        rank = np.empty_like(order)
+        rank[order] = np.arange(len(order))
+        rows = np.argsort(rank[self.shard_of], kind="stable")  # shards in seeded order, rows in tar order
+        for k, lo in enumerate(range(0, self.n, self.window)):
+            w = rows[lo: lo + self.window]
+            rows[lo: lo + self.window] = w[np.random.default_rng([self.seed, epoch, 4243, k]).permutation(len(w))]
+        return rows
