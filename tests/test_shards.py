@@ -4,6 +4,8 @@ the index cache, shard-local order, every sample once per epoch across processes
 from __future__ import annotations
 
 import io
+import os
+import signal
 import tarfile
 from collections import Counter
 
@@ -128,3 +130,28 @@ def test_shards_at_an_fsspec_url_are_read_by_offset(shards, tmp_path):
         assert torch.equal(data[(2, 3)]["conditions"][0], ref[(2, 3)]["conditions"][0])
     finally:
         fs.rm("/wds-test", recursive=True)
+
+
+def test_kill_9_and_resume_latest_on_shards_is_exact(tmp_path):
+    from safetensors.torch import load_file
+    from train_helpers import make_tiny_pipeline, write_recipe
+    from test_train_resume import N, _resume_and_compare, _start, _wait_for
+    from scedit_cli.training import train
+
+    make_tiny_pipeline(tmp_path / "sd15", "sd15")
+    shards = make_shards(tmp_path / "shards", n=5, per_shard=2)
+    recipe = write_recipe(tmp_path / "r.toml", tmp_path / "sd15", f"{shards[0].parent}/shard-*.tar",
+                          {"name": "csc", "conditions": ["canny"], "hint_kernel": 1}, tmp_path / "unused",
+                          train={"max_steps": 2 * N, "batch_size": 4}, checkpoint={"every": N, "keep_last": 2},
+                          data={"random_flip": True, "caption_dropout": 0.3, "shuffle_window": 2,
+                                "cache_dir": str(tmp_path / "cache")})
+    train(recipe, overrides=[f'train.output_dir="{tmp_path / "reference"}"'])
+    reference = load_file(tmp_path / "reference" / "tuner" / "tuner.safetensors")
+    out = tmp_path / "killed"
+    proc = _start(recipe, out)
+    _wait_for(out / "checkpoints" / f"step-{N:08d}" / "state.json", proc)
+    assert proc.poll() is None, "the run must still be going when it is killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL and not (out / "tuner").exists()
+    assert _resume_and_compare(recipe, out, reference).resumed_from.endswith(f"step-{N:08d}")

@@ -82,7 +82,10 @@ def load_source(source: str, split: str = "train", index_dir: Path | None = None
         if not len(table):
             raise SceditError(f"data.source {source}: its {len(urls)} shard(s) hold no sample; check the shards")
         desc = urls[0] if len(urls) == 1 else f"{source} ({len(urls)} shards)"
-        return LoadedDataset(datasets.Dataset.from_dict(table.columns), None, desc, ShardReader(urls))
+        # Local shards in one folder keep the latent cache beside them as a dataset folder does.
+        folders = {str(Path(u).parent) for u in urls if "://" not in u}
+        base = Path(folders.pop()) if len(folders) == 1 and all("://" not in u for u in urls) else None
+        return LoadedDataset(datasets.Dataset.from_dict(table.columns), base, desc, ShardReader(urls))
     path = Path(source).expanduser()
     if path.is_dir():
         meta = path / "metadata.jsonl"
