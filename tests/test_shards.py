@@ -155,3 +155,12 @@ def test_kill_9_and_resume_latest_on_shards_is_exact(tmp_path):
     proc.wait()
     assert proc.returncode == -signal.SIGKILL and not (out / "tuner").exists()
     assert _resume_and_compare(recipe, out, reference).resumed_from.endswith(f"step-{N:08d}")
+
+
+def test_recipe_shard_names_are_relative_to_the_recipe(tmp_path):
+    from scedit_cli.recipes import load_recipe
+
+    (tmp_path / "r.toml").write_text('[model]\nsource = "some/model"\n[method]\nname = "sc"\n[train]\noutput_dir = "out"\n[data]\n'
+                                     'source = "shards/a-{000..001}.tar, /abs/b.tar, s3://bkt/c.tar"\n')
+    got = load_recipe(tmp_path / "r.toml").data.source
+    assert got == f"{tmp_path}/shards/a-{{000..001}}.tar,/abs/b.tar,s3://bkt/c.tar"

@@ -33,6 +33,7 @@ else:  # pragma: no cover
 
 from .errors import SceditError
 from .fsutil import looks_like_path
+from .shards import resolve_shard_source
 from .values import finite_float
 
 ARCHES = ("sd15", "sd21", "sd21-base", "sdxl")
@@ -422,7 +423,8 @@ def _validate(raw: dict, ctx: _Ctx, base_dir: Path) -> Recipe:
 
     r.model.source = resolve_source(r.model.source, base_for("model.source"))
     r.model.single_file_config = resolve_source(r.model.single_file_config, base_for("model.single_file_config"))
-    r.data.source = resolve_source(r.data.source, base_for("data.source"))
+    r.data.source = (resolve_shard_source(r.data.source, base_for("data.source"))
+                     or resolve_source(r.data.source, base_for("data.source")))
     r.data.detector_weights = resolve_path(r.data.detector_weights, base_for("data.detector_weights"))
     r.data.cache_dir = resolve_path(r.data.cache_dir, base_for("data.cache_dir"))
     r.train.output_dir = resolve_path(r.train.output_dir, base_for("train.output_dir"))

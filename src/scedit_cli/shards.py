@@ -67,6 +67,16 @@ def shard_urls(source: str) -> list[str] | None:
     return out
 
 
+def resolve_shard_source(value: str, base_dir: Path) -> str | None:
+    """`value` with each relative `.tar` name, range or glob made relative to `base_dir` (a recipe's
+    folder); None when `value` is not a list of `.tar` names (then it is resolved as any source)."""
+    parts = [p.strip() for p in value.split(",") if p.strip()]
+    if not parts or not all(p.endswith(".tar") for p in parts):
+        return None
+    return ",".join(p if _is_url(p) or Path(p).expanduser().is_absolute() else str(base_dir.resolve() / p)
+                    for p in parts)
+
+
 def _local_shards(name: str) -> list[str] | None:
     p = Path(name).expanduser()
     if p.is_dir():
