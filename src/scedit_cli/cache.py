@@ -304,7 +304,7 @@ def build_cache(plan: CachePlan, data, base, device, *, batch_size: int = 8, chu
                 ) -> BuildStats:
     """Encode every entry of `plan` missing from its folder (this shard's part), `batch_size` at a time,
     writing a file every `chunk` entries. `on_progress(done, total)` after each batch."""
-    from .data import BadSample, _to_tensor
+    from .data import BadSample, pixel_tensor
     from .training.validation import text_embeddings
 
     device = torch.device(device)
@@ -351,7 +351,7 @@ def build_cache(plan: CachePlan, data, base, device, *, batch_size: int = 8, chu
                         bad[key] = f"row {i}: {e}"
                         stats.unusable += 1
                         continue
-                    t = _to_tensor(image, 3) * 2.0 - 1.0
+                    t = pixel_tensor(image)
                     pix.append(t.flip(-1) if flip else t)
                     ok.append((key, torch.tensor([*original, *crop_tl], dtype=torch.int64)))
                 if pix:

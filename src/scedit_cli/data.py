@@ -111,8 +111,9 @@ def _resize_crop(img: Image.Image, size, center: bool, rng: np.random.Generator,
     return img.crop((left, top, left + tw, top + th)), (top, left), (nw, nh)
 
 
-def _to_tensor(img: Image.Image, channels: int) -> torch.Tensor:
-    return image_tensor(img)[:channels]
+def pixel_tensor(img: Image.Image) -> torch.Tensor:
+    """An RGB crop as the VAE's input: (3, H, W) in [-1, 1]."""
+    return image_tensor(img)[:3] * 2.0 - 1.0
 
 
 class TrainDataset(torch.utils.data.Dataset):
@@ -203,7 +204,7 @@ class TrainDataset(torch.utils.data.Dataset):
         flip = train and cfg.random_flip and rng.random() < 0.5
         if flip:
             conds = [t.flip(-1) for t in conds]
-        pixels = _to_tensor(image, 3) * 2.0 - 1.0
+        pixels = pixel_tensor(image)
         if flip:
             pixels = pixels.flip(-1)
         return {"pixel_values": pixels, "caption": caption, "conditions": conds, "original_size": original_size,
