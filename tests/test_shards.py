@@ -4,8 +4,6 @@ the index cache, shard-local order, every sample once per epoch across processes
 from __future__ import annotations
 
 import io
-import os
-import signal
 import tarfile
 from collections import Counter
 
@@ -87,6 +85,10 @@ def test_not_a_tar_is_one_line_error(tmp_path):
     (tmp_path / "x.tar").write_bytes(b"garbage" * 10)
     with pytest.raises(SceditError, match="x.tar: not a readable tar shard"):
         load_training_data(cfg(tmp_path / "x.tar", tmp_path), [])
+    with pytest.raises(SceditError, match="missing-.*tar: shard not found"):
+        load_training_data(cfg(f"{tmp_path}/x.tar,{tmp_path}/missing-1.tar", tmp_path), [])
+    with pytest.raises(SceditError, match="no file matches this pattern"):
+        load_training_data(cfg(f"{tmp_path}/none-*.tar", tmp_path), [])
 
 
 def test_shard_order_is_local_and_a_permutation_per_epoch():
@@ -135,7 +137,7 @@ def test_shards_at_an_fsspec_url_are_read_by_offset(shards, tmp_path):
 def test_kill_9_and_resume_latest_on_shards_is_exact(tmp_path):
     from safetensors.torch import load_file
     from train_helpers import make_tiny_pipeline, write_recipe
-    from test_train_resume import N, _resume_and_compare, _start, _wait_for
+    from test_train_resume import N, _resume_and_compare, kill_9_after_checkpoint
     from scedit_cli.training import train
 
     make_tiny_pipeline(tmp_path / "sd15", "sd15")
@@ -148,12 +150,7 @@ def test_kill_9_and_resume_latest_on_shards_is_exact(tmp_path):
     train(recipe, overrides=[f'train.output_dir="{tmp_path / "reference"}"'])
     reference = load_file(tmp_path / "reference" / "tuner" / "tuner.safetensors")
     out = tmp_path / "killed"
-    proc = _start(recipe, out)
-    _wait_for(out / "checkpoints" / f"step-{N:08d}" / "state.json", proc)
-    assert proc.poll() is None, "the run must still be going when it is killed"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL and not (out / "tuner").exists()
+    kill_9_after_checkpoint(recipe, out)
     assert _resume_and_compare(recipe, out, reference).resumed_from.endswith(f"step-{N:08d}")
 
 
