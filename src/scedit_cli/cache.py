@@ -420,6 +420,10 @@ class CachedTrainDataset(torch.utils.data.Dataset):
     def buckets(self):
         return self.data.buckets
 
+    @property
+    def shard_of(self):
+        return self.data.shard_of
+
     def validation_items(self, count: int) -> list[dict]:
         return self.data.validation_items(count)
 

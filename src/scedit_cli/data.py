@@ -150,6 +150,11 @@ class TrainDataset(torch.utils.data.Dataset):
 
     buckets = None  # a `buckets.BucketAssignment` when data.buckets is on
 
+    @property
+    def shard_of(self) -> list[int] | None:
+        """The shard of each row for webdataset sources (`shards.py`), else None."""
+        return self.ds["__shard__"] if "__shard__" in self.ds.column_names else None
+
     def row(self, index: int) -> dict:
         return self.loaded.row(index)
 

@@ -23,8 +23,8 @@ def training_loader(data, train_cfg, num_workers: int, rank: int, world: int,
             train_cfg.max_steps)
     if data.buckets is not None:
         sampler = BucketSampler(data.buckets, *args)
-    elif "__shard__" in data.ds.column_names:
-        sampler = ShardStreamSampler(data.ds["__shard__"], data.cfg.shuffle_window, *args)
+    elif data.shard_of is not None:
+        sampler = ShardStreamSampler(data.shard_of, data.cfg.shuffle_window, *args)
     else:
         sampler = StreamSampler(len(data), *args)
     loader = torch.utils.data.DataLoader(data, batch_sampler=sampler, collate_fn=collate, num_workers=num_workers,
