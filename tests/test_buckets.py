@@ -10,7 +10,8 @@ import pytest
 from PIL import Image
 
 from train_helpers import make_tiny_pipeline, write_recipe
-from scedit_cli.buckets import BucketAssignment, BucketSampler, bucket_sizes, nearest_bucket
+from scedit_cli.buckets import BucketAssignment, bucket_sizes, nearest_bucket
+from scedit_cli.samplers import BucketSampler
 from scedit_cli.errors import SceditError
 from scedit_cli.training import train
 

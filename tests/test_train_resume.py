@@ -59,9 +59,8 @@ def _resume_and_compare(recipe, out: Path, reference):
     return result
 
 
-def test_kill_9_between_checkpoints_then_resume_is_bit_identical(setup, tmp_path):
-    root, recipe, reference = setup
-    out = tmp_path / "killed"
+def kill_9_after_checkpoint(recipe: Path, out: Path) -> None:
+    """Start `scedit train` in a subprocess and SIGKILL it once step N's checkpoint is complete."""
     proc = _start(recipe, out)
     _wait_for(out / "checkpoints" / f"step-{N:08d}" / "state.json", proc)
     assert proc.poll() is None, "the run must still be going when it is killed"
@@ -69,6 +68,12 @@ def test_kill_9_between_checkpoints_then_resume_is_bit_identical(setup, tmp_path
     proc.wait()
     assert proc.returncode == -signal.SIGKILL
     assert not (out / "tuner").exists(), "killed before the end"
+
+
+def test_kill_9_between_checkpoints_then_resume_is_bit_identical(setup, tmp_path):
+    root, recipe, reference = setup
+    out = tmp_path / "killed"
+    kill_9_after_checkpoint(recipe, out)
     result = _resume_and_compare(recipe, out, reference)
     assert result.resumed_from.endswith(f"step-{N:08d}")
     assert not [p for p in (out / "checkpoints").iterdir() if p.name.startswith(".")], "no half-written checkpoint left"

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import json
+import shutil
+import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -65,3 +68,30 @@ def write_recipe(path: Path, model_path: Path, data_path: Path, method: dict, ou
 
 
 __all__ = ["make_dataset", "make_tiny_pipeline", "write_recipe"]
+
+
+def make_shards(folder: Path, n: int = 5, per_shard: int = 2, conditions=("canny",), caption_in="txt",
+                seed: int = 0) -> list[Path]:
+    """webdataset shards (img2dataset layout) of `make_dataset`'s samples: KEY.png, KEY.txt or KEY.json,
+    KEY.<condition>.png; caption i is "red circle i"."""
+    folder = Path(folder)
+    src = make_dataset(folder / "_src", n=n, conditions=conditions, seed=seed)
+    rows = [json.loads(line) for line in (src / "metadata.jsonl").read_text().splitlines()]
+    shards = []
+    for s in range(0, n, per_shard):
+        path = folder / f"shard-{s // per_shard:03d}.tar"
+        with tarfile.open(path, "w") as tar:
+            for i in range(s, min(s + per_shard, n)):
+                key = f"{i:06d}"
+                tar.add(src / rows[i]["image"], f"{key}.png")
+                caption = f"red circle {i}".encode()
+                if caption_in == "json":
+                    caption = json.dumps({"caption": caption.decode(), "width": 48}).encode()
+                info = tarfile.TarInfo(f"{key}.{caption_in}")
+                info.size = len(caption)
+                tar.addfile(info, io.BytesIO(caption))
+                for c in conditions:
+                    tar.add(src / rows[i][c], f"{key}.{c}.png")
+        shards.append(path)
+    shutil.rmtree(src)
+    return shards

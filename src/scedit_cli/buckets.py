@@ -10,7 +10,8 @@ Every optimizer step's batch comes from one bucket. An epoch is every bucket's
 images in a seeded order, cut into batches of the total batch size (a bucket's
 last batch may be shorter: no image is dropped or repeated), and the batches
 in a seeded order: each image appears exactly once per epoch, and the whole
-schedule is a function of (seed, step), so resuming is exact.
+schedule is a function of (seed, step), so resuming is exact
+(`samplers.BucketSampler`).
 """
 
 from __future__ import annotations
@@ -18,9 +19,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import numpy as np
 
-from .samplers import StepSampler
+from .cells import BadSample, open_image_size
 from .errors import SceditError
 
 
@@ -66,60 +66,13 @@ def nearest_bucket(sizes: list[tuple[int, int]], height: int, width: int) -> int
 def assign_buckets(data, step: int, max_ratio: float) -> BucketAssignment:
     """Bucket every row of a TrainDataset by its image's size (read from the header only).
     An unreadable image goes to the square bucket (the loader skips and counts it as always)."""
-    from .data import BadSample, _open_image_size
-
     sizes = bucket_sizes(data.cfg.resolution, step, max_ratio)
     square = nearest_bucket(sizes, 1, 1)
     of_row = []
     for i in range(len(data)):
         try:
-            h, w = _open_image_size(data.row(i).get(data.cfg.image_column), data.loaded.base_dir)
+            h, w = open_image_size(data.row(i).get(data.cfg.image_column), data.loaded.base_dir)
             of_row.append(nearest_bucket(sizes, h, w))
         except BadSample:
             of_row.append(square)
     return BucketAssignment(sizes, of_row)
-
-
-class BucketSampler(StepSampler):
-    """Micro-batches of (stream position, row index), each optimizer step's batch from one bucket.
-
-    The `samplers.StepSampler` contract, with a bucket's last batch shorter (its micro-batches
-    shorter or empty); `step_size(s)` is that step's total batch.
-    """
-
-    def __init__(self, buckets: BucketAssignment, seed: int, total_batch: int, accumulation: int, rank: int,
-                 world: int, start_step: int, max_steps: int):
-        super().__init__(total_batch, accumulation, rank, world, start_step, max_steps)
-        self.members = [m for m in buckets.members() if m]
-        self.n = sum(len(m) for m in self.members)
-        self.seed = seed
-        self.per_epoch = sum(math.ceil(len(m) / total_batch) for m in self.members)
-        self._epoch, self._batches = -1, None
-
-    def epoch_batches(self, epoch: int) -> list[tuple[int, list[int]]]:
-        """The epoch's batches in order, each as (stream position of its first sample, row indices)."""
-        if epoch != self._epoch:
-            chunks = []
-            for k, m in enumerate(self.members):
-                perm = np.random.default_rng([self.seed, epoch, 777, k]).permutation(len(m))
-                rows = [m[i] for i in perm]
-                chunks += [rows[i: i + self.B] for i in range(0, len(rows), self.B)]
-            order = np.random.default_rng([self.seed, epoch, 778]).permutation(len(chunks))
-            out, pos = [], epoch * self.n
-            for j in order:
-                out.append((pos, chunks[j]))
-                pos += len(chunks[j])
-            self._epoch, self._batches = epoch, out
-        return self._batches
-
-    def step_batch(self, step: int) -> tuple[int, list[int]]:
-        epoch, j = divmod(step, self.per_epoch)
-        return self.epoch_batches(epoch)[j]
-
-    def step_size(self, step: int) -> int:
-        return len(self.step_batch(step)[1])
-
-    def micro_batch(self, step: int, micro: int) -> list[tuple[int, int]]:
-        p0, rows = self.step_batch(step)
-        lo = (micro * self.W + self.r) * self.b
-        return [(p0 + i, rows[i]) for i in range(lo, min(lo + self.b, len(rows)))]

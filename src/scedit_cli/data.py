@@ -13,7 +13,6 @@ never a crash.
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import numpy as np
@@ -22,15 +21,11 @@ from PIL import Image
 
 from .conditions import MASKED_CONDITIONS, condition_channels, resize_filter
 from .conditions.tensor import condition_tensor, image_tensor
+from .cells import BadSample, open_image
 from .datasource import LoadedDataset, load_source
 from .errors import SceditError
-from .images import to_gray8, to_rgb8
 
 VALIDATION_OFFSET = 1 << 40  # stream positions for validation samples, apart from training ones
-
-
-class BadSample(Exception):
-    """An unreadable image or an unusable row: the sample is skipped and counted."""
 
 
 def condition_column(cfg, name: str) -> str:
@@ -39,7 +34,8 @@ def condition_column(cfg, name: str) -> str:
 
 def load_training_data(cfg, conditions: list[str], seed: int = 0) -> "TrainDataset":
     """Load `cfg.source` (a `DataSection`) and check its columns for `conditions`."""
-    loaded = load_source(cfg.source, cfg.split)
+    index_dir = Path(cfg.cache_dir) / "shard-index" if cfg.cache_dir else None
+    loaded = load_source(cfg.source, cfg.split, index_dir)
     ds = loaded.dataset
     cols = list(ds.column_names)
     where = loaded.description
@@ -82,7 +78,7 @@ def load_training_data(cfg, conditions: list[str], seed: int = 0) -> "TrainDatas
         ds = ds.select(range(cfg.max_samples))
     if len(ds) == 0:
         raise SceditError(f"{where}: the dataset is empty")
-    data = TrainDataset(LoadedDataset(ds, loaded.base_dir, where), cfg, conditions, seed)
+    data = TrainDataset(LoadedDataset(ds, loaded.base_dir, where, loaded.reader), cfg, conditions, seed)
     # Skipping unreadable rows is right for a few; with none left, training would step on nothing.
     skipped: list[str] = []
     if not data.validation_items(1, skipped):
@@ -96,64 +92,6 @@ def load_training_data(cfg, conditions: list[str], seed: int = 0) -> "TrainDatas
 
         data.buckets = assign_buckets(data, cfg.bucket_step, cfg.bucket_max_ratio)
     return data
-
-
-def _open_image(value, base_dir: Path | None, mode: str | None = None) -> tuple[Image.Image, str]:
-    """(image, description) from a dataset cell, as 8-bit `mode` ("RGB", "L") if given; raises BadSample."""
-    desc = "<bytes>"
-    try:
-        if isinstance(value, dict):
-            if value.get("bytes"):
-                desc = value.get("path") or "<bytes>"
-                value = value["bytes"]
-            elif value.get("path"):
-                value = value["path"]
-            else:
-                raise BadSample("empty image cell")
-        if isinstance(value, Image.Image):
-            desc, img = "<image>", value
-        elif isinstance(value, (bytes, bytearray)):
-            img = Image.open(io.BytesIO(value))
-        elif isinstance(value, str):
-            p = Path(value).expanduser()
-            if not p.is_absolute() and base_dir is not None:
-                p = base_dir / p
-            desc = str(p)
-            if not p.is_file():
-                raise BadSample(f"{p}: file not found")
-            img = Image.open(p)
-        elif value is None:
-            raise BadSample("no image in this row")
-        else:
-            raise BadSample(f"unsupported image cell of type {type(value).__name__}")
-        img.load()
-        return (to_rgb8(img) if mode == "RGB" else to_gray8(img) if mode == "L" else img), desc
-    except BadSample:
-        raise
-    except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError...
-        raise BadSample(f"{desc}: unreadable image ({type(e).__name__}: {str(e)[:80]})") from None
-
-
-def _open_image_size(value, base_dir: Path | None) -> tuple[int, int]:
-    """(height, width) of an image cell from its header, without decoding; raises BadSample."""
-    if isinstance(value, dict) and not value.get("bytes") and value.get("path"):
-        value = value["path"]
-    try:
-        if isinstance(value, str):
-            p = Path(value).expanduser()
-            if not p.is_absolute() and base_dir is not None:
-                p = base_dir / p
-            with Image.open(p) as im:
-                return im.height, im.width
-        if isinstance(value, dict) and value.get("bytes"):
-            value = value["bytes"]
-        if isinstance(value, (bytes, bytearray)):
-            with Image.open(io.BytesIO(value)) as im:
-                return im.height, im.width
-    except Exception as e:
-        raise BadSample(f"unreadable image ({type(e).__name__})") from None
-    img, _ = _open_image(value, base_dir)
-    return img.height, img.width
 
 
 def _resize_crop(img: Image.Image, size, center: bool, rng: np.random.Generator, resample) -> tuple:
@@ -171,8 +109,9 @@ def _resize_crop(img: Image.Image, size, center: bool, rng: np.random.Generator,
     return img.crop((left, top, left + tw, top + th)), (top, left), (nw, nh)
 
 
-def _to_tensor(img: Image.Image, channels: int) -> torch.Tensor:
-    return image_tensor(img)[:channels]
+def pixel_tensor(img: Image.Image) -> torch.Tensor:
+    """An RGB crop as the VAE's input: (3, H, W) in [-1, 1]."""
+    return image_tensor(img)[:3] * 2.0 - 1.0
 
 
 class TrainDataset(torch.utils.data.Dataset):
@@ -209,8 +148,13 @@ class TrainDataset(torch.utils.data.Dataset):
 
     buckets = None  # a `buckets.BucketAssignment` when data.buckets is on
 
+    @property
+    def shard_of(self) -> list[int] | None:
+        """The shard of each row for webdataset sources (`shards.py`), else None."""
+        return self.ds["__shard__"] if "__shard__" in self.ds.column_names else None
+
     def row(self, index: int) -> dict:
-        return self.ds[int(index)]
+        return self.loaded.row(index)
 
     def draw_caption(self, row: dict, index: int, rng: np.random.Generator, train: bool) -> str:
         """The caption of one visit (one of several alternatives, prefix, dropout): the first draws of `rng`."""
@@ -246,7 +190,7 @@ class TrainDataset(torch.utils.data.Dataset):
 
     def crop_image(self, row: dict, index: int, position: int, size=None) -> tuple:
         """(PIL crop, the full RGB image, original (h, w), crop (top, left), resized (w, h)) of row `index`."""
-        img, _ = _open_image(row.get(self.cfg.image_column), self.loaded.base_dir, "RGB")
+        img, _ = open_image(row.get(self.cfg.image_column), self.loaded.base_dir, "RGB")
         original_size = (img.height, img.width)
         crop_rng = np.random.default_rng([self.seed, int(position), 1])
         image, crop_tl, resized = _resize_crop(img, size or self.target_size(index), self.cfg.center_crop, crop_rng,
@@ -263,7 +207,7 @@ class TrainDataset(torch.utils.data.Dataset):
         flip = train and cfg.random_flip and rng.random() < 0.5
         if flip:
             conds = [t.flip(-1) for t in conds]
-        pixels = _to_tensor(image, 3) * 2.0 - 1.0
+        pixels = pixel_tensor(image)
         if flip:
             pixels = pixels.flip(-1)
         return {"pixel_values": pixels, "caption": caption, "conditions": conds, "original_size": original_size,
@@ -297,7 +241,7 @@ class TrainDataset(torch.utils.data.Dataset):
         out = []
         for c in cols:
             is_mask = c.endswith("_mask")
-            m, _ = _open_image(row.get(c), self.loaded.base_dir, "L" if is_mask else "RGB")
+            m, _ = open_image(row.get(c), self.loaded.base_dir, "L" if is_mask else "RGB")
             if m.size != full_img.size:
                 m = m.resize(full_img.size, resize_filter(cond, is_mask))
             m = m.resize(resized, resize_filter(cond, is_mask))

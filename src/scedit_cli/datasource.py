@@ -1,6 +1,7 @@
 """Where training data comes from: a dataset folder or file, or a hub dataset, read with `datasets`.
 
-Sources: a folder with `metadata.jsonl` (what `scedit prepare` writes; paths in
+Sources: webdataset tar shards (`shards.py`: a `.tar`, a list, `{000..009}` ranges, a
+glob or a folder of them, local or any fsspec URL), a folder with `metadata.jsonl` (what `scedit prepare` writes; paths in
 it are relative to the folder), a folder of `*.parquet` / `*.jsonl` files, a
 single `.parquet` / `.jsonl` / `.json` / `.csv` file, or a hub dataset name
 (loaded offline from the HF cache when there is no network). Nothing here
@@ -15,6 +16,7 @@ from typing import Any
 
 from .errors import SceditError
 from .fsutil import read_jsonl
+from .shards import ShardReader, default_index_dir, shard_table, shard_urls
 
 
 @dataclass
@@ -22,9 +24,14 @@ class LoadedDataset:
     dataset: Any  # datasets.Dataset
     base_dir: Path | None  # where relative image paths resolve
     description: str
+    reader: ShardReader | None = None  # resolves shard member references (webdataset sources)
 
     def __len__(self) -> int:
         return len(self.dataset)
+
+    def row(self, index: int) -> dict:
+        row = self.dataset[int(index)]
+        return self.reader.resolve(row) if self.reader is not None else row
 
 
 def _load_dataset_files(kind: str, files: list[Path], desc: str):
@@ -62,12 +69,23 @@ def _explain_unreadable(files: list[Path]) -> None:
 _KINDS = {".parquet": "parquet", ".jsonl": "json", ".json": "json", ".csv": "csv"}
 
 
-def load_source(source: str, split: str = "train") -> LoadedDataset:
-    """The raw `datasets.Dataset` behind a data source (see the module docstring)."""
+def load_source(source: str, split: str = "train", index_dir: Path | None = None) -> LoadedDataset:
+    """The raw `datasets.Dataset` behind a data source (see the module docstring); shard indexes
+    are kept in `index_dir` (default: `shards.default_index_dir()`)."""
     import datasets
 
     if not source:
         raise SceditError("data.source is empty; set it to a dataset folder, file or hub name")
+    urls = shard_urls(source)
+    if urls is not None:
+        table = shard_table(urls, index_dir or default_index_dir())
+        if not len(table):
+            raise SceditError(f"data.source {source}: its {len(urls)} shard(s) hold no sample; check the shards")
+        desc = urls[0] if len(urls) == 1 else f"{source} ({len(urls)} shards)"
+        # Local shards in one folder keep the latent cache beside them as a dataset folder does.
+        folders = {str(Path(u).parent) for u in urls if "://" not in u}
+        base = Path(folders.pop()) if len(folders) == 1 and all("://" not in u for u in urls) else None
+        return LoadedDataset(datasets.Dataset.from_dict(table.columns), base, desc, ShardReader(urls))
     path = Path(source).expanduser()
     if path.is_dir():
         meta = path / "metadata.jsonl"

@@ -2,7 +2,8 @@
 
 The training loop asks for one process's micro-batches from a start step on; this
 module decides how they are drawn (`samplers.StreamSampler` for one resolution,
-`buckets.BucketSampler` for aspect-ratio buckets), so data sources can grow here
+`samplers.BucketSampler` for aspect-ratio buckets,
+`samplers.ShardStreamSampler` for webdataset shards), so data sources can grow here
 without touching the loop.
 """
 
@@ -10,9 +11,8 @@ from __future__ import annotations
 
 import torch
 
-from .buckets import BucketSampler
 from .data import collate
-from .samplers import StepSampler, StreamSampler
+from .samplers import BucketSampler, ShardStreamSampler, StepSampler, StreamSampler
 
 
 def training_loader(data, train_cfg, num_workers: int, rank: int, world: int,
@@ -23,6 +23,8 @@ def training_loader(data, train_cfg, num_workers: int, rank: int, world: int,
             train_cfg.max_steps)
     if data.buckets is not None:
         sampler = BucketSampler(data.buckets, *args)
+    elif data.shard_of is not None:
+        sampler = ShardStreamSampler(data.shard_of, data.cfg.shuffle_window, *args)
     else:
         sampler = StreamSampler(len(data), *args)
     loader = torch.utils.data.DataLoader(data, batch_sampler=sampler, collate_fn=collate, num_workers=num_workers,

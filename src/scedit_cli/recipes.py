@@ -30,6 +30,7 @@ else:  # pragma: no cover
 
 from .errors import SceditError
 from .recipe_parse import RecipeContext, apply_overrides, build_section, resolve_path, resolve_source, suggest
+from .shards import resolve_shard_source
 
 ARCHES = ("sd15", "sd21", "sd21-base", "sdxl")
 PRECISIONS = ("no", "fp16", "bf16")
@@ -61,7 +62,10 @@ class DataSection:
     cache: off | auto (use the latent/text cache when it is complete for this data and base model) |
     build (encode what is missing first); cache_dir: default scedit-cache/ next to the dataset.
     buckets: aspect-ratio bucketing (crops of about resolution² pixels near each image's shape);
-    bucket_step: side multiple; bucket_max_ratio: the most elongated bucket."""
+    bucket_step: side multiple; bucket_max_ratio: the most elongated bucket.
+    shuffle_window: with webdataset shards (source: a .tar, a comma list, {000..009} ranges, a glob or
+    a folder of them, local or fsspec URL), each epoch takes the shards in a seeded order and shuffles
+    rows within windows of this many (larger: better mixing; smaller: fewer shards read at once)."""
 
     source: str = ""
     split: str = "train"
@@ -82,6 +86,7 @@ class DataSection:
     buckets: bool = False
     bucket_step: int = 64
     bucket_max_ratio: float = 2.0
+    shuffle_window: int = 1000
 
 
 @dataclass
@@ -251,7 +256,8 @@ def _validate(raw: dict, ctx: RecipeContext, base_dir: Path) -> Recipe:
 
     r.model.source = resolve_source(r.model.source, base_for("model.source"))
     r.model.single_file_config = resolve_source(r.model.single_file_config, base_for("model.single_file_config"))
-    r.data.source = resolve_source(r.data.source, base_for("data.source"))
+    r.data.source = (resolve_shard_source(r.data.source, base_for("data.source"))
+                     or resolve_source(r.data.source, base_for("data.source")))
     r.data.detector_weights = resolve_path(r.data.detector_weights, base_for("data.detector_weights"))
     r.data.cache_dir = resolve_path(r.data.cache_dir, base_for("data.cache_dir"))
     r.train.output_dir = resolve_path(r.train.output_dir, base_for("train.output_dir"))
@@ -292,6 +298,7 @@ def _check_values(r: Recipe, ctx: RecipeContext) -> None:
         raise ctx.error("train.ema_decay", f"must be in [0, 1) (0 = no EMA; 0.999 is usual), got {r.train.ema_decay}")
     choice("data.cache", r.data.cache, ("off", "auto", "build"))
     at_least("data.bucket_step", r.data.bucket_step, 1)
+    at_least("data.shuffle_window", r.data.shuffle_window, 1)
     # The VAEs encode 8 px to one latent: other sizes would be cropped by the encoder (and
     # `scedit sample` refuses them), so the training size must be what sampling can make.
     for key in ("data.resolution", "data.bucket_step"):

@@ -87,8 +87,7 @@ class _Writer:
 
 def _encode_images(jobs, plan: CachePlan, data, vae, device, batch_size: int, w: _Writer) -> None:
     """VAE posteriors, grouped by crop size (buckets) so that a batch stacks."""
-    from ..conditions.tensor import image_tensor
-    from ..data import BadSample
+    from ..data import BadSample, pixel_tensor
 
     by_size: dict[tuple, list] = {}
     for job in jobs:
@@ -103,7 +102,7 @@ def _encode_images(jobs, plan: CachePlan, data, vae, device, batch_size: int, w:
                 except BadSample as e:
                     w.unusable(key, f"row {i}: {e}")
                     continue
-                t = image_tensor(image)[:3] * 2.0 - 1.0
+                t = pixel_tensor(image)
                 pix.append(t.flip(-1) if flip else t)
                 ok.append((key, torch.tensor([*original, *crop_tl], dtype=torch.int64)))
             if pix:

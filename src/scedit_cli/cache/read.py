@@ -36,6 +36,10 @@ class CachedTrainDataset(torch.utils.data.Dataset):
     def buckets(self):
         return self.data.buckets
 
+    @property
+    def shard_of(self):
+        return self.data.shard_of
+
     def validation_items(self, count: int) -> list[dict]:
         return self.data.validation_items(count)
 
@@ -88,6 +92,8 @@ def attach_cache(mode: str, folder: str, data, base, device, *, build_here: bool
         if mode == "build":
             raise SceditError(f"data.cache = 'build': {why}")
         return data, f"cache: not used ({why})"
+    if not folder and mode == "auto" and data.loaded.base_dir is None:
+        return data, "cache: not used (this source has no local folder; set data.cache_dir to use one)"
     folder = Path(folder) if folder else default_cache_dir(data)
     if mode == "auto" and not folder.is_dir():
         return data, (f"cache: none at {folder}; VAE and text encoder run at every step "

@@ -40,7 +40,7 @@ def _parse_params(items: list[str]) -> dict[str, object]:
 def prepare_conditions(
     ctx: typer.Context,
     condition: Optional[str] = typer.Option(None, "--condition", "-c", help="canny, depth, hed, seg, pose, color, inpaint, outpaint."),
-    input: Optional[str] = typer.Option(None, "--input", "-i", help="Image folder, folder with metadata.jsonl, parquet, or a datasets name."),
+    input: Optional[str] = typer.Option(None, "--input", "-i", help="Image folder, folder with metadata.jsonl, parquet, webdataset .tar shards (file, glob, {000..009}, folder), or a datasets name."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Output dataset folder (created; resumed if it exists)."),
     workers: int = typer.Option(1, "--workers", "-w", help="Parallel workers (learned detectors: I/O threads)."),
     pool: str = typer.Option("auto", "--pool", help="How --workers > 1 run: threads, processes, or auto (threads up to 2 "
@@ -56,6 +56,9 @@ def prepare_conditions(
     weights: Optional[Path] = typer.Option(None, "--weights", help="Folder with detector weights (else the HF cache)."),
     device: Optional[str] = typer.Option(None, "--device", help="Learned detectors: cpu, cuda, cuda:1 (default: cuda if present)."),
     batch_size: int = typer.Option(8, "--batch-size", help="Learned detectors: images per batch."),
+    output_format: str = typer.Option("folder", "--output-format", help="folder (images/, conditions/, metadata.jsonl) or "
+                                      "webdataset (tar shards: KEY.jpg, KEY.txt, KEY.json, KEY.<condition>.png)."),
+    shard_size: int = typer.Option(1000, "--shard-size", help="Samples per tar shard with --output-format webdataset."),
     json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
 ) -> None:
     if ctx.invoked_subcommand is not None:
@@ -67,7 +70,8 @@ def prepare_conditions(
             "or a sub-command: laion, style"
         )
     on_interrupt(f"the records finished so far are kept in {output}; run the same command again to resume")
-    from ..prepare.runner import PrepareConfig, parse_shard, run_prepare
+    from ..prepare.runner import PrepareConfig, parse_shard
+    from ..prepare.webdataset import prepare_to
 
     shard_index, shard_count = parse_shard(shard)
     cfg = PrepareConfig(
@@ -75,7 +79,7 @@ def prepare_conditions(
         shard_count=shard_count, seed=seed, params=_parse_params(param), images=images, parquet=parquet, split=split,
         image_column=image_column, text_column=text_column, weights=weights, device=device, batch_size=batch_size,
     )
-    summary = run_prepare(cfg)
+    summary = prepare_to(cfg, output_format, shard_size)
     if json_out:
         print_json(summary)
         return
@@ -87,7 +91,9 @@ def prepare_conditions(
     )
     for s in summary["skipped_records"][:20]:
         info(f"  skipped {s['source']}: {s['reason']}")
-    if summary["metadata"]:
+    if summary.get("webdataset"):
+        info(f"dataset: {len(summary['webdataset']['shards'])} shard(s) in {output}")
+    elif summary["metadata"]:
         info(f"dataset: {summary['metadata']}")
     else:
         info(f"shard {shard} done; metadata.jsonl is written when shards {summary['waiting_for_shards']} finish")

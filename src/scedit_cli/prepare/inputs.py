@@ -1,6 +1,7 @@
 """Dataset readers for `scedit prepare`: every input becomes a stream of `Record`s.
 
-Supported inputs: a folder of images (captions from sidecar `.txt` files), a
+Supported inputs: webdataset tar shards (img2dataset's output; see `shards.py` for the
+ways to name them), a folder of images (captions from sidecar `.txt` files), a
 folder with `metadata.jsonl` (HF imagefolder layout), a parquet file or folder
 of parquet files, a folder written by `datasets.save_to_disk`, or a `datasets`
 name (read from the local HF cache; nothing is downloaded). Readers only read:
@@ -214,8 +215,32 @@ def _hf_dataset(ds: Any, location: str, kind: str, image_column: str | None, tex
     return InputSource(kind, location, len(ds), it)
 
 
+def _webdataset(urls: list[str], spec: str) -> InputSource:
+    """webdataset tar shards (`shards.py`'s layout): records in shard order, images read by offset."""
+    from ..shards import IMAGE_SUFFIXES, ShardReader, index_shard
+
+    samples = [(k, s) for k, url in enumerate(urls) for s in index_shard(url)]
+    reader = ShardReader(urls)
+
+    def it() -> Iterator[Record]:
+        keys = _KeyMaker()
+        for i, (k, s) in enumerate(samples):
+            member = next((s["members"][x] for x in IMAGE_SUFFIXES if x in s["members"]), None)
+            where = f"{urls[k]}:{member[2] if member else s['key']}"
+            data = reader.read({"shard": k, "offset": member[0], "size": member[1], "name": member[2]})["bytes"] \
+                if member else b""  # no image member: unreadable, so skipped and counted like a corrupt file
+            yield Record(i, keys(s["key"], i), s["text"] or "", where, data=data)
+
+    return InputSource("webdataset", spec, len(samples), it)
+
+
 def open_input(spec: str, *, split: str = "train", image_column: str | None = None, text_column: str | None = None) -> InputSource:
     """Open `spec` (path or `datasets` name) as an `InputSource`; clear SceditError if unusable."""
+    from ..shards import shard_urls
+
+    urls = shard_urls(spec)
+    if urls is not None:
+        return _webdataset(urls, spec)
     target = Path(spec).expanduser()
     if target.exists():
         target = target.resolve()  # settings.json records it: same input however it is spelled
