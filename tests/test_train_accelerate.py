@@ -186,3 +186,65 @@ def test_example_launch_configs_load_with_accelerates_loader(name):
         assert cfg.fsdp_config["fsdp_state_dict_type"] == "FULL_STATE_DICT"
     if name.startswith("deepspeed"):
         assert cfg.deepspeed_config["zero_stage"] == int(name[-1])
+
+
+def test_sharded_runs_save_whole_weights_in_our_formats(tmp_path):
+    """What FSDP / DeepSpeed runs save with (those backends need GPUs; accelerate 1.15 runs FSDP
+    only on GPUs): the gathered weights map to the method's own names, the method saves them
+    whole while its modules hold them, its own (sharded) parameters come back after; a checkpoint
+    with accelerate's sharded optimizer state reads without optimizer.safetensors and is refused,
+    with what to do, by a run that is not sharded."""
+    from accelerate import Accelerator
+    from accelerate.utils import GradientAccumulationPlugin
+
+    from scedit_cli.methods import build_method
+    from scedit_cli.models import load_base
+    from scedit_cli.training.checkpoint import SHARDED, read_checkpoint, save_checkpoint
+    from scedit_cli.training.distributed import TrainableModel, gathered_weights, whole_weights
+    from scedit_cli.training.step import make_noise_scheduler
+
+    make_tiny_pipeline(tmp_path / "sd15", "sd15")
+    base = load_base(str(tmp_path / "sd15"))
+    method = build_method("sc", {})
+    method.setup(base)
+    model = TrainableModel(method, make_noise_scheduler(base), "epsilon", None, None, whole_modules=True)
+    assert [n for n, _ in model.named_parameters()] and all(n.startswith("parts.") for n, _ in model.named_parameters())
+    acc = Accelerator(gradient_accumulation_plugin=GradientAccumulationPlugin(num_steps=1))
+    weights = gathered_weights(acc, model)
+    own = method.state_dict()
+    assert weights.keys() == own.keys()
+    params_before = [p for _, p in method.named_trainable_parameters()]
+    changed = {k: v + 1.0 for k, v in weights.items()}
+    with whole_weights(method, changed):
+        inside = method.state_dict()
+        assert all(torch.equal(inside[k], changed[k]) for k in changed)
+        outputs = method.save(tmp_path / "out", base_source="x")
+    assert [p for _, p in method.named_trainable_parameters()] == params_before  # same objects back
+    saved = load_file(tmp_path / "out" / "tuner" / "tuner.safetensors")  # the SC tuner's names are ours
+    assert outputs and saved.keys() == own.keys()
+    assert all(torch.equal(saved[k], own[k] + 1.0) for k in own)
+
+    staging = tmp_path / "staging"
+    (staging / "model_0").mkdir(parents=True)
+    opt = torch.optim.AdamW(method.trainable_parameters())
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    path = save_checkpoint(tmp_path / "run", 2, method, opt, sched, None, {"recipe": {}}, 3, sharded_state=staging)
+    assert (path / SHARDED / "model_0").is_dir() and not (path / "optimizer.safetensors").exists()
+    assert not staging.exists()
+    ckpt = read_checkpoint(path)
+    assert ckpt.sharded and ckpt.optimizer == {} and ckpt.weights.keys() == own.keys()
+
+
+def test_a_sharded_checkpoint_is_refused_without_sharding(tmp_path):
+    from scedit_cli.errors import SceditError
+
+    make_tiny_pipeline(tmp_path / "sd15", "sd15")
+    data = make_dataset(tmp_path / "data", n=2)
+    recipe = write_recipe(tmp_path / "r.toml", tmp_path / "sd15", data, {"name": "sc"}, tmp_path / "o",
+                          train={"max_steps": 2, "batch_size": 2}, checkpoint={"every": 1})
+    train(recipe)
+    ckpt = tmp_path / "o" / "checkpoints" / "step-00000001"
+    (ckpt / "optimizer.safetensors").unlink()
+    (ckpt / "accelerate").mkdir()
+    with pytest.raises(SceditError, match="written with FSDP / DeepSpeed sharding.*--config_file"):
+        train(recipe, resume=str(ckpt))

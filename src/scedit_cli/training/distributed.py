@@ -10,6 +10,8 @@ sampler already splits the stream by rank and seeds it (see samplers.py).
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import nn
 
@@ -28,8 +30,6 @@ def make_accelerator(r, project_dir):
     (`step_scheduler_with_optimizer=False`: accelerate would otherwise step it once per process).
     """
     from accelerate import Accelerator
-    from accelerate.utils import DistributedType
-
     acc = Accelerator(
         mixed_precision="no",
         gradient_accumulation_steps=r.train.gradient_accumulation_steps,
@@ -37,9 +37,9 @@ def make_accelerator(r, project_dir):
         log_with="tensorboard" if r.logging.tensorboard else None,
         project_dir=str(project_dir),
     )
-    if acc.distributed_type == DistributedType.DEEPSPEED and r.train.mixed_precision == "fp16":
-        raise SceditError("train.mixed_precision = 'fp16' under DeepSpeed: DeepSpeed keeps its own loss scaler; "
-                          "use train.mixed_precision = 'bf16' (or 'no')")
+    if is_sharded(acc) and r.train.mixed_precision == "fp16":
+        raise SceditError(f"train.mixed_precision = 'fp16' under {acc.distributed_type.value}: the fp16 loss scaler "
+                          "does not see sharded gradients whole; use train.mixed_precision = 'bf16' (or 'no')")
     if is_sharded(acc) and r.train.ema_decay:
         raise SceditError(f"train.ema_decay = {r.train.ema_decay} under {acc.distributed_type.value}: the EMA keeps "
                           "whole copies of sharded weights; set train.ema_decay = 0 or train with DDP")
@@ -85,3 +85,34 @@ class TrainableModel(nn.Module):
         return forward_loss(self.method, self.noise_scheduler, self.prediction_type, batch, generator,
                             self.autocast_dtype, self.loss_options)
 
+
+
+def gathered_weights(acc, model) -> dict | None:
+    """The method's trainable weights, whole, under our names (`method.state_dict`'s), on the main
+    process; None on the others. A collective under FSDP / DeepSpeed: every process calls it."""
+    state = acc.get_state_dict(model)
+    if not acc.is_main_process:
+        return None
+    names = acc.unwrap_model(model).method_names
+    return {names[k]: v for k, v in state.items() if k in names}
+
+
+@contextlib.contextmanager
+def whole_weights(method, weights: dict):
+    """For the duration, the method's modules hold `weights` (whole tensors, our names) as their
+    trainable parameters, so `method.save` / `method.state_dict` read whole weights where sharding
+    left each process a part; the sharded parameters are put back after."""
+    wanted = {id(p): n for n, p in method.named_trainable_parameters()}
+    swapped = []
+    for module in _unique(method.trainable_modules()):
+        for sub in module.modules():
+            for attr, p in list(sub._parameters.items()):
+                if p is not None and id(p) in wanted:
+                    full = weights[wanted[id(p)]].to(device="cpu", dtype=torch.float32)
+                    sub._parameters[attr] = nn.Parameter(full, requires_grad=p.requires_grad)
+                    swapped.append((sub, attr, p))
+    try:
+        yield
+    finally:
+        for sub, attr, p in swapped:
+            sub._parameters[attr] = p

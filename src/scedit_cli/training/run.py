@@ -116,7 +116,11 @@ def build_run(run: Run, resume: str | None, overwrite: bool, base=None) -> None:
 
         info(run.result.cache)
     run.data = data
-    if ckpt is not None:  # before prepare: every process loads the same full weights, then they are placed
+    if ckpt is not None:  # before prepare: every process loads the same whole weights, then they are placed
+        if ckpt.sharded != is_sharded(acc):
+            raise SceditError(f"{ckpt.path}: written {'with' if ckpt.sharded else 'without'} FSDP / DeepSpeed "
+                              f"sharding, this launch runs {acc.distributed_type.value}; resume it with a launch "
+                              "config of the same kind (accelerate launch --config_file)")
         state = apply_checkpoint(ckpt, method, parts.optimizer, parts.lr_scheduler, parts.scaler, device, run.ema)
         run.start = int(state["step"])
         run.history = [list(x) for x in state.get("history", [])]
@@ -128,6 +132,10 @@ def build_run(run: Run, resume: str | None, overwrite: bool, base=None) -> None:
     run.model, run.optimizer, run.lr_scheduler = acc.prepare(model, parts.optimizer, parts.lr_scheduler)
     run.result.plan["prepared_module"] = type(run.model).__module__ + "." + type(run.model).__qualname__
     run.result.plan["distributed_type"] = str(acc.distributed_type.value)
+    if ckpt is not None and ckpt.sharded:  # the sharded optimizer state, now that it is prepared
+        from .checkpoint import SHARDED
+
+        acc.load_state(str(ckpt.path / SHARDED))
     run.loader, run.sampler = training_loader(data, r.train, r.data.num_workers, acc.process_index,
                                               acc.num_processes, run.start)
     if run.main:
@@ -246,19 +254,36 @@ def step_batch(method, base, batch: dict, device, g) -> StepBatch:
 
 
 def checkpoint(run: Run, step: int) -> None:
-    """The main process writes the checkpoint of `step` (once); every process waits for it."""
-    from .checkpoint import save_checkpoint
+    """The main process writes the checkpoint of `step` (once); every process waits for it. Under
+    FSDP / DeepSpeed every process first saves its optimizer shard (accelerate's `save_state`) and
+    the weights are gathered whole for our own file."""
+    from .checkpoint import checkpoint_root, save_checkpoint
+    from .distributed import gathered_weights, is_sharded, whole_weights
 
-    r = run.r
+    r, acc = run.r, run.acc
     skipped = skipped_total(run)
-    if run.main and step not in run.saved_steps:
+    if step in run.saved_steps:
+        return acc.wait_for_everyone()
+    staging, weights = None, None
+    if is_sharded(acc):
+        staging = checkpoint_root(run.out) / f".step-{step:08d}.{acc.distributed_type.value.lower()}"
+        if run.main:
+            import shutil
+
+            shutil.rmtree(staging, ignore_errors=True)  # left by a run that died while saving
+        acc.wait_for_everyone()
+        acc.save_state(str(staging))
+        weights = gathered_weights(acc, run.model)
+        acc.wait_for_everyone()
+    if run.main:
         state = {"history": run.history, "skipped": skipped, "skipped_examples": run.skipped_examples[:20],
-                 "batch_size": r.train.batch_size, "recipe": r.to_dict(), "world_size": run.acc.num_processes}
-        p = save_checkpoint(run.out, step, run.method, run.optimizer, run.lr_scheduler, run.parts.scaler, state,
-                            r.checkpoint.keep_last, run.ema)
-        run.saved_steps.add(step)
+                 "batch_size": r.train.batch_size, "recipe": r.to_dict(), "world_size": acc.num_processes}
+        with whole_weights(run.method, weights) if weights is not None else contextlib.nullcontext():
+            p = save_checkpoint(run.out, step, run.method, run.optimizer, run.lr_scheduler, run.parts.scaler, state,
+                                r.checkpoint.keep_last, run.ema, sharded_state=staging)
         run.result.checkpoints.append(str(p))
-    run.acc.wait_for_everyone()
+    run.saved_steps.add(step)
+    acc.wait_for_everyone()
 
 
 def skipped_total(run: Run) -> int:
@@ -300,6 +325,7 @@ def validate(run: Run, step: int) -> None:
 def finish(run: Run, step: int):
     """The last checkpoint, the skip count over every process, the method's own output files
     (and the EMA's), the loss curve and the model cards; returns the TrainResult."""
+    from .distributed import gathered_weights, is_sharded, whole_weights
     from .logging import save_loss_curve
 
     r, acc, method, result = run.r, run.acc, run.method, run.result
@@ -309,10 +335,14 @@ def finish(run: Run, step: int):
     result.first_loss = vals[0] if vals else None
     result.final_loss = vals[-1] if vals else None
     result.skipped, result.skipped_examples = skipped_total(run), run.skipped_examples[:5]
+    weights = None
+    if is_sharded(acc) and not result.interrupted:
+        weights = gathered_weights(acc, run.model)  # every process takes part
     if run.main:
         if not result.interrupted:
             extra = {"recipe": r.name, "steps": step, "prediction_type": run.prediction_type}
-            result.outputs = [str(p) for p in method.save(run.out, base_source=r.model.source, extra=extra)]
+            with whole_weights(method, weights) if weights is not None else contextlib.nullcontext():
+                result.outputs = [str(p) for p in method.save(run.out, base_source=r.model.source, extra=extra)]
             if run.ema is not None:  # beside the trained weights, same format
                 with run.ema.swapped_in():
                     result.outputs += [str(p) for p in method.save(run.out / "ema", base_source=r.model.source,
