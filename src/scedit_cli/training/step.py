@@ -253,6 +253,7 @@ def prepare_training(method, base: BaseModel, device: torch.device, frozen_dtype
     method.train(True)
     params = method.trainable_parameters()
     if not params:
+        restore()
         raise SceditError(f"method {method.name!r} has no trainable parameters with this configuration")
     optimizer = torch.optim.AdamW(
         params, lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2),
