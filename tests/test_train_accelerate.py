@@ -248,3 +248,28 @@ def test_a_sharded_checkpoint_is_refused_without_sharding(tmp_path):
     (ckpt / "accelerate").mkdir()
     with pytest.raises(SceditError, match="written with FSDP / DeepSpeed sharding.*--config_file"):
         train(recipe, resume=str(ckpt))
+
+
+def test_what_ddp_gets_and_what_sharding_splits():
+    """The plan of the prepared module: under DDP only the trainable parameters are registered (a
+    LoRA's frozen U-Net weights are neither broadcast nor bucketed); under FSDP / DeepSpeed the
+    trainable modules are registered whole (sharding replaces their parameters in place), and
+    every trainable parameter has our name for the gathered save."""
+    from tiny_models import make_tiny_unet
+
+    from scedit_cli.methods import build_method
+    from scedit_cli.models import BaseModel
+    from scedit_cli.training.distributed import TrainableModel
+
+    for name, cfg in (("lora", {"rank": 4}), ("full", {})):
+        method = build_method(name, cfg)
+        method.setup(BaseModel.from_unet(make_tiny_unet("sd15")))
+        trainable = method.trainable_parameters()
+        ddp = TrainableModel(method, None, "epsilon", None, None)
+        assert [id(p) for p in ddp.parameters()] == [id(p) for p in trainable]
+        sharded = TrainableModel(method, None, "epsilon", None, None, whole_modules=True)
+        every = list(method.unet.parameters())
+        assert [id(p) for p in sharded.parameters()] == [id(p) for p in every]
+        assert sorted(sharded.method_names.values()) == sorted(n for n, _ in method.named_trainable_parameters())
+        if name == "lora":
+            assert len(trainable) < len(every)
