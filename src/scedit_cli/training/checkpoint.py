@@ -4,10 +4,10 @@ A checkpoint is a folder `OUTPUT/checkpoints/step-00000100/` holding
 `trainable.safetensors` (the method's trainable weights), `optimizer.safetensors`
 (the optimizer's tensors; its param groups in the metadata) and `state.json`
 (step, LR-scheduler and grad-scaler state, the loss history, skip counts).
-Nothing is pickled. Under FSDP / DeepSpeed the optimizer state stays sharded:
-`accelerate/` (accelerate's `save_state`, each process its shard) replaces
-`optimizer.safetensors`, and `trainable.safetensors` holds the gathered whole
-weights. The folder is written under a temporary name and renamed
+Nothing of ours is pickled. Under FSDP / DeepSpeed the optimizer state stays
+sharded: `accelerate/` (accelerate's `save_state`, each process its shard, in
+accelerate's own torch files) replaces `optimizer.safetensors`, and
+`trainable.safetensors` holds the gathered whole weights. The folder is written under a temporary name and renamed
 into place, so a `kill -9` at any moment leaves either the whole checkpoint or
 none. Data order, noise and timesteps are functions of (seed, step), so these
 files are all that resuming needs.

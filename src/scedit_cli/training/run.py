@@ -80,6 +80,10 @@ def build_run(run: Run, resume: str | None, overwrite: bool, base=None) -> None:
     if resume:
         ckpt = read_for_resume(out, resume, run.main)
         check_resume_recipe(ckpt.path, ckpt.recipe, r.to_dict(), recipe_defaults(r))
+        if ckpt.sharded != is_sharded(acc):
+            raise SceditError(f"{ckpt.path}: written {'with' if ckpt.sharded else 'without'} FSDP / DeepSpeed "
+                              f"sharding, this launch runs {acc.distributed_type.value}; resume it with a launch "
+                              "config of the same kind (accelerate launch --config_file)")
         # At max_steps exactly (the final save was interrupted), resuming writes the outputs.
         if int(ckpt.state["step"]) > r.train.max_steps:
             raise SceditError(f"{ckpt.path}: already at step {ckpt.state['step']} > train.max_steps "
@@ -117,10 +121,6 @@ def build_run(run: Run, resume: str | None, overwrite: bool, base=None) -> None:
         info(run.result.cache)
     run.data = data
     if ckpt is not None:  # before prepare: every process loads the same whole weights, then they are placed
-        if ckpt.sharded != is_sharded(acc):
-            raise SceditError(f"{ckpt.path}: written {'with' if ckpt.sharded else 'without'} FSDP / DeepSpeed "
-                              f"sharding, this launch runs {acc.distributed_type.value}; resume it with a launch "
-                              "config of the same kind (accelerate launch --config_file)")
         state = apply_checkpoint(ckpt, method, parts.optimizer, parts.lr_scheduler, parts.scaler, device, run.ema)
         run.start = int(state["step"])
         run.history = [list(x) for x in state.get("history", [])]
