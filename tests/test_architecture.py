@@ -142,8 +142,7 @@ def strongly_connected(graph: dict[str, set[str]]) -> list[frozenset[str]]:
 def test_no_source_file_over_400_lines():
     long = {str(p.relative_to(SRC)): n for p in (SRC / ROOT).rglob("*.py")
             if (n := len(p.read_text().splitlines())) > MAX_LINES}
-    owned = {"scedit_cli/training/loop.py"}  # issue 11's loop rewrite (`loop`); the lead removes this
-    assert set(long) <= owned, f"split these by concept (limit {MAX_LINES} lines): {long}"
+    assert not long, f"split these by concept (limit {MAX_LINES} lines): {long}"
 
 
 def test_no_import_cycles():

@@ -62,3 +62,15 @@ def info(message: str) -> None:
 def warn(message: str) -> None:
     """`warning: message` on stderr as one line (never wrapped or read as markup), like an error."""
     err_console.print(f"warning: {message}", highlight=False, soft_wrap=True, markup=False)
+
+
+def quiet_loaders() -> None:
+    """Our own progress bar reports the run; the loaders' bars (diffusers, transformers, datasets)
+    would interleave with it."""
+    import datasets
+    from diffusers.utils import logging as dlogging
+    from transformers.utils import logging as tlogging
+
+    dlogging.disable_progress_bar()
+    tlogging.disable_progress_bar()
+    datasets.disable_progress_bars()

@@ -138,7 +138,7 @@ def layout_for(model: str | None = None, arch: str | None = None) -> tuple[SkipL
 
         return SkipLayout.from_unet(build_unet(arch, device="meta")), 8, arch
     from .models import load_base
-    from .sampling.inputs import quiet_loaders
+    from .console import quiet_loaders
 
     quiet_loaders()
     base = load_base(model)

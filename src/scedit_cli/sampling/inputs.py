@@ -32,18 +32,11 @@ def resolve_device(device: str | None) -> torch.device:
     return dev
 
 
-def quiet_loaders() -> None:
-    """Our own progress bar reports the run; the loaders' bars would only clutter stderr."""
-    from diffusers.utils import logging as dlogging
-    from transformers.utils import logging as tlogging
-
-    dlogging.disable_progress_bar()
-    tlogging.disable_progress_bar()
-
-
 def load_model(model: str | BaseModel, device: str | None = "auto", dtype: str | None = None) -> BaseModel:
     if isinstance(model, BaseModel):
         return model
+    from ..console import quiet_loaders
+
     quiet_loaders()
     dev = resolve_device(device)
     base = load_base(model, dtype=dtype or inference_dtype(dev))

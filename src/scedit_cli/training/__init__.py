@@ -1,4 +1,5 @@
-"""Training: the one loop (`loop.py`), checkpoints, logging and validation.
+"""Training: `train()` (`loop.py`; the run in `run.py`, one step in `step.py`, accelerate in
+`distributed.py`), checkpoints, logging and validation.
 
     from scedit_cli.training import train
     result = train("recipes/table1-scedit.toml", overrides=["train.max_steps=10"], resume="latest")

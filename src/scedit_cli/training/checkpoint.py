@@ -4,7 +4,10 @@ A checkpoint is a folder `OUTPUT/checkpoints/step-00000100/` holding
 `trainable.safetensors` (the method's trainable weights), `optimizer.safetensors`
 (the optimizer's tensors; its param groups in the metadata) and `state.json`
 (step, LR-scheduler and grad-scaler state, the loss history, skip counts).
-Nothing is pickled. The folder is written under a temporary name and renamed
+Nothing of ours is pickled. Under FSDP / DeepSpeed the optimizer state stays
+sharded: `accelerate/` (accelerate's `save_state`, each process its shard, in
+accelerate's own torch files) replaces `optimizer.safetensors`, and
+`trainable.safetensors` holds the gathered whole weights. The folder is written under a temporary name and renamed
 into place, so a `kill -9` at any moment leaves either the whole checkpoint or
 none. Data order, noise and timesteps are functions of (seed, step), so these
 files are all that resuming needs.
@@ -26,6 +29,7 @@ from ..errors import SceditError
 from ..fsutil import atomic_dir
 
 CHECKPOINTS = "checkpoints"
+SHARDED = "accelerate"  # a sharded run's optimizer (and model) state, in accelerate's save_state layout
 _NAME = re.compile(r"^step-(\d+)$")
 
 
@@ -68,14 +72,19 @@ def _jsonable(d: dict) -> dict:
 
 
 def save_checkpoint(output_dir, step: int, method, optimizer, lr_scheduler, scaler, state: dict,
-                    keep_last: int, ema=None) -> Path:
+                    keep_last: int, ema=None, sharded_state: Path | None = None) -> Path:
+    """`sharded_state`: a folder accelerate's `save_state` wrote (FSDP / DeepSpeed), moved into the
+    checkpoint as `accelerate/` in place of `optimizer.safetensors`."""
     root = checkpoint_root(output_dir)
     path = root / f"step-{step:08d}"
     weights = {k: v.detach().to("cpu").contiguous() for k, v in method.state_dict().items()}
-    opt_tensors, groups = _optimizer_tensors(optimizer)
     with atomic_dir(path) as tmp:
         save_file(weights, str(tmp / "trainable.safetensors"), metadata={"method": method.name, "step": str(step)})
-        save_file(opt_tensors, str(tmp / "optimizer.safetensors"), metadata={"param_groups": json.dumps(groups)})
+        if sharded_state is None:
+            opt_tensors, groups = _optimizer_tensors(optimizer)
+            save_file(opt_tensors, str(tmp / "optimizer.safetensors"), metadata={"param_groups": json.dumps(groups)})
+        else:
+            shutil.move(str(sharded_state), str(tmp / SHARDED))
         if ema is not None:
             save_file(ema.state_dict(), str(tmp / "ema.safetensors"), metadata={"decay": str(ema.decay)})
         full = {
@@ -121,6 +130,7 @@ class CheckpointData:
     optimizer: dict
     param_groups: list
     ema: dict | None
+    sharded: bool = False  # optimizer state in SHARDED/ (FSDP / DeepSpeed), loaded by accelerate
 
     @property
     def recipe(self) -> dict:
@@ -143,16 +153,19 @@ def read_checkpoint(path: Path) -> CheckpointData:
             raise DamagedCheckpoint(f"{path / 'state.json'}: damaged, no {key!r}")
     weights = _read(path / "trainable.safetensors", lambda f: load_file(str(f)))
     opt_file = path / "optimizer.safetensors"
-    opt = _read(opt_file, lambda f: load_file(str(f)))
+    sharded = (path / SHARDED).is_dir() and not opt_file.exists()
+    opt, groups = {}, []
+    if not sharded:
+        opt = _read(opt_file, lambda f: load_file(str(f)))
 
-    def groups_of(f):
-        with safe_open(str(f), "pt") as g:
-            return json.loads(g.metadata()["param_groups"])
+        def groups_of(f):
+            with safe_open(str(f), "pt") as g:
+                return json.loads(g.metadata()["param_groups"])
 
-    groups = _read(opt_file, groups_of)
+        groups = _read(opt_file, groups_of)
     ema_file = path / "ema.safetensors"
     ema = _read(ema_file, lambda f: load_file(str(f))) if ema_file.exists() else None
-    return CheckpointData(path, state, weights, opt, groups, ema)
+    return CheckpointData(path, state, weights, opt, groups, ema, sharded)
 
 
 def read_for_resume(output_dir, resume: str, main: bool = True) -> CheckpointData:
@@ -179,11 +192,15 @@ def read_for_resume(output_dir, resume: str, main: bool = True) -> CheckpointDat
 
 
 def apply_checkpoint(ckpt: CheckpointData, method, optimizer, lr_scheduler, scaler, device, ema=None) -> dict:
-    """Load a read checkpoint into the method, optimizer, schedule, scaler and EMA; returns its state."""
+    """Load a read checkpoint into the method, optimizer, schedule, scaler and EMA; returns its state.
+    A sharded checkpoint's optimizer state is not loaded here: accelerate's `load_state` does it once
+    the optimizer is prepared."""
     path, state = ckpt.path, ckpt.state
     if state.get("method") != method.name:
         raise SceditError(f"{path}: checkpoint of method {state.get('method')!r}, the recipe trains {method.name!r}")
     method.load_state_dict(ckpt.weights, source=str(path))
+    if ckpt.sharded:
+        return _load_rest(ckpt, lr_scheduler, scaler, ema)
     per_param: dict[int, dict] = {}
     for key, t in ckpt.optimizer.items():
         idx, _, name = key.partition(".")
@@ -196,6 +213,11 @@ def apply_checkpoint(ckpt: CheckpointData, method, optimizer, lr_scheduler, scal
         optimizer.load_state_dict({"state": per_param, "param_groups": groups})
     except (ValueError, KeyError) as e:
         raise SceditError(f"{path}: optimizer state does not fit this recipe ({e}); resume with the recipe that wrote it") from None
+    return _load_rest(ckpt, lr_scheduler, scaler, ema)
+
+
+def _load_rest(ckpt: CheckpointData, lr_scheduler, scaler, ema) -> dict:
+    path, state = ckpt.path, ckpt.state
     sched = lr_scheduler.state_dict()
     sched.update(state.get("lr_scheduler", {}))
     lr_scheduler.load_state_dict(sched)
