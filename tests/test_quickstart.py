@@ -162,6 +162,9 @@ COLOUR_KEPT = 0.9
 # compose test only needs a canny tuner that changes the image (a few steps).
 SLOW = bool(os.environ.get("SCEDIT_SLOW_TESTS"))
 CONTROL_STEPS = {"canny": 800 if SLOW else 10, "color": 150}
+# DDIM steps of the evaluation: the canny figures were measured with 25; colour measured with 12 gives the same
+# position 0.125 -> 0.438 and edge F1 0.150 -> 0.384 (25 steps: 0.169 -> 0.394) in less than half the time.
+SAMPLE_STEPS = 25 if SLOW else 12
 N_CONTROL = 16
 
 
@@ -182,7 +185,7 @@ def control(tmp_path_factory, base):
         for c, params in (("canny", None), ("color", {"ratio": COLOR_RATIO})):
             maps[c].append(tmp / f"{c}-{i:02d}.png")
             compute_condition(c, img, params=params).save(maps[c][-1])
-    st = SampleSettings(steps=25, guidance_scale=4.0, seeds=(0,), batch_size=N_CONTROL, grid_max=0)
+    st = SampleSettings(steps=SAMPLE_STEPS, guidance_scale=4.0, seeds=(0,), batch_size=N_CONTROL, grid_max=0)
     prompts = [world.caption(s) for s in scenes]
     plain = _rgb(sample(base, prompts, tmp / "plain", settings=st).images)
     return {"tmp": tmp, "tuners": tuners, "scenes": scenes, "prompts": prompts, "maps": maps, "plain": plain}
@@ -202,7 +205,7 @@ def _f1(images, scenes):
 def test_csc_tuner_places_shapes_where_the_map_says(control, base, condition):
     tmp, scenes = control["tmp"], control["scenes"]
     tuner = load_tuners([control["tuners"][condition]], base)[0]
-    st = SampleSettings(steps=25, guidance_scale=4.0, seeds=(0,), batch_size=1, grid_max=0)
+    st = SampleSettings(steps=SAMPLE_STEPS, guidance_scale=4.0, seeds=(0,), batch_size=1, grid_max=0)
     controlled = []
     for i, prompt in enumerate(control["prompts"]):
         r = sample(base, [PromptSpec(i, prompt)], tmp / f"ctl-{condition}-{i:02d}", tuners=[tuner],
