@@ -157,7 +157,7 @@ COLOUR_KEPT = 0.9
 # the base without control: position 0.125, edge F1 0.17): position / edge F1 with the map
 #   canny: 300 steps 0.31 / 0.25, 500 steps 0.50 / 0.26 (F1 gain below 0.1), 800 steps 0.69 / 0.57
 #   colour: 150 steps 0.44 / 0.39 (400 steps: 0.56 / 0.46)
-# The canny check needs 800 steps (~320 s of the suite's CPU time), so it runs with SCEDIT_SLOW_TESTS=1 only; the
+# The canny check needs 800 steps (~4 min of CPU), so it runs with SCEDIT_SLOW_TESTS=1 only; the
 # colour check (150 steps) keeps the same CSC training / map-conditioned sampling paths covered by default, and the
 # compose test only needs a canny tuner that changes the image (a few steps).
 SLOW = bool(os.environ.get("SCEDIT_SLOW_TESTS"))
