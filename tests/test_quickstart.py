@@ -8,8 +8,7 @@ measured runs (numbers in the comments) with a margin.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
+import os
 from pathlib import Path
 
 import numpy as np
@@ -103,6 +102,8 @@ def test_output_folder_guard(tmp_path):
         QuickstartSettings(steps_scale=0).validate()
     with pytest.raises(SceditError, match="--style"):
         QuickstartSettings(style="solid").validate()
+    with pytest.raises(SceditError, match="n_train must be >= 1, got 0"):
+        QuickstartSettings(n_train=0).validate()
 
 
 # --- SC-Tuner: a style the base never saw -------------------------------------------------------------
@@ -115,7 +116,7 @@ def style_eval(tmp_path_factory, base):
     tuner = _train("style", data, tmp / "run", STYLE_STEPS)
     scenes = ToyWorld().scenes(16, 1000, "half")
     prompts = [ToyWorld().caption(s, trigger=TRIGGER) for s in scenes]
-    st = SampleSettings(steps=25, guidance_scale=4.0, seeds=(0,), batch_size=16, grid_max=0)
+    st = SampleSettings(steps=12, guidance_scale=4.0, seeds=(0,), batch_size=16, grid_max=0)
     before = score_images(_rgb(sample(base, prompts, tmp / "before", settings=st).images), scenes)
     after = score_images(_rgb(sample(base, prompts, tmp / "after", tuners=[tuner], settings=st).images), scenes)
     return before, after, vae_ceiling(base, scenes, "half")
@@ -135,8 +136,8 @@ def test_vae_of_the_toy_base_draws_half_but_not_outlines(base):
 
 def test_sc_tuner_moves_style_toward_half_and_keeps_colour(style_eval):
     before, after, ceiling = style_eval
-    # Measured (150 steps, batch 16, lr 3e-3, cache, 16 prompts, seed 0, 1 thread: 21 s CPU training):
-    # style 0.350 -> 0.714 (VAE ceiling 0.973), colour 1.00 -> 1.00.
+    # Measured (150 steps, batch 16, lr 3e-3, cache, 16 prompts, seed 0, 1 thread: 21 s CPU training), sampled
+    # with 12 DDIM steps: style 0.368 -> 0.756 (25 steps: 0.350 -> 0.714; VAE ceiling 0.973), colour 1.00 -> 1.00.
     # A solid shape scores ~0.34 on the half score, so `before` is the base drawing solid shapes.
     assert before["style"] < 0.45
     assert after["style"] > before["style"] + STYLE_GAIN
@@ -144,7 +145,7 @@ def test_sc_tuner_moves_style_toward_half_and_keeps_colour(style_eval):
     assert ceiling >= 0.9
 
 
-STYLE_GAIN = 0.2  # measured gain 0.36 (0.50 after the recipe's 300 steps)
+STYLE_GAIN = 0.2  # measured gain 0.39 with 12 sampling steps (0.36 with 25; 0.50 after the recipe's 300 steps)
 COLOUR_KEPT = 0.9
 
 
@@ -156,7 +157,14 @@ COLOUR_KEPT = 0.9
 # the base without control: position 0.125, edge F1 0.17): position / edge F1 with the map
 #   canny: 300 steps 0.31 / 0.25, 500 steps 0.50 / 0.26 (F1 gain below 0.1), 800 steps 0.69 / 0.57
 #   colour: 150 steps 0.44 / 0.39 (400 steps: 0.56 / 0.46)
-CONTROL_STEPS = {"canny": 800, "color": 150}
+# The canny check needs 800 steps (~4 min of CPU), so it runs with SCEDIT_SLOW_TESTS=1 only; the
+# colour check (150 steps) keeps the same CSC training / map-conditioned sampling paths covered by default, and the
+# compose test only needs a canny tuner that changes the image (a few steps).
+SLOW = bool(os.environ.get("SCEDIT_SLOW_TESTS"))
+CONTROL_STEPS = {"canny": 800 if SLOW else 10, "color": 150}
+# DDIM steps of the evaluation: the canny figures were measured with 25; colour measured with 12 gives the same
+# position 0.125 -> 0.438 and edge F1 0.150 -> 0.384 (25 steps: 0.169 -> 0.394) in less than half the time.
+SAMPLE_STEPS = 25 if SLOW else 12
 N_CONTROL = 16
 
 
@@ -177,7 +185,7 @@ def control(tmp_path_factory, base):
         for c, params in (("canny", None), ("color", {"ratio": COLOR_RATIO})):
             maps[c].append(tmp / f"{c}-{i:02d}.png")
             compute_condition(c, img, params=params).save(maps[c][-1])
-    st = SampleSettings(steps=25, guidance_scale=4.0, seeds=(0,), batch_size=N_CONTROL, grid_max=0)
+    st = SampleSettings(steps=SAMPLE_STEPS, guidance_scale=4.0, seeds=(0,), batch_size=N_CONTROL, grid_max=0)
     prompts = [world.caption(s) for s in scenes]
     plain = _rgb(sample(base, prompts, tmp / "plain", settings=st).images)
     return {"tmp": tmp, "tuners": tuners, "scenes": scenes, "prompts": prompts, "maps": maps, "plain": plain}
@@ -189,11 +197,15 @@ def _f1(images, scenes):
     return float(np.mean([edge_f1(canny(im), canny(render(s))) for im, s in zip(images, scenes)]))
 
 
-@pytest.mark.parametrize("condition", ["canny", "color"])
+@pytest.mark.parametrize("condition", [
+    pytest.param("canny", marks=pytest.mark.skipif(
+        not SLOW, reason="trains 800 steps on CPU (~5 min); the colour case covers the same paths; "
+                         "set SCEDIT_SLOW_TESTS=1")),
+    "color"])
 def test_csc_tuner_places_shapes_where_the_map_says(control, base, condition):
     tmp, scenes = control["tmp"], control["scenes"]
     tuner = load_tuners([control["tuners"][condition]], base)[0]
-    st = SampleSettings(steps=25, guidance_scale=4.0, seeds=(0,), batch_size=1, grid_max=0)
+    st = SampleSettings(steps=SAMPLE_STEPS, guidance_scale=4.0, seeds=(0,), batch_size=1, grid_max=0)
     controlled = []
     for i, prompt in enumerate(control["prompts"]):
         r = sample(base, [PromptSpec(i, prompt)], tmp / f"ctl-{condition}-{i:02d}", tuners=[tuner],
@@ -231,10 +243,13 @@ def test_compose_weights_1_0_and_0_1_reproduce_each_single_control(control, base
 
 def test_quickstart_end_to_end_small(tmp_path, one_thread):
     out = tmp_path / "qs"
-    s = QuickstartSettings(output=out, steps_scale=0.01, n_eval=2, sample_steps=4, threads=1)
+    s = QuickstartSettings(output=out, steps_scale=0.01, n_eval=2, n_train=16, sample_steps=4, threads=1)
     res = run_quickstart(s, say=lambda m: None)
     rep = json.loads((out / "report.json").read_text())
     assert rep == json.loads(json.dumps(res.report))
+    assert rep["data"]["n_train"] == 16
+    for d in ("style", "control"):
+        assert len((out / "data" / d / "metadata.jsonl").read_text().splitlines()) == 16
     md = (out / "report.md").read_text()
     for name in ("style", "canny", "color"):
         tr = rep["training"][name]
@@ -276,13 +291,20 @@ def test_second_process_failure_names_it_and_its_log(tmp_path):
         second.stop()
 
 
-def test_cli_bad_input_one_line_errors(tmp_path):
+def test_cli_bad_input_one_line_errors(tmp_path, capsys, monkeypatch):
+    # In this process (tests/test_cli.py checks the one-line error of a real `scedit` process).
+    from scedit_cli.cli import main
+
+    monkeypatch.chdir(tmp_path)
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "x.txt").write_text("x")
     for args, msg in ((["--steps-scale", "0"], "--steps-scale"), (["--style", "dots"], "--style"),
                       (["--output", str(tmp_path / "mine")], "not written by `scedit quickstart`")):
-        p = subprocess.run([sys.executable, "-m", "scedit_cli.cli", "quickstart", *args], capture_output=True,
-                           text=True, cwd=tmp_path)
-        assert p.returncode == 2, p.stderr
-        lines = [x for x in p.stderr.splitlines() if x.strip()]
-        assert len(lines) == 1 and lines[0].startswith("error:") and msg in lines[0]
+        with pytest.raises(SystemExit) as e:
+            main(["quickstart", *args])
+        err = capsys.readouterr().err
+        assert e.value.code == 2, err
+        lines = [x for x in err.splitlines() if x.strip()]
+        assert len(lines) == 1 and lines[0].startswith("error:") and msg in lines[0], err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine"]
+    assert [p.name for p in (tmp_path / "mine").iterdir()] == ["x.txt"]

@@ -136,7 +136,10 @@ def test_single_image_overfit_sc_lowers_the_loss(sd15, tmp_path):
 
 
 def test_single_image_overfit_csc_lowers_the_loss(sd15, tmp_path):
-    first, last, before, after = _overfit({"name": "csc", "conditions": ["canny"], "hint_kernel": 1}, sd15, tmp_path)
+    # Measured at 30 steps: training loss x0.49, loss at the 32 fixed draws x0.13 (the SC-Tuner keeps 60 steps:
+    # at 30 it reached x0.65 / x0.51, too near the thresholds).
+    first, last, before, after = _overfit({"name": "csc", "conditions": ["canny"], "hint_kernel": 1}, sd15, tmp_path,
+                                          steps=30)
     assert last < 0.75 * first, (first, last)
     assert after < 0.6 * before, (before, after)
 

@@ -15,7 +15,7 @@ from ..fsutil import check_output_location, remove_paths, write_json_atomic, wri
 from .evaluate import add_color_maps, control_eval, write_grids
 from .jobs import SECOND_JOBS, SECOND_LOG, SecondProcess, default_threads, sample_settings, style_scenes, train_recipe
 from .report import render_markdown
-from .settings import (COLOR_RATIO, CONDITIONS, CONTROL_CAPTION_POSITIONS, CONTROL_JITTER, MARKER, N_TRAIN, OWNED,
+from .settings import (COLOR_RATIO, CONDITIONS, CONTROL_CAPTION_POSITIONS, CONTROL_JITTER, MARKER, OWNED,
                        STAGES, QuickstartResult, QuickstartSettings, StageTime, cpu_seconds)
 
 
@@ -112,9 +112,9 @@ def _run(s: QuickstartSettings, out: Path, stages: _Stages, threads: int) -> dic
     ctrl_scenes = world_ctrl.scenes(s.n_eval, s.seed + 2000)
 
     def data():
-        make_dataset(out / "data" / "style", N_TRAIN, seed=s.seed + 1, style=s.style, world=world_style,
+        make_dataset(out / "data" / "style", s.n_train, seed=s.seed + 1, style=s.style, world=world_style,
                      trigger=TRIGGER, conditions=())
-        make_dataset(out / "data" / "control", N_TRAIN, seed=s.seed + 2, world=world_ctrl, conditions=("canny",))
+        make_dataset(out / "data" / "control", s.n_train, seed=s.seed + 2, world=world_ctrl, conditions=("canny",))
         add_color_maps(out / "data" / "control")
         ev = out / "eval"
         for sub in ("images", "canny", "color"):
@@ -135,9 +135,9 @@ def _run(s: QuickstartSettings, out: Path, stages: _Stages, threads: int) -> dic
         write_text_atomic(ev / "control_prompts.jsonl", "\n".join(lines) + "\n")
         del Image
 
-    stages.run("data", f"toy datasets: {N_TRAIN} '{s.style}' images with <sce> captions, {N_TRAIN} with canny + "
+    stages.run("data", f"toy datasets: {s.n_train} '{s.style}' images with <sce> captions, {s.n_train} with canny + "
                        f"colour maps; {s.n_eval} held-out prompts each", data)
-    report["data"] = {"style": "data/style", "control": "data/control", "n_train": N_TRAIN, "style_name": s.style,
+    report["data"] = {"style": "data/style", "control": "data/control", "n_train": s.n_train, "style_name": s.style,
                       "control_jitter_px": CONTROL_JITTER, "color_ratio": COLOR_RATIO, "n_eval": s.n_eval}
 
     # 2-5. training, and the style evaluation, in two processes ------------------------------------------

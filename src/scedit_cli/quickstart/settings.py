@@ -38,6 +38,7 @@ class QuickstartSettings:
     seed: int = 0
     style: str = "half"
     n_eval: int = 16
+    n_train: int = N_TRAIN  # images in each training set (fewer only for quick checks of the whole command)
     sample_steps: int = 25
     guidance_scale: float = 4.0
     threads: int | None = None
@@ -51,6 +52,8 @@ class QuickstartSettings:
             raise SceditError(f"--style {self.style!r}: choose one of {', '.join(STYLES)} (styles the base never saw)")
         if self.n_eval < 1:
             raise SceditError(f"--n-eval must be >= 1, got {self.n_eval}")
+        if self.n_train < 1:
+            raise SceditError(f"n_train must be >= 1, got {self.n_train}")
         if self.sample_steps < 1:
             raise SceditError(f"--sample-steps must be >= 1, got {self.sample_steps}")
         if self.threads is not None and self.threads < 1:
