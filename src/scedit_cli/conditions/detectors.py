@@ -52,7 +52,7 @@ def _missing(name: str, spec: WeightSpec, missing: str, weights: Path | None) ->
     target = f"{spec.subfolder + '/' if spec.subfolder else ''}{missing}"
     return SceditError(
         f"'{name}' needs {missing} from https://huggingface.co/{spec.repo} and it is not in {where}; on a connected machine run "
-        f"`huggingface-cli download {spec.repo}{'' if spec.subfolder else ' ' + ' '.join(spec.files)}`"
+        f"`hf download {spec.repo}{'' if spec.subfolder else ' ' + ' '.join(spec.files)}`"
         f" (then copy the HF cache here) or put the file(s) at WEIGHTS/{target} and pass --weights WEIGHTS"
     )
 
