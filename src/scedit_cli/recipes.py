@@ -65,7 +65,9 @@ class DataSection:
     bucket_step: side multiple; bucket_max_ratio: the most elongated bucket.
     shuffle_window: with webdataset shards (source: a .tar, a comma list, {000..009} ranges, a glob or
     a folder of them, local or fsspec URL), each epoch takes the shards in a seeded order and shuffles
-    rows within windows of this many (larger: better mixing; smaller: fewer shards read at once)."""
+    rows within windows of this many (larger: better mixing; smaller: fewer shards read at once).
+    streaming: read a file/folder/hub source as a `datasets` stream (no full download or index first),
+    each epoch shuffled in a seeded buffer of shuffle_window rows; not with buckets or cache = 'build'."""
 
     source: str = ""
     split: str = "train"
@@ -87,6 +89,7 @@ class DataSection:
     bucket_step: int = 64
     bucket_max_ratio: float = 2.0
     shuffle_window: int = 1000
+    streaming: bool = False
 
 
 @dataclass
@@ -309,6 +312,12 @@ def _check_values(r: Recipe, ctx: RecipeContext) -> None:
     if r.data.buckets and r.data.resolution % r.data.bucket_step:
         raise ctx.error("data.bucket_step", f"{r.data.bucket_step} does not divide data.resolution "
                                             f"{r.data.resolution}; use e.g. 64 for 512 px")
+    if r.data.streaming and r.data.buckets:
+        raise ctx.error("data.streaming", "cannot be used with data.buckets = true (bucketing needs every image's "
+                                          "size up front); set one of them to false")
+    if r.data.streaming and r.data.cache == "build":
+        raise ctx.error("data.streaming", "cannot be used with data.cache = 'build' (a cache needs every row up "
+                                          "front); set data.cache = 'off' or data.streaming = false")
     if r.data.bucket_max_ratio < 1:
         raise ctx.error("data.bucket_max_ratio", f"must be >= 1, got {r.data.bucket_max_ratio}")
     if not r.train.learning_rate > 0:
