@@ -300,6 +300,12 @@ def _check_values(r: Recipe, ctx: RecipeContext) -> None:
     if not 0.0 <= r.train.ema_decay < 1.0:
         raise ctx.error("train.ema_decay", f"must be in [0, 1) (0 = no EMA; 0.999 is usual), got {r.train.ema_decay}")
     choice("data.cache", r.data.cache, ("off", "auto", "build"))
+    if r.data.streaming and r.data.buckets:
+        raise ctx.error("data.streaming", "cannot be used with data.buckets = true (bucketing needs every image's "
+                                          "size up front); set one of them to false")
+    if r.data.streaming and r.data.cache == "build":
+        raise ctx.error("data.streaming", "cannot be used with data.cache = 'build' (a cache needs every row up "
+                                          "front); set data.cache = 'off' or data.streaming = false")
     at_least("data.bucket_step", r.data.bucket_step, 1)
     at_least("data.shuffle_window", r.data.shuffle_window, 1)
     # The VAEs encode 8 px to one latent: other sizes would be cropped by the encoder (and
@@ -312,12 +318,6 @@ def _check_values(r: Recipe, ctx: RecipeContext) -> None:
     if r.data.buckets and r.data.resolution % r.data.bucket_step:
         raise ctx.error("data.bucket_step", f"{r.data.bucket_step} does not divide data.resolution "
                                             f"{r.data.resolution}; use e.g. 64 for 512 px")
-    if r.data.streaming and r.data.buckets:
-        raise ctx.error("data.streaming", "cannot be used with data.buckets = true (bucketing needs every image's "
-                                          "size up front); set one of them to false")
-    if r.data.streaming and r.data.cache == "build":
-        raise ctx.error("data.streaming", "cannot be used with data.cache = 'build' (a cache needs every row up "
-                                          "front); set data.cache = 'off' or data.streaming = false")
     if r.data.bucket_max_ratio < 1:
         raise ctx.error("data.bucket_max_ratio", f"must be >= 1, got {r.data.bucket_max_ratio}")
     if not r.train.learning_rate > 0:
