@@ -66,16 +66,7 @@ def _positions_and_captions(data, train, workers, rank, world, start=0):
 
 
 def test_two_ranks_two_workers_see_each_row_once_per_epoch_and_resume_exactly(tmp_path):
-    import datasets
-
-    src = captioned(tmp_path / "d", 5)
-    rows = [json.loads(line) for line in (src / "metadata.jsonl").read_text().splitlines()]
-    ds = datasets.Dataset.from_dict(
-        {"image": [{"bytes": (src / r["image"]).read_bytes(), "path": None} for r in rows],
-         "text": [r["text"] for r in rows]},
-        features=datasets.Features({"image": datasets.Image(), "text": datasets.Value("string")}))
-    ds.to_parquet(tmp_path / "train.parquet")
-    data = load_training_data(stream_cfg(tmp_path / "train.parquet"), [], seed=3)
+    data = load_training_data(stream_cfg(captioned(tmp_path / "d", 5)), [], seed=3)
     train = TrainSection(max_steps=5, batch_size=8, gradient_accumulation_steps=2, seed=3)
     seen = {}
     for rank in range(2):
@@ -91,6 +82,23 @@ def test_two_ranks_two_workers_see_each_row_once_per_epoch_and_resume_exactly(tm
     for e in range(8):
         assert sorted(order[5 * e: 5 * e + 5]) == [f"row {i}" for i in range(5)]
     assert order == captions(data, 40)
+
+
+def test_parquet_source_with_image_bytes(tmp_path):
+    import datasets
+
+    src = captioned(tmp_path / "d", 3)
+    rows = [json.loads(line) for line in (src / "metadata.jsonl").read_text().splitlines()]
+    ds = datasets.Dataset.from_dict(
+        {"image": [{"bytes": (src / r["image"]).read_bytes(), "path": None} for r in rows],
+         "text": [r["text"] for r in rows]},
+        features=datasets.Features({"image": datasets.Image(), "text": datasets.Value("string")}))
+    ds.to_parquet(tmp_path / "train.parquet")
+    data = load_training_data(stream_cfg(tmp_path / "train.parquet"), [], seed=3)
+    # (the shuffled epochs are not read here: datasets pauses 5 s after each shuffled parquet pass)
+    items = data.validation_items(3)
+    assert [it["caption"] for it in items] == ["row 0", "row 1", "row 2"]
+    assert items[0]["pixel_values"].shape == (3, 16, 16)
 
 
 def test_bad_rows_are_skipped_and_counted(tmp_path):
