@@ -32,13 +32,8 @@ def condition_column(cfg, name: str) -> str:
     return cfg.condition_columns.get(name, name)
 
 
-def load_training_data(cfg, conditions: list[str], seed: int = 0) -> "TrainDataset":
-    """Load `cfg.source` (a `DataSection`) and check its columns for `conditions`."""
-    index_dir = Path(cfg.cache_dir) / "shard-index" if cfg.cache_dir else None
-    loaded = load_source(cfg.source, cfg.split, index_dir)
-    ds = loaded.dataset
-    cols = list(ds.column_names)
-    where = loaded.description
+def check_columns(cfg, conditions: list[str], cols: list[str], where: str) -> None:
+    """One-line errors for a missing image, text or condition column (or an unknown condition)."""
 
     def need(col: str, key: str):
         if col not in cols:
@@ -68,12 +63,31 @@ def load_training_data(cfg, conditions: list[str], seed: int = 0) -> "TrainDatas
 
         for cond in conditions:
             get_spec(cond)  # unknown condition -> one-line error naming the known ones
-    # Decode images ourselves, so that a corrupt one is skipped rather than fatal.
+
+
+def undecoded_images(ds):
+    """`ds` with its image columns left as bytes/paths: we decode them ourselves, so that a corrupt
+    one is skipped rather than fatal."""
     import datasets
 
-    for col, feat in ds.features.items():
+    for col, feat in (ds.features or {}).items():
         if isinstance(feat, datasets.Image):
             ds = ds.cast_column(col, datasets.Image(decode=False))
+    return ds
+
+
+def load_training_data(cfg, conditions: list[str], seed: int = 0) -> "TrainDataset":
+    """Load `cfg.source` (a `DataSection`) and check its columns for `conditions`."""
+    if cfg.streaming:
+        from .streaming import load_streaming_data
+
+        return load_streaming_data(cfg, conditions, seed)
+    index_dir = Path(cfg.cache_dir) / "shard-index" if cfg.cache_dir else None
+    loaded = load_source(cfg.source, cfg.split, index_dir)
+    ds = loaded.dataset
+    check_columns(cfg, conditions, list(ds.column_names), loaded.description)
+    ds = undecoded_images(ds)
+    where = loaded.description
     if cfg.max_samples and len(ds) > cfg.max_samples:
         ds = ds.select(range(cfg.max_samples))
     if len(ds) == 0:
@@ -133,8 +147,12 @@ class TrainDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, key):
         position, index = key if isinstance(key, tuple) else (key, key)
+        return self.train_item(position, index)
+
+    def train_item(self, position: int, index: int, row: dict | None = None) -> dict:
+        """The item `collate` takes at stream `position`: a sample, or why it was skipped."""
         try:
-            item = self.load(position, index, train=True)
+            item = self.load(position, index) if row is None else self.load_row(row, position, index)
         except BadSample as e:
             return {"skipped": str(e), "index": index, "position": position}
         item["position"] = position
@@ -198,8 +216,11 @@ class TrainDataset(torch.utils.data.Dataset):
         return image, img, original_size, crop_tl, resized
 
     def load(self, position: int, index: int, train: bool = True, size=None) -> dict:
+        return self.load_row(self.row(index), position, index, train, size)
+
+    def load_row(self, row: dict, position: int, index: int, train: bool = True, size=None) -> dict:
+        """One training item from `row` at stream `position` (`index`: its name in messages)."""
         cfg = self.cfg
-        row = self.row(index)
         rng = np.random.default_rng([self.seed, int(position)])
         caption = self.draw_caption(row, index, rng, train)
         image, img, original_size, crop_tl, resized = self.crop_image(row, index, position, size)

@@ -69,6 +69,78 @@ def _explain_unreadable(files: list[Path]) -> None:
 _KINDS = {".parquet": "parquet", ".jsonl": "json", ".json": "json", ".csv": "csv"}
 
 
+@dataclass
+class LocalFiles:
+    """A local data source: its `datasets` builder and files."""
+
+    kind: str  # "json", "parquet", "csv"
+    files: list[Path]
+    base_dir: Path
+    description: str
+    read_desc: str  # what a read error names
+
+
+def local_files(source: str) -> LocalFiles | None:
+    """The files of a local dataset folder or file (None: not a local path, maybe a hub name)."""
+    path = Path(source).expanduser()
+    if path.is_dir():
+        meta = path / "metadata.jsonl"
+        if meta.is_file():
+            return LocalFiles("json", [meta], path, str(path), str(meta))
+        for ext in (".parquet", ".jsonl"):
+            files = sorted(path.glob(f"*{ext}")) or sorted(path.glob(f"*/*{ext}"))
+            if files:
+                return LocalFiles(_KINDS[ext], files, path, str(path), str(path))
+        raise SceditError(
+            f"{path}: no metadata.jsonl, *.parquet or *.jsonl in this folder; make one with `scedit prepare` "
+            "or point data.source at the dataset file"
+        )
+    if path.is_file():
+        kind = _KINDS.get(path.suffix.lower())
+        if kind is None:
+            raise SceditError(f"{path}: unsupported dataset file type {path.suffix!r}; use .parquet, .jsonl, .json or .csv")
+        return LocalFiles(kind, [path], path.parent, str(path), str(path))
+    if source.startswith((".", "/", "~")) or path.suffix.lower() in _KINDS:
+        raise SceditError(f"{source}: dataset not found; check data.source (relative paths start at the recipe's folder)")
+    return None
+
+
+def _hub_error(source: str, split: str, e: Exception) -> SceditError:
+    first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+    return SceditError(
+        f"dataset {source!r} split {split!r} could not be loaded ({first}); it is neither a local path nor a "
+        "hub dataset in the HF cache: download it with `huggingface-cli download --repo-type dataset "
+        f"{source}` on a machine with internet, or set data.source to a local folder"
+    )
+
+
+def stream_source(source: str, split: str = "train") -> LoadedDataset:
+    """`source` (a local dataset folder or file, or a hub name) as a `datasets.IterableDataset`
+    read as it goes: nothing is converted or indexed first. Webdataset shards are refused: they
+    are already read as a stream by `shards.py`."""
+    import datasets
+
+    if not source:
+        raise SceditError("data.source is empty; set it to a dataset folder, file or hub name")
+    if shard_urls(source) is not None:
+        raise SceditError(f"data.source {source}: webdataset shards are already read shard by shard from an index; "
+                          "set data.streaming = false for them")
+    local = local_files(source)
+    try:
+        if local is not None:
+            ds = datasets.load_dataset(local.kind, data_files=[str(f) for f in local.files], split="train",
+                                       streaming=True)
+            return LoadedDataset(ds, local.base_dir, local.description)
+        return LoadedDataset(datasets.load_dataset(source, split=split, streaming=True), None, source)
+    except SceditError:
+        raise
+    except Exception as e:
+        if local is None:
+            raise _hub_error(source, split, e) from None
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise SceditError(f"{local.read_desc}: cannot read the dataset ({first}); check the file format") from None
+
+
 def load_source(source: str, split: str = "train", index_dir: Path | None = None) -> LoadedDataset:
     """The raw `datasets.Dataset` behind a data source (see the module docstring); shard indexes
     are kept in `index_dir` (default: `shards.default_index_dir()`)."""
@@ -86,34 +158,13 @@ def load_source(source: str, split: str = "train", index_dir: Path | None = None
         folders = {str(Path(u).parent) for u in urls if "://" not in u}
         base = Path(folders.pop()) if len(folders) == 1 and all("://" not in u for u in urls) else None
         return LoadedDataset(datasets.Dataset.from_dict(table.columns), base, desc, ShardReader(urls))
-    path = Path(source).expanduser()
-    if path.is_dir():
-        meta = path / "metadata.jsonl"
-        if meta.is_file():
-            return LoadedDataset(_load_dataset_files("json", [meta], str(meta)), path, str(path))
-        for ext in (".parquet", ".jsonl"):
-            files = sorted(path.glob(f"*{ext}")) or sorted(path.glob(f"*/*{ext}"))
-            if files:
-                return LoadedDataset(_load_dataset_files(_KINDS[ext], files, str(path)), path, str(path))
-        raise SceditError(
-            f"{path}: no metadata.jsonl, *.parquet or *.jsonl in this folder; make one with `scedit prepare` "
-            "or point data.source at the dataset file"
-        )
-    if path.is_file():
-        kind = _KINDS.get(path.suffix.lower())
-        if kind is None:
-            raise SceditError(f"{path}: unsupported dataset file type {path.suffix!r}; use .parquet, .jsonl, .json or .csv")
-        return LoadedDataset(_load_dataset_files(kind, [path], str(path)), path.parent, str(path))
-    if source.startswith((".", "/", "~")) or path.suffix.lower() in _KINDS:
-        raise SceditError(f"{source}: dataset not found; check data.source (relative paths start at the recipe's folder)")
+    local = local_files(source)
+    if local is not None:
+        return LoadedDataset(_load_dataset_files(local.kind, local.files, local.read_desc), local.base_dir,
+                             local.description)
     try:
         ds = datasets.load_dataset(source, split=split)
     except Exception as e:
-        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-        raise SceditError(
-            f"dataset {source!r} split {split!r} could not be loaded ({first}); it is neither a local path nor a "
-            "hub dataset in the HF cache: download it with `huggingface-cli download --repo-type dataset "
-            f"{source}` on a machine with internet, or set data.source to a local folder"
-        ) from None
+        raise _hub_error(source, split, e) from None
     return LoadedDataset(ds, None, source)
 

@@ -65,7 +65,9 @@ class DataSection:
     bucket_step: side multiple; bucket_max_ratio: the most elongated bucket.
     shuffle_window: with webdataset shards (source: a .tar, a comma list, {000..009} ranges, a glob or
     a folder of them, local or fsspec URL), each epoch takes the shards in a seeded order and shuffles
-    rows within windows of this many (larger: better mixing; smaller: fewer shards read at once)."""
+    rows within windows of this many (larger: better mixing; smaller: fewer shards read at once).
+    streaming: read a file/folder/hub source as a `datasets` stream (no full download or index first),
+    each epoch shuffled in a seeded buffer of shuffle_window rows; not with buckets or cache = 'build'."""
 
     source: str = ""
     split: str = "train"
@@ -87,6 +89,7 @@ class DataSection:
     bucket_step: int = 64
     bucket_max_ratio: float = 2.0
     shuffle_window: int = 1000
+    streaming: bool = False
 
 
 @dataclass
@@ -297,6 +300,12 @@ def _check_values(r: Recipe, ctx: RecipeContext) -> None:
     if not 0.0 <= r.train.ema_decay < 1.0:
         raise ctx.error("train.ema_decay", f"must be in [0, 1) (0 = no EMA; 0.999 is usual), got {r.train.ema_decay}")
     choice("data.cache", r.data.cache, ("off", "auto", "build"))
+    if r.data.streaming and r.data.buckets:
+        raise ctx.error("data.streaming", "cannot be used with data.buckets = true (bucketing needs every image's "
+                                          "size up front); set one of them to false")
+    if r.data.streaming and r.data.cache == "build":
+        raise ctx.error("data.streaming", "cannot be used with data.cache = 'build' (a cache needs every row up "
+                                          "front); set data.cache = 'off' or data.streaming = false")
     at_least("data.bucket_step", r.data.bucket_step, 1)
     at_least("data.shuffle_window", r.data.shuffle_window, 1)
     # The VAEs encode 8 px to one latent: other sizes would be cropped by the encoder (and

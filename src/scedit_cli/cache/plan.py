@@ -80,6 +80,8 @@ def _cell_bytes(value, base_dir: Path | None) -> bytes:
 
 def check_cacheable(cfg, conditions: list[str]) -> str | None:
     """Why this data setup cannot be cached (None: it can)."""
+    if getattr(cfg, "streaming", False):
+        return "streaming: a cache needs every row up front; set data.streaming = false to build or use one"
     if not cfg.center_crop:
         return ("data.center_crop = false draws a new random crop at every visit, which cannot be cached; "
                 "set data.center_crop = true or data.cache = 'off'")

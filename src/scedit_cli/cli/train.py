@@ -41,7 +41,9 @@ def train_command(
             info(f"model       {plan['model']}  ({plan['model_built_from']}, prediction {plan['prediction_type']})")
             info(f"trainable   {plan['trainable_parameters']:,} parameters ({plan['trainable_parameters_m']}M)")
             size = plan["dataset_size"]
-            info(f"dataset     {plan['data']}: " + (f"{size:,} rows" if size is not None else "NOT AVAILABLE"))
+            rows = ("unknown (streaming)" if plan.get("dataset_streaming")
+                    else f"{size:,} rows" if size is not None else "NOT AVAILABLE")
+            info(f"dataset     {plan['data']}: {rows}")
             info(f"steps       {plan['steps']:,} x batch {plan['batch_size']} "
                  f"({plan['processes']} process(es) x accumulation {plan['gradient_accumulation_steps']})")
             info(f"output      {plan['output_dir']}")

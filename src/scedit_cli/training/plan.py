@@ -68,8 +68,10 @@ def dry_run_plan(r, method) -> dict:
     }
     try:
         data = load_training_data(r.data, method.conditions, r.train.seed)
-        plan["dataset_size"] = len(data)
-        plan["epochs"] = round(r.train.max_steps * r.train.batch_size / len(data), 2)
+        streaming = getattr(data, "streaming", False)  # a stream's length is known only once read through
+        plan["dataset_streaming"] = streaming
+        plan["dataset_size"] = None if streaming else len(data)
+        plan["epochs"] = None if streaming else round(r.train.max_steps * r.train.batch_size / len(data), 2)
     except SceditError as e:
         plan["dataset_error"] = str(e)
     return plan
