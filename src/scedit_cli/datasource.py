@@ -109,7 +109,7 @@ def _hub_error(source: str, split: str, e: Exception) -> SceditError:
     first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
     return SceditError(
         f"dataset {source!r} split {split!r} could not be loaded ({first}); it is neither a local path nor a "
-        "hub dataset in the HF cache: download it with `huggingface-cli download --repo-type dataset "
+        "hub dataset in the HF cache: download it with `hf download --repo-type dataset "
         f"{source}` on a machine with internet, or set data.source to a local folder"
     )
 
