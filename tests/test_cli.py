@@ -170,6 +170,7 @@ def test_sample_prints_no_dependency_warnings(tmp_path):
     # as a user's shell has it: none of the settings the CLI makes (or the tests set) beforehand
     env = {k: v for k, v in os.environ.items() if k not in {*_DEPENDENCY_LOG_LEVELS, "PYTHONWARNINGS"}}
     env["PYTHONPATH"] = os.pathsep.join(sys.path)
+    env["COLUMNS"] = "500"  # rich wraps at 80 columns off a terminal; a long tmp path must not split a line
     out = tmp_path / "out"
     proc = subprocess.run([sys.executable, "-m", "scedit_cli.cli", "sample", "-m", str(base_model_path()), "-p",
                            "a red circle", "--steps", "1", "-o", str(out)], capture_output=True, text=True, env=env,
