@@ -9,6 +9,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from ..devices import resolve_device
 from ..errors import SceditError
 from ..fsutil import check_output_location
 from ..models import text_embeddings
@@ -162,7 +163,7 @@ def prepare_cache(recipe, overrides: list[str] | dict | None = None, output: str
     why = check_cacheable(r.data, method.conditions)
     if why:
         raise SceditError(f"{r.path or 'recipe'}: {why}")
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dev = resolve_device(device)
     data = load_training_data(r.data, method.conditions, r.train.seed)
     folder = check_output_location(output or r.data.cache_dir or default_cache_dir(data), "cache folder")
     base = load_base(r.model.source, dtype=None, config=r.model.single_file_config or None)
