@@ -6,13 +6,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-import torch
-
 from ..console import warn
+from ..devices import resolve_device
 from ..errors import SceditError
 from ..fsutil import check_output_location
 from ..models import BaseModel, load_base, same_base
-from ..devices import resolve_device
 from ..precision import inference_dtype
 from ..tuners import CSCTuner, SkipTuner, load_tuner
 from ..tuners.hub import resolve_tuner_source
