@@ -32,7 +32,9 @@ from PIL import Image
 
 from scedit_cli.architectures import build_text_encoder, build_unet, build_vae
 from scedit_cli.cache import CacheStore
-from scedit_cli.data import _resize_crop, _to_tensor
+from scedit_cli.conditions.tensor import condition_tensor
+from scedit_cli.data import pixel_tensor
+from scedit_cli.images import resize_crop
 from scedit_cli.methods import build_method
 from scedit_cli.models import BaseModel
 from scedit_cli.training import StepBatch, prepare_training, training_step
@@ -71,15 +73,15 @@ def main() -> None:
 
         def load_pixels():
             imgs = [Image.open(io.BytesIO(p)).convert("RGB") for p in pngs]
-            crops = [_resize_crop(im, R, True, None, Image.BICUBIC)[0] for im in imgs]
-            return crops, torch.stack([_to_tensor(c, 3) * 2 - 1 for c in crops])
+            crops = [resize_crop(im, R)[0] for im in imgs]
+            return crops, torch.stack([pixel_tensor(c) for c in crops])
 
         def canny(crops):
             from scedit_cli.conditions import compute_condition_maps
 
             maps = [compute_condition_maps("canny", c, rng=np.random.default_rng(0))["canny"].convert("RGB")
                     for c in crops]
-            return [torch.stack([_to_tensor(m, 3) for m in maps])]
+            return [torch.stack([condition_tensor([m]) for m in maps])]
 
         # the cache entry, written and read by the real store
         with torch.no_grad():

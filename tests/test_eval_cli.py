@@ -107,8 +107,8 @@ def test_evaluate_from_python(tmp_path):
     assert res.fid.fid > 0 and (res.fid.generated_count, res.fid.reference_count, res.fid.dims) == (3, 3, 64)
     assert res.warnings == res.fid.warnings and res.warnings[0].startswith("only 3 generated image(s)")
     tuner = SCTuner(SCTunerConfig(ratio=2), SkipLayout.from_unet(pipe.unet))
-    assert res.recipe["method"] == "sc" and res.recipe["trainable_params"] == tuner.trainable_parameters
-    assert "memory" not in res.recipe and "timing" not in res.recipe  # only what was asked for
+    assert res.recipe.method == "sc" and res.recipe.trainable_params == tuner.trainable_parameters
+    assert "memory" not in res.to_dict()["recipe"] and "timing" not in res.to_dict()["recipe"]  # only what was asked for
     assert set(res.to_dict()) == {"fid", "recipe"} and res.to_dict()["fid"] == res.fid.to_dict()
     with pytest.raises(SceditError, match="nothing to evaluate"):
         evaluate(EvalSettings())

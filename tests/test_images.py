@@ -168,3 +168,26 @@ def test_sample_controls_and_eval_read_a_16_bit_png_like_its_8_bit_copy(tmp_path
     Image.fromarray(np.full((4, 4), 3.0, np.float32)).save(tmp_path / "bad.tif")
     with pytest.raises(SceditError, match=r"bad\.tif: cannot read control image .*not 0\.\.1 intensities"):
         load_control_map(ControlSpec("canny", tmp_path / "bad.tif"), 48, 48)
+
+
+def test_contact_sheet_scales_down_and_with_upscale_up():
+    from scedit_cli.sampling.grid import contact_sheet
+
+    small = [Image.new("RGB", (4, 4), (255, 0, 0)), Image.new("RGB", (4, 4), (0, 0, 255))]
+    assert contact_sheet(small, cols=2, cell=8, pad=1).size == (4 * 2 + 3, 4 + 2)  # never enlarged by default
+    sheet = contact_sheet(small, cols=2, cell=8, pad=1, upscale=True, resample=Image.NEAREST)
+    assert sheet.size == (8 * 2 + 3, 8 + 2)
+    assert sheet.getpixel((1, 1)) == sheet.getpixel((8, 8)) == (255, 0, 0) and sheet.getpixel((10, 1)) == (0, 0, 255)
+    big = Image.new("RGB", (32, 16))
+    assert contact_sheet([big], cell=8, pad=0).size == (8, 4)
+
+
+def test_resize_crop_covers_then_crops():
+    from scedit_cli.images import resize_crop
+
+    img = Image.new("RGB", (40, 20))
+    out, (top, left), resized = resize_crop(img, (10, 10))
+    assert out.size == (10, 10) and resized == (20, 10) and (top, left) == (0, 5)  # centre crop
+    rng = np.random.default_rng(0)
+    lefts = {resize_crop(img, 10, center=False, rng=rng)[1][1] for _ in range(30)}
+    assert lefts <= set(range(11)) and len(lefts) > 1  # random crops stay inside the resized image

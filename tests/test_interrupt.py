@@ -167,5 +167,5 @@ def test_ctrl_c_in_prepare_with_workers_keeps_finished_records_and_resumes(tmp_p
     kept = journal.read_text().count("\n")
     assert 2 <= kept < n and not (out / "metadata.jsonl").exists()
     summary = run_prepare(PrepareConfig("canny", str(src), out, workers=2))
-    assert summary["resumed"] == kept and summary["rows_out"] == n
+    assert summary.resumed == kept and summary.rows_out == n
     assert len((out / "metadata.jsonl").read_text().splitlines()) == n

@@ -60,7 +60,7 @@ def test_folder_to_canny_dataset(tmp_path):
     before = tree_digest(src)
     out = tmp_path / "out"
     summary = run_prepare(PrepareConfig("canny", str(src), out, seed=5))
-    assert summary["rows_out"] == 4 and summary["skipped"] == 0 and summary["metadata"] == str(out / "metadata.jsonl")
+    assert summary.rows_out == 4 and summary.skipped == 0 and summary.metadata == str(out / "metadata.jsonl")
     rows = read_rows(out)
     assert [r["image"] for r in rows] == ["images/img001.png", "images/img002.jpg", "images/sub__img000.jpg", "images/sub__img003.png"]
     by_image = {Path(r["image"]).stem: r for r in rows}
@@ -85,15 +85,15 @@ def test_workers_and_shards_write_the_same_dataset(tmp_path):
     run_prepare(PrepareConfig("inpaint", str(src), one, seed=1))
     for pool in ("threads", "processes"):
         two = tmp_path / f"two-{pool}"
-        assert run_prepare(PrepareConfig("inpaint", str(src), two, seed=1, workers=2, pool=pool))["pool"] == pool
+        assert run_prepare(PrepareConfig("inpaint", str(src), two, seed=1, workers=2, pool=pool)).pool == pool
         assert tree_digest(one) == tree_digest(two)
     sharded = tmp_path / "sharded"
     first = run_prepare(PrepareConfig("inpaint", str(src), sharded, seed=1, shard_index=1, shard_count=3))
-    assert first["metadata"] is None and first["waiting_for_shards"] == [0, 2] and first["rows_out"] == 2
+    assert first.metadata is None and first.waiting_for_shards == [0, 2] and first.rows_out == 2
     assert not (sharded / "metadata.jsonl").exists()
     run_prepare(PrepareConfig("inpaint", str(src), sharded, seed=1, shard_index=0, shard_count=3))
     last = run_prepare(PrepareConfig("inpaint", str(src), sharded, seed=1, shard_index=2, shard_count=3))
-    assert last["metadata"] == str(sharded / "metadata.jsonl")
+    assert last.metadata == str(sharded / "metadata.jsonl")
     assert tree_digest(one) == tree_digest(sharded)
     row = read_rows(one)[0]
     assert set(row) == {"image", "text", "inpaint", "inpaint_mask"}
@@ -111,10 +111,10 @@ def test_corrupt_missing_and_unsupported_files_are_counted_and_skipped(tmp_path)
     (src / "readme.md").write_text("ignored")
     out = tmp_path / "out"
     summary = run_prepare(PrepareConfig("color", str(src), out))
-    assert summary["rows_out"] == 2 and summary["skipped"] == 2
-    assert summary["skipped_by_reason"] == {"unsupported": 1, "corrupt": 1}
-    assert summary["ignored_files"] == 1
-    assert {s["source"] for s in summary["skipped_records"]} == {str(src / "not_image.png"), str(src / "truncated.png")}
+    assert summary.rows_out == 2 and summary.skipped == 2
+    assert summary.skipped_by_reason == {"unsupported": 1, "corrupt": 1}
+    assert summary.ignored_files == 1
+    assert {s["source"] for s in summary.skipped_records} == {str(src / "not_image.png"), str(src / "truncated.png")}
     report = json.loads((out / "prepare-report.json").read_text())
     assert report["rows_out"] == 2 and report["skipped"] == 2 and report["records_in"] == 4
     assert not (out / "images" / "truncated.png").exists() and not (out / "conditions" / "color" / "truncated.png").exists()

@@ -89,7 +89,7 @@ def test_seg_upernet_folder_batched_and_coloured_with_ade20k(tmp_path):
     for i, fn in enumerate([skimage.data.astronaut, skimage.data.coffee, skimage.data.chelsea]):
         Image.fromarray(fn()).save(src / f"{i}.png")
     summary = run_prepare(PrepareConfig("seg", str(src), tmp_path / "out", weights=tmp_path / "w", device="cpu", batch_size=2, params={"detect_resolution": 64}))
-    assert summary["rows_out"] == 3
+    assert summary.rows_out == 3
     rows = [json.loads(line) for line in (tmp_path / "out" / "metadata.jsonl").read_text().splitlines()]
     palette = {tuple(c) for c in ADE20K_PALETTE}
     for row in rows:

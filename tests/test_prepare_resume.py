@@ -70,7 +70,7 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path):
     assert not (out / "metadata.jsonl").exists()
 
     summary = run_prepare(PrepareConfig("inpaint", str(src), out, seed=3, workers=2))
-    assert summary["resumed"] == done_before and summary["written_this_run"] == n - done_before
+    assert summary.resumed == done_before and summary.written_this_run == n - done_before
     assert tree_digest(out) == tree_digest(reference)
     lines = [json.loads(line) for line in journal.read_text().splitlines()]
     assert sorted(e["i"] for e in lines) == list(range(n))  # each record exactly once
@@ -91,7 +91,7 @@ def test_torn_journal_line_is_dropped(tmp_path):
     lines = journal.read_text().splitlines(keepends=True)
     journal.write_text(lines[0] + lines[1][: len(lines[1]) // 2])  # killed mid-append
     summary = run_prepare(PrepareConfig("color", str(src), out))
-    assert summary["resumed"] == 1 and summary["written_this_run"] == 2
+    assert summary.resumed == 1 and summary.written_this_run == 2
     assert journal.read_text().count("\n") == 3
 
 

@@ -45,7 +45,7 @@ def test_every_experiment_has_a_recipe():
 def test_recipe_dry_run(path, monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-hf-home"))  # weights are never needed for a plan
     result = train(path, dry_run=True)
-    plan = result.plan
+    plan = result.plan.to_dict()
     assert result.dry_run and plan["trainable_parameters"] > 0
     assert plan["steps"] in (100000, 1500)
     r = load_recipe(path)

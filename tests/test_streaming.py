@@ -152,4 +152,4 @@ def test_streaming_trains_and_resumes_bit_identically(tmp_path):
     a, b = load_file(tmp_path / "ref" / "tuner" / "tuner.safetensors"), load_file(part / "tuner" / "tuner.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     plan = train(recipe, overrides=[f'train.output_dir="{tmp_path / "dry"}"'], dry_run=True).plan
-    assert plan["dataset_streaming"] and plan["dataset_size"] is None
+    assert plan.dataset_streaming and plan.dataset_size is None and "epochs" not in plan.to_dict()

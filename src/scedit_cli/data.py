@@ -24,6 +24,7 @@ from .conditions.tensor import condition_tensor, image_tensor
 from .cells import BadSample, open_image
 from .datasource import LoadedDataset, load_source
 from .errors import SceditError
+from .images import resize_crop
 
 VALIDATION_OFFSET = 1 << 40  # stream positions for validation samples, apart from training ones
 
@@ -106,21 +107,6 @@ def load_training_data(cfg, conditions: list[str], seed: int = 0) -> "TrainDatas
 
         data.buckets = assign_buckets(data, cfg.bucket_step, cfg.bucket_max_ratio)
     return data
-
-
-def _resize_crop(img: Image.Image, size, center: bool, rng: np.random.Generator, resample) -> tuple:
-    """Resize to cover `size` (an int for a square, or (height, width)), then crop to it.
-    Returns (image, (top, left), (resized width, resized height))."""
-    th, tw = (size, size) if isinstance(size, int) else size
-    w, h = img.size
-    scale = max(th / h, tw / w)
-    nw, nh = max(tw, round(w * scale)), max(th, round(h * scale))
-    img = img.resize((nw, nh), resample=resample)
-    if center:
-        left, top = (nw - tw) // 2, (nh - th) // 2
-    else:
-        left, top = int(rng.integers(0, nw - tw + 1)), int(rng.integers(0, nh - th + 1))
-    return img.crop((left, top, left + tw, top + th)), (top, left), (nw, nh)
 
 
 def pixel_tensor(img: Image.Image) -> torch.Tensor:
@@ -211,7 +197,7 @@ class TrainDataset(torch.utils.data.Dataset):
         img, _ = open_image(row.get(self.cfg.image_column), self.loaded.base_dir, "RGB")
         original_size = (img.height, img.width)
         crop_rng = np.random.default_rng([self.seed, int(position), 1])
-        image, crop_tl, resized = _resize_crop(img, size or self.target_size(index), self.cfg.center_crop, crop_rng,
+        image, crop_tl, resized = resize_crop(img, size or self.target_size(index), self.cfg.center_crop, crop_rng,
                                                Image.BICUBIC)
         return image, img, original_size, crop_tl, resized
 

@@ -79,3 +79,20 @@ def to_gray8(image: Image.Image) -> Image.Image:
     if image.mode == "L" and "transparency" not in image.info:
         return image
     return to_rgb8(image).convert("L")
+
+
+def resize_crop(image: Image.Image, size, center: bool = True, rng: np.random.Generator | None = None,
+                resample=Image.BICUBIC) -> tuple[Image.Image, tuple[int, int], tuple[int, int]]:
+    """Resize to cover `size` (an int for a square, or (height, width)), then crop to it: the centre,
+    or with `center=False` a position drawn from `rng`. One transform for training data and sampling.
+    Returns (image, (top, left), (resized width, resized height))."""
+    th, tw = (size, size) if isinstance(size, int) else size
+    w, h = image.size
+    scale = max(th / h, tw / w)
+    nw, nh = max(tw, round(w * scale)), max(th, round(h * scale))
+    image = image.resize((nw, nh), resample=resample)
+    if center:
+        left, top = (nw - tw) // 2, (nh - th) // 2
+    else:
+        left, top = int(rng.integers(0, nw - tw + 1)), int(rng.integers(0, nh - th + 1))
+    return image.crop((left, top, left + tw, top + th)), (top, left), (nw, nh)

@@ -25,6 +25,7 @@ from typing import Callable
 import torch
 
 from ..architectures import ARCH_NAMES
+from ..devices import resolve_device
 from ..errors import SceditError
 from ..lean import resolve_lean
 from ..metrics.memory import MemoryReport, measure_step_memory, release_memory, unet_regions
@@ -295,9 +296,7 @@ def run_table(name: str, s: BenchSettings, on_event: Callable[[str, int], None] 
         raise SceditError(f"--batch must be >= 1, got {s.batch}")
     if s.resolution < 8:
         raise SceditError(f"--resolution must be >= 8 pixels, got {s.resolution}")
-    device = torch.device(s.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SceditError(f"--device {s.device}: CUDA is not available on this machine; use --device cpu")
+    device = resolve_device(s.device)
     if device.type not in ("cpu", "cuda"):
         raise SceditError(f"--device {s.device}: use cpu or cuda[:N]")
     resolve_precision(s.precision, device)

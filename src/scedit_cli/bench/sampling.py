@@ -162,7 +162,7 @@ def bench_sampling(
 
     from ..models import BaseModel, parse_dtype
     from ..precision import inference_dtype
-    from ..sampling.inputs import resolve_device
+    from ..devices import resolve_device
 
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:

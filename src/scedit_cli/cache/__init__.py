@@ -24,11 +24,11 @@ The posterior sample is still drawn at every visit from the sample's seeded
 generator, so a cached run draws exactly what an uncached one does.
 """
 
-from .build import BuildStats, build_cache, prepare_cache
+from .build import BuildStats, CacheSummary, build_cache, prepare_cache
 from .plan import CachePlan, RowPlan, check_cacheable, default_cache_dir, make_plan
 from .read import MODES, CachedTrainDataset, attach_cache
 from .store import CACHE_VERSION, CacheStore, module_fingerprint, text_fingerprint, vae_fingerprint
 
-__all__ = ["CACHE_VERSION", "MODES", "BuildStats", "CachePlan", "CacheStore", "CachedTrainDataset", "RowPlan",
+__all__ = ["CACHE_VERSION", "MODES", "BuildStats", "CachePlan", "CacheStore", "CacheSummary", "CachedTrainDataset", "RowPlan",
            "attach_cache", "build_cache", "check_cacheable", "default_cache_dir", "make_plan",
            "module_fingerprint", "prepare_cache", "text_fingerprint", "vae_fingerprint"]

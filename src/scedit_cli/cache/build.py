@@ -9,6 +9,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from ..devices import resolve_device
 from ..errors import SceditError
 from ..fsutil import check_output_location
 from ..models import text_embeddings
@@ -29,6 +30,25 @@ class BuildStats:
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
+
+
+@dataclass
+class CacheSummary:
+    """What `scedit prepare cache` reports; `to_dict()` (the build's counts first) is its `--json` form."""
+
+    stats: BuildStats
+    entries: int  # what the recipe's data needs
+    missing: int  # still not in the cache (other shards)
+    device: str
+    buckets: dict | None
+    seconds: float
+    # image entries (VAE encodes) this run per second of the whole encode, captions and maps included
+    images_per_second: float | None
+
+    def to_dict(self) -> dict:
+        d = self.stats.to_dict()
+        d.update((k, v) for k, v in self.__dict__.items() if k != "stats")
+        return d
 
 
 def build_cache(plan: CachePlan, data, base, device, *, batch_size: int = 8, chunk: int = 256,
@@ -149,7 +169,7 @@ def _encode_texts(jobs, base, device, batch_size: int, w: _Writer) -> None:
 
 def prepare_cache(recipe, overrides: list[str] | dict | None = None, output: str | None = None,
                   shard: tuple[int, int] = (0, 1), batch_size: int = 8, device: str | None = None,
-                  on_progress: Callable[[int, int], None] | None = None) -> dict:
+                  on_progress: Callable[[int, int], None] | None = None) -> CacheSummary:
     """`scedit prepare cache`: encode a recipe's data (a recipe path or dict) for its base model.
     The frozen dtype and the data settings are the recipe's, so `scedit train` finds the same keys."""
     from ..data import load_training_data
@@ -162,7 +182,7 @@ def prepare_cache(recipe, overrides: list[str] | dict | None = None, output: str
     why = check_cacheable(r.data, method.conditions)
     if why:
         raise SceditError(f"{r.path or 'recipe'}: {why}")
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dev = resolve_device(device)
     data = load_training_data(r.data, method.conditions, r.train.seed)
     folder = check_output_location(output or r.data.cache_dir or default_cache_dir(data), "cache folder")
     base = load_base(r.model.source, dtype=None, config=r.model.single_file_config or None)
@@ -174,9 +194,6 @@ def prepare_cache(recipe, overrides: list[str] | dict | None = None, output: str
     stats = build_cache(plan, data, base, dev, batch_size=batch_size, shard=shard, on_progress=on_progress)
     seconds = time.perf_counter() - start
     store = CacheStore(folder)
-    out = stats.to_dict()
-    # images/s: image entries (VAE encodes) this run per second of the whole encode, captions and maps included
-    out.update(entries=len(plan.all_keys()), missing=len(plan.missing(store)), device=str(dev),
-               buckets=data.buckets.counts() if data.buckets is not None else None, seconds=round(seconds, 3),
-               images_per_second=round(stats.images / seconds, 2) if stats.images and seconds > 0 else None)
-    return out
+    return CacheSummary(stats, entries=len(plan.all_keys()), missing=len(plan.missing(store)), device=str(dev),
+                        buckets=data.buckets.counts() if data.buckets is not None else None, seconds=round(seconds, 3),
+                        images_per_second=round(stats.images / seconds, 2) if stats.images and seconds > 0 else None)

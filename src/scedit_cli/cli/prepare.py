@@ -81,22 +81,22 @@ def prepare_conditions(
     )
     summary = prepare_to(cfg, output_format, shard_size)
     if json_out:
-        print_json(summary)
+        print_json(summary.to_dict())
         return
     info(
-        f"{condition}: {summary['rows_out']} rows ready, {summary['skipped']} skipped "
-        f"({', '.join(f'{k}: {v}' for k, v in summary['skipped_by_reason'].items()) or 'none'}); "
-        f"{summary['written_this_run']} written this run, {summary['resumed']} resumed, "
-        f"{summary['images_per_second']} images/s with {workers} worker(s) ({summary['pool']})"
+        f"{condition}: {summary.rows_out} rows ready, {summary.skipped} skipped "
+        f"({', '.join(f'{k}: {v}' for k, v in summary.skipped_by_reason.items()) or 'none'}); "
+        f"{summary.written_this_run} written this run, {summary.resumed} resumed, "
+        f"{summary.images_per_second} images/s with {workers} worker(s) ({summary.pool})"
     )
-    for s in summary["skipped_records"][:20]:
+    for s in summary.skipped_records[:20]:
         info(f"  skipped {s['source']}: {s['reason']}")
-    if summary.get("webdataset"):
-        info(f"dataset: {len(summary['webdataset']['shards'])} shard(s) in {output}")
-    elif summary["metadata"]:
-        info(f"dataset: {summary['metadata']}")
+    if summary.webdataset:
+        info(f"dataset: {len(summary.webdataset['shards'])} shard(s) in {output}")
+    elif summary.metadata:
+        info(f"dataset: {summary.metadata}")
     else:
-        info(f"shard {shard} done; metadata.jsonl is written when shards {summary['waiting_for_shards']} finish")
+        info(f"shard {shard} done; metadata.jsonl is written when shards {summary.waiting_for_shards} finish")
 
 
 @prepare_app.command("laion")

@@ -54,10 +54,10 @@ def prepare_cache_cmd(
         summary = prepare_cache(target, set_, str(output) if output else None, parse_shard(shard), batch_size,
                                 device, on_progress)
     if json_out:
-        print_json(summary)
+        print_json(summary.to_dict())
         return
-    info(f"cache {summary['folder']}: {summary['images']} image, {summary['texts']} caption, "
-         f"{summary['conditions']} condition entries encoded; {summary['already']} already there; "
-         f"{summary['unusable']} unusable; {summary['missing']} of {summary['entries']} entries still missing"
-         + (" (other shards)" if summary["missing"] else "")
-         + f"; {summary['seconds']} s, {summary['images_per_second'] or 0} images/s on {summary['device']}")  # no [..]: console markup
+    info(f"cache {summary.stats.folder}: {summary.stats.images} image, {summary.stats.texts} caption, "
+         f"{summary.stats.conditions} condition entries encoded; {summary.stats.already} already there; "
+         f"{summary.stats.unusable} unusable; {summary.missing} of {summary.entries} entries still missing"
+         + (" (other shards)" if summary.missing else "")
+         + f"; {summary.seconds} s, {summary.images_per_second or 0} images/s on {summary.device}")  # no [..]: console markup

@@ -34,21 +34,21 @@ def train_command(
     if dry_run:
         plan = result.plan
         if json_out:
-            print_json(plan)
+            print_json(plan.to_dict())
         else:
-            info(f"recipe      {plan['recipe']}")
-            info(f"method      {plan['method']}")
-            info(f"model       {plan['model']}  ({plan['model_built_from']}, prediction {plan['prediction_type']})")
-            info(f"trainable   {plan['trainable_parameters']:,} parameters ({plan['trainable_parameters_m']}M)")
-            size = plan["dataset_size"]
-            rows = ("unknown (streaming)" if plan.get("dataset_streaming")
+            info(f"recipe      {plan.recipe}")
+            info(f"method      {plan.method}")
+            info(f"model       {plan.model}  ({plan.model_built_from}, prediction {plan.prediction_type})")
+            info(f"trainable   {plan.trainable_parameters:,} parameters ({plan.trainable_parameters_m}M)")
+            size = plan.dataset_size
+            rows = ("unknown (streaming)" if plan.dataset_streaming
                     else f"{size:,} rows" if size is not None else "NOT AVAILABLE")
-            info(f"dataset     {plan['data']}: {rows}")
-            info(f"steps       {plan['steps']:,} x batch {plan['batch_size']} "
-                 f"({plan['processes']} process(es) x accumulation {plan['gradient_accumulation_steps']})")
-            info(f"output      {plan['output_dir']}")
-        if "dataset_error" in plan:
-            info(f"warning: {plan['dataset_error']}")
+            info(f"dataset     {plan.data}: {rows}")
+            info(f"steps       {plan.steps:,} x batch {plan.batch_size} "
+                 f"({plan.processes} process(es) x accumulation {plan.gradient_accumulation_steps})")
+            info(f"output      {plan.output_dir}")
+        if plan.dataset_error:
+            info(f"warning: {plan.dataset_error}")
         return
     if not result.is_main_process:  # under `accelerate launch`, rank 0 reports
         return

@@ -85,12 +85,6 @@ def resolve_weights(name: str, weights: str | Path | None) -> Path:
     return folder
 
 
-def default_device() -> str:
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 class Detector:
     """A loaded detector: `run(images) -> maps`, one map per image, each the input's size."""
 
@@ -166,12 +160,9 @@ def get_detector(name: str, weights: str | Path | None = None, device: str | Non
     if name not in WEIGHTS:
         raise SceditError(f"condition '{name}' has no learned detector; learned ones are: {', '.join(WEIGHTS)}")
     folder = resolve_weights(name, weights)
-    device = device or default_device()
-    if device.startswith("cuda"):
-        import torch
+    from ..devices import resolve_device
 
-        if not torch.cuda.is_available():
-            raise SceditError(f"--device {device}: no CUDA GPU is visible here; use --device cpu")
+    device = str(resolve_device(device))
     key = (name, str(folder.resolve()), device)
     if key not in _CACHE:
         _CACHE[key] = _seg(folder, device) if name == "seg" else _controlnet_aux(name, folder, device)

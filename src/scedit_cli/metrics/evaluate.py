@@ -14,6 +14,7 @@ from typing import Callable
 from ..errors import SceditError
 from .control import ControlResult
 from .fid import FIDResult
+from .recipe import RecipeMeasurement
 
 
 @dataclass
@@ -71,7 +72,7 @@ class EvalResult:
 
     fid: FIDResult | None = None
     control: ControlResult | None = None
-    recipe: dict | None = None  # `measure_recipe`'s result
+    recipe: RecipeMeasurement | None = None
     warnings: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
@@ -81,7 +82,7 @@ class EvalResult:
         if self.control is not None:
             out["control"] = self.control.to_dict()
         if self.recipe is not None:
-            out["recipe"] = self.recipe
+            out["recipe"] = self.recipe.to_dict()
         return out
 
 

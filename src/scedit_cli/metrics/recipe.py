@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -12,8 +12,26 @@ from ..bench.specs import BenchSettings, MethodSpec
 from ..errors import SceditError
 
 
+@dataclass
+class RecipeMeasurement:
+    """`measure_recipe`'s result; `to_dict()` is its JSON form (the measures not taken are left out)."""
+
+    recipe: str
+    method: str
+    config: dict
+    trainable_params: int
+    base: str
+    settings: dict | None = None  # the bench settings of a memory / time measurement
+    machine: dict | None = None
+    memory: dict | None = None
+    timing: dict | None = None
+
+    def to_dict(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+
 def measure_recipe(recipe: str | Path, s: BenchSettings, *, memory: bool = True, timing: bool = True,
-                   overrides: list[str] | None = None) -> dict:
+                   overrides: list[str] | None = None) -> RecipeMeasurement:
     """Trainable parameters, and (when asked) peak training memory and step time of a training recipe.
 
     The base is the recipe's `model.source` when it is a local diffusers folder (real weights), else the
@@ -34,7 +52,6 @@ def measure_recipe(recipe: str | Path, s: BenchSettings, *, memory: bool = True,
     elif arch is None:
         raise SceditError(f"{r.path or recipe}: model.source {r.model.source!r} is not a local folder, so "
                           "the benchmark needs model.arch (sd15, sd21 or sdxl) to build the U-Net with random weights")
-    out: dict = {"recipe": str(r.path or recipe), "method": r.method_name, "config": method_cfg}
     if not (memory or timing):
         built = meta_base(s.model, arch)
         if built is None:
@@ -44,8 +61,8 @@ def measure_recipe(recipe: str | Path, s: BenchSettings, *, memory: bool = True,
         method = build_method(r.method_name, method_cfg)
         with torch.device("meta"):
             method.setup(base)
-        out.update(trainable_params=method.num_trainable(), base=s.model or f"{arch} (meta device)")
-        return out
+        return RecipeMeasurement(str(r.path or recipe), r.method_name, method_cfg, method.num_trainable(),
+                                 s.model or f"{arch} (meta device)")
     if s.precision == "auto":
         s.precision = r.train.mixed_precision
     if s.lean == "auto":
@@ -57,10 +74,6 @@ def measure_recipe(recipe: str | Path, s: BenchSettings, *, memory: bool = True,
     factory = BaseFactory(arch or "sd15", s)
     spec = MethodSpec(r.name, r.method_name, method_cfg)
     res = run_method(spec, factory, s)
-    out.update(trainable_params=res.trainable_params, base=factory.description, settings=asdict(s),
-               machine=machine_info(s.device))
-    if memory:
-        out["memory"] = res.memory
-    if timing:
-        out["timing"] = res.timing
-    return out
+    return RecipeMeasurement(str(r.path or recipe), r.method_name, method_cfg, res.trainable_params,
+                             factory.description, settings=asdict(s), machine=machine_info(s.device),
+                             memory=res.memory if memory else None, timing=res.timing if timing else None)

@@ -78,7 +78,9 @@ def _scalar_extra(row: dict[str, Any], skip: set[str]) -> dict[str, Any]:
     return {k: v for k, v in row.items() if k not in skip and (v is None or isinstance(v, (str, int, float, bool)))}
 
 
-def _pick(columns, wanted: str | None, candidates: tuple[str, ...], what: str, where: str, required: bool = True) -> str | None:
+def pick_column(columns, wanted: str | None, candidates: tuple[str, ...], what: str, where: str, required: bool = True) -> str | None:
+    """The column `wanted` (refused when absent), else the first of `candidates` present; `what` names the
+    `--{what}-column` option that picks it. None when nothing fits and the column is optional."""
     if wanted:
         if wanted not in columns:
             raise SceditError(f"{where} has no column '{wanted}' (columns: {', '.join(map(str, columns))}); fix --{what}-column")
@@ -126,8 +128,8 @@ def _jsonl(meta: Path, image_column: str | None, text_column: str | None) -> Inp
     if not rows:
         raise SceditError(f"{meta} has no rows; add one JSON object per image")
     columns = list(dict.fromkeys(k for r in rows[:100] for k in r))
-    icol = _pick(columns, image_column, IMAGE_COLUMNS, "image", str(meta))
-    tcol = _pick(columns, text_column, TEXT_COLUMNS, "text", str(meta), required=False)
+    icol = pick_column(columns, image_column, IMAGE_COLUMNS, "image", str(meta))
+    tcol = pick_column(columns, text_column, TEXT_COLUMNS, "text", str(meta), required=False)
     root = meta.parent
 
     def it() -> Iterator[Record]:
@@ -168,8 +170,8 @@ def _parquet(target: Path, image_column: str | None, text_column: str | None) ->
     except Exception as e:  # pyarrow raises several types for a bad file
         raise SceditError(f"cannot read parquet {target}: {e}") from None
     columns = metas[0].schema_arrow.names
-    icol = _pick(columns, image_column, IMAGE_COLUMNS, "image", str(files[0]))
-    tcol = _pick(columns, text_column, TEXT_COLUMNS, "text", str(files[0]), required=False)
+    icol = pick_column(columns, image_column, IMAGE_COLUMNS, "image", str(files[0]))
+    tcol = pick_column(columns, text_column, TEXT_COLUMNS, "text", str(files[0]), required=False)
     count = sum(m.metadata.num_rows for m in metas)
 
     def it() -> Iterator[Record]:
@@ -196,8 +198,8 @@ def _hf_dataset(ds: Any, location: str, kind: str, image_column: str | None, tex
     import datasets
 
     columns = list(ds.column_names)
-    icol = _pick(columns, image_column, IMAGE_COLUMNS, "image", location)
-    tcol = _pick(columns, text_column, TEXT_COLUMNS, "text", location, required=False)
+    icol = pick_column(columns, image_column, IMAGE_COLUMNS, "image", location)
+    tcol = pick_column(columns, text_column, TEXT_COLUMNS, "text", location, required=False)
     if isinstance(ds.features.get(icol), datasets.Image):
         # Keep the encoded bytes: no decode/re-encode round trip in the main process.
         ds = ds.cast_column(icol, datasets.Image(decode=False))

@@ -43,6 +43,7 @@ from ..fsutil import check_output_location, write_json_atomic, write_text_atomic
 from .inputs import InputSource, open_input
 from .records import (JobContext, Skip, Task, init_worker, load_image, process, process_chunk, process_in_worker, skip_entry,
                       write_outputs)
+from .summary import PrepareSummary
 
 STATE_DIR = ".scedit-prepare"
 
@@ -309,7 +310,7 @@ def _read_journal(path: Path) -> dict[int, dict]:
     return j.entries
 
 
-def run_prepare(cfg: PrepareConfig, progress_factory: Callable[[], Any] | None = None) -> dict[str, Any]:
+def run_prepare(cfg: PrepareConfig, progress_factory: Callable[[], Any] | None = None) -> PrepareSummary:
     """Prepare (or resume preparing) one shard of a condition dataset; returns the summary."""
     spec = get_spec(cfg.condition)
     if cfg.workers < 1:
@@ -372,28 +373,20 @@ def run_prepare(cfg: PrepareConfig, progress_factory: Callable[[], Any] | None =
 
     entries = journal.entries
     skipped = [e for e in entries.values() if "skip" in e]
-    shard_report = {
-        "condition": cfg.condition,
-        "input": source.describe(),
-        "shard": f"{cfg.shard_index}/{cfg.shard_count}",
-        "records_in_shard": total,
-        "resumed": resumed,
-        "written_this_run": counts["written"],
-        "skipped_this_run": counts["skipped"],
-        "rows_out": len(entries) - len(skipped),
-        "skipped": len(skipped),
-        "skipped_by_reason": dict(Counter(e["skip"] for e in skipped)),
-        "ignored_files": source.ignored,
-        "seconds": round(elapsed, 3),
-        "images_per_second": round((counts["written"] + counts["skipped"]) / elapsed, 2) if elapsed > 0 else None,
-        "workers": cfg.workers,
-        "pool": pool,
-    }
-    write_json_atomic(state / f"done-{tag}.json", shard_report)
+    summary = PrepareSummary(
+        condition=cfg.condition, input=source.describe(), shard=f"{cfg.shard_index}/{cfg.shard_count}",
+        records_in_shard=total, resumed=resumed, written_this_run=counts["written"],
+        skipped_this_run=counts["skipped"], rows_out=len(entries) - len(skipped), skipped=len(skipped),
+        skipped_by_reason=dict(Counter(e["skip"] for e in skipped)), ignored_files=source.ignored,
+        seconds=round(elapsed, 3),
+        images_per_second=round((counts["written"] + counts["skipped"]) / elapsed, 2) if elapsed > 0 else None,
+        workers=cfg.workers, pool=pool,
+    )
+    write_json_atomic(state / f"done-{tag}.json", summary.shard_record())
     merged = _merge_if_complete(out, state, cfg)
-    shard_report["metadata"] = merged["metadata"] if merged else None
-    shard_report["waiting_for_shards"] = None if merged else [
+    summary.metadata = merged["metadata"] if merged else None
+    summary.waiting_for_shards = None if merged else [
         i for i in range(cfg.shard_count) if not (state / f"done-{i}-of-{cfg.shard_count}.json").exists()
     ]
-    shard_report["skipped_records"] = [{k: e[k] for k in ("source", "skip", "reason")} for e in sorted(skipped, key=lambda e: e["i"])]
-    return shard_report
+    summary.skipped_records = [{k: e[k] for k in ("source", "skip", "reason")} for e in sorted(skipped, key=lambda e: e["i"])]
+    return summary

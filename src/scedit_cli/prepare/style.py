@@ -25,7 +25,7 @@ from typing import Any
 
 from ..errors import SceditError
 from ..fsutil import atomic_dir, atomic_path, check_output_location, read_jsonl, write_text_atomic
-from .inputs import TEXT_COLUMNS
+from .inputs import TEXT_COLUMNS, pick_column
 
 # Longer phrases are matched first, so "oil painting" wins over "painting".
 STYLE_WORDS: dict[str, tuple[str, ...]] = {
@@ -138,17 +138,6 @@ def _tidy(text: str) -> str:
 
 
 # --- datasets -----------------------------------------------------------------
-def _text_column(columns: list[str], wanted: str | None, where: str) -> str:
-    if wanted:
-        if wanted not in columns:
-            raise SceditError(f"{where} has no column {wanted!r} (columns: {', '.join(columns)}); fix --text-column")
-        return wanted
-    for c in TEXT_COLUMNS:
-        if c in columns:
-            return c
-    raise SceditError(f"{where} has no caption column (looked for {', '.join(TEXT_COLUMNS)}; columns: {', '.join(columns)}); pass --text-column")
-
-
 def _clean_rows(rows: list[dict], col: str, cleaner: StyleCleaner, changes: list[dict], where: str) -> None:
     for i, row in enumerate(rows):
         before = row.get(col)
@@ -187,7 +176,7 @@ def clean_style_dataset(input: Path, output: Path, cfg: StyleConfig, text_column
                 rows = _read_jsonl(meta)
                 if not rows:
                     raise SceditError(f"{meta} has no rows")
-                col = _text_column(list(dict.fromkeys(k for r in rows for k in r)), text_column, str(meta))
+                col = pick_column(list(dict.fromkeys(k for r in rows for k in r)), text_column, TEXT_COLUMNS, "text", str(meta))
                 _clean_rows(rows, col, cleaner, changes, "metadata.jsonl")
                 (tmp / "metadata.jsonl").write_text(_jsonl_text(rows), encoding="utf-8")
                 captions = len(rows)
@@ -205,7 +194,7 @@ def clean_style_dataset(input: Path, output: Path, cfg: StyleConfig, text_column
         suffix = input.suffix.lower()
         if suffix == ".jsonl":
             rows = _read_jsonl(input)
-            col = _text_column(list(dict.fromkeys(k for r in rows for k in r)), text_column, str(input))
+            col = pick_column(list(dict.fromkeys(k for r in rows for k in r)), text_column, TEXT_COLUMNS, "text", str(input))
             _clean_rows(rows, col, cleaner, changes, input.name)
             write_text_atomic(output, _jsonl_text(rows))
         elif suffix == ".parquet":
@@ -213,7 +202,7 @@ def clean_style_dataset(input: Path, output: Path, cfg: StyleConfig, text_column
             import pyarrow.parquet as pq
 
             table = pq.read_table(input)
-            col = _text_column(table.column_names, text_column, str(input))
+            col = pick_column(table.column_names, text_column, TEXT_COLUMNS, "text", str(input))
             rows = [{col: v} for v in table.column(col).to_pylist()]
             _clean_rows(rows, col, cleaner, changes, input.name)
             table = table.set_column(table.column_names.index(col), col, pa.array([r[col] for r in rows], type=pa.string()))
@@ -224,7 +213,7 @@ def clean_style_dataset(input: Path, output: Path, cfg: StyleConfig, text_column
                 reader = csv.DictReader(f)
                 rows = list(reader)
                 fields = reader.fieldnames or []
-            col = _text_column(list(fields), text_column, str(input))
+            col = pick_column(list(fields), text_column, TEXT_COLUMNS, "text", str(input))
             _clean_rows(rows, col, cleaner, changes, input.name)
             with atomic_path(output) as tmp, tmp.open("w", newline="", encoding="utf-8") as f:
                 w = csv.DictWriter(f, fieldnames=fields)

@@ -20,6 +20,7 @@ from pathlib import Path
 from ..errors import SceditError
 from ..fsutil import atomic_path, write_json_atomic
 from .runner import STATE_DIR
+from .summary import PrepareSummary
 
 OUTPUT_FORMATS = ("folder", "webdataset")
 DONE = "webdataset.json"
@@ -78,14 +79,14 @@ def pack_shards(out: Path, shard_size: int) -> dict:
     return result
 
 
-def prepare_to(cfg, output_format: str = "folder", shard_size: int = 1000) -> dict:
+def prepare_to(cfg, output_format: str = "folder", shard_size: int = 1000) -> PrepareSummary:
     """`runner.run_prepare(cfg)`, then with output_format "webdataset" the finished dataset packed into
-    shards (once every --shard i/n is done); the summary gains "webdataset": {"shards", "samples"}."""
+    shards (once every --shard i/n is done), in the summary's `webdataset`."""
     from .runner import run_prepare
 
     check_output_format(output_format, shard_size)
     summary = run_prepare(cfg)
-    if output_format == "webdataset" and summary["metadata"]:
-        summary["webdataset"] = pack_shards(Path(cfg.output), shard_size)
-        summary["metadata"] = None
+    if output_format == "webdataset" and summary.metadata:
+        summary.webdataset = pack_shards(Path(cfg.output), shard_size)
+        summary.metadata = None
     return summary

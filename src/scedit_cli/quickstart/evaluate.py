@@ -155,7 +155,10 @@ def write_grids(out: Path, report: dict, s: QuickstartSettings) -> None:
     """One contact sheet per comparison (rows: condition maps, base, tuned), and the loss-curve list."""
     from PIL import Image
 
-    from ..sampling.grid import contact_sheet
+    from ..sampling.grid import write_contact_sheet
+
+    def sheet(paths, dest: Path) -> None:  # the 64-px toy images, enlarged pixel for pixel
+        write_contact_sheet(paths, dest, cols=n, cell=96, upscale=True, resample=Image.NEAREST)
 
     (out / "grids").mkdir(exist_ok=True)
     n = min(8, report["control"]["n"])
@@ -170,7 +173,7 @@ def write_grids(out: Path, report: dict, s: QuickstartSettings) -> None:
         ("colour CSC", [out / p for p in ctrl["color"][:n]]),
         ("compose (.5, .5)", [out / p for p in ctrl["compose_mid"][:n]]),
     ]
-    _sheet([p for _, ps in rows for p in ps], n, out / "grids" / "control.png", contact_sheet, Image)
+    sheet([p for _, ps in rows for p in ps], out / "grids" / "control.png")
     report["grids"] = {"control": "grids/control.png", "control_rows": [r for r, _ in rows]}
     st = out / "samples" / "style"
     srows = [("real images of the style", None), ("base", sorted((st / "before").glob("0*.png"))[:n]),
@@ -183,17 +186,8 @@ def write_grids(out: Path, report: dict, s: QuickstartSettings) -> None:
     for i, sc in enumerate(scenes):
         render(sc).save(real / f"{i:02d}.png")
     srows[0] = ("real images of the style", sorted(real.glob("*.png")))
-    _sheet([p for _, ps in srows for p in ps], n, out / "grids" / "style.png", contact_sheet, Image)
+    sheet([p for _, ps in srows for p in ps], out / "grids" / "style.png")
     shutil.rmtree(real)
     report["grids"]["style"] = "grids/style.png"
     report["grids"]["style_rows"] = [r for r, _ in srows]
 
-
-def _sheet(paths, cols, dest: Path, contact_sheet, Image) -> None:
-    ims = []
-    for p in paths:
-        with Image.open(p) as im:
-            ims.append(im.convert("RGB").resize((96, 96), Image.NEAREST))
-    sheet = contact_sheet(ims, cols=cols, cell=96)
-    with atomic_path(dest) as tmp:
-        sheet.save(tmp, format="PNG")

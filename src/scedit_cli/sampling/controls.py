@@ -23,7 +23,7 @@ from PIL import Image, UnidentifiedImageError
 
 from ..errors import SceditError
 from ..fsutil import file_sha256
-from ..images import to_gray8, to_rgb8
+from ..images import resize_crop, to_gray8, to_rgb8
 
 
 @dataclass(frozen=True)
@@ -109,12 +109,7 @@ def fit_to(image: Image.Image, width: int, height: int, resample=Image.BICUBIC) 
     """Resize so the image covers (width, height), then centre-crop to it (training's transform)."""
     if image.size == (width, height):
         return image
-    w, h = image.size
-    s = max(width / w, height / h)
-    nw, nh = max(width, round(w * s)), max(height, round(h * s))
-    image = image.resize((nw, nh), resample)
-    left, top = (nw - width) // 2, (nh - height) // 2
-    return image.crop((left, top, left + width, top + height))
+    return resize_crop(image, (height, width), resample=resample)[0]
 
 
 def load_control_map(spec: ControlSpec, width: int, height: int, weights: str | Path | None = None) -> Image.Image:

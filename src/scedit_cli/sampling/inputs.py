@@ -6,9 +6,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-import torch
-
 from ..console import warn
+from ..devices import resolve_device
 from ..errors import SceditError
 from ..fsutil import check_output_location
 from ..models import BaseModel, load_base, same_base
@@ -18,18 +17,6 @@ from ..tuners.hub import resolve_tuner_source
 from .controls import ControlSpec, file_digest, known_condition_names
 from .manifest import fingerprint
 from .masked import check_masked
-
-
-def resolve_device(device: str | None) -> torch.device:
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise SceditError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise SceditError(f"device {device!r} asked for but no CUDA GPU is available; use --device cpu")
-    return dev
 
 
 def load_model(model: str | BaseModel, device: str | None = "auto", dtype: str | None = None) -> BaseModel:
@@ -56,7 +43,7 @@ def load_tuners(paths: Sequence[str | Path | SkipTuner], base: BaseModel) -> lis
         else:
             p = resolve_tuner_source(p)
             tuner = load_tuner(p, unet=base.unet).ops_in(dtype, copy=False)
-        recorded = (getattr(tuner, "file_meta", None) or {}).get("base_model")
+        recorded = (tuner.file_meta or {}).get("base_model")
         if not same_base(recorded, base.source):
             warn(f"{p}: tuner was trained on base model {recorded!r}, not {base.source!r}; "
                  "its edits may not fit this base")
@@ -132,7 +119,7 @@ def bind_controls(tuners: list[SkipTuner], controls: Sequence[ControlSpec], allo
         name = csc[i]
         if not ks:
             raise SceditError(
-                f"CSC-Tuner {getattr(tuners[i], 'source_path', i)} needs a {name!r} condition image: "
+                f"CSC-Tuner {tuners[i].source_path or i} needs a {name!r} condition image: "
                 f"pass --control {name}:IMAGE (or --control-map {name}:MAP)"
             )
         if len(ks) > 1 and not allow_repeats:

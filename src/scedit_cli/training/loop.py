@@ -13,6 +13,7 @@ from pathlib import Path
 
 from ..errors import SceditError
 from ..recipes import Recipe, load_recipe
+from .plan import DryRunPlan
 from .step import (LossOptions, StepBatch, TrainingParts, compute_loss, forward_loss, make_noise_scheduler, min_snr_weights, optimizer_step,
                    prepare_training, step_seed, training_step)
 
@@ -37,13 +38,16 @@ class TrainResult:
     resumed_from: str | None = None
     interrupted: bool = False
     seconds: float = 0.0
-    plan: dict = field(default_factory=dict)
+    # A dry run's `DryRunPlan`; a real run's placement facts (prepared module, distributed type).
+    plan: DryRunPlan | dict = field(default_factory=dict)
     dry_run: bool = False
     is_main_process: bool = True
     cache: str | None = None
 
     def summary(self) -> dict:
         d = {k: v for k, v in self.__dict__.items() if k != "losses"}
+        if isinstance(self.plan, DryRunPlan):
+            d["plan"] = self.plan.to_dict()
         d["loss_points"] = len(self.losses)
         return d
 

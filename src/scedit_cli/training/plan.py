@@ -10,6 +10,7 @@ run. The dataset is opened (not decoded) to count its rows.
 from __future__ import annotations
 
 import os
+from dataclasses import asdict, dataclass
 
 import torch
 
@@ -31,7 +32,46 @@ def meta_base(r) -> tuple[BaseModel, str]:
     return built
 
 
-def dry_run_plan(r, method) -> dict:
+@dataclass
+class DryRunPlan:
+    """What `scedit train --dry-run` reports; `to_dict()` is its `--json` form."""
+
+    recipe: str | None
+    description: str
+    method: str
+    model: str
+    model_built_from: str
+    sdxl: bool
+    prediction_type: str
+    trainable_parameters: int
+    trainable_parameters_m: float
+    unet_parameters_m: float
+    data: str
+    dataset_size: int | None
+    steps: int
+    batch_size: int
+    processes: int
+    gradient_accumulation_steps: int
+    per_device_batch: float
+    learning_rate: float
+    mixed_precision: str
+    resolution: int
+    output_dir: str
+    checkpoint_every: int
+    validation_every: int
+    epochs: float | None = None  # with a readable dataset
+    dataset_error: str | None = None  # why the dataset could not be opened
+    dataset_streaming: bool | None = None  # data.streaming: no length before a pass
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        for k in ("epochs", "dataset_error", "dataset_streaming"):  # keys present only when they apply
+            if d[k] is None:
+                del d[k]
+        return d
+
+
+def dry_run_plan(r, method) -> DryRunPlan:
     from ..data import load_training_data
 
     base, model_from = meta_base(r)
@@ -41,37 +81,38 @@ def dry_run_plan(r, method) -> dict:
     total_unet = sum(p.numel() for p in method.unet.parameters())
     world = int(os.environ.get("WORLD_SIZE", "1"))
     A = r.train.gradient_accumulation_steps
-    plan = {
-        "recipe": str(r.path) if r.path else None,
-        "description": r.description,
-        "method": method.describe(),
-        "model": r.model.source,
-        "model_built_from": model_from,
-        "sdxl": base.is_sdxl,
-        "prediction_type": r.model.prediction_type or base.prediction_type,
-        "trainable_parameters": trainable,
-        "trainable_parameters_m": round(trainable / 1e6, 2),
-        "unet_parameters_m": round(total_unet / 1e6, 2),
-        "data": r.data.source,
-        "dataset_size": None,
-        "steps": r.train.max_steps,
-        "batch_size": r.train.batch_size,
-        "processes": world,
-        "gradient_accumulation_steps": A,
-        "per_device_batch": r.train.batch_size / (world * A),
-        "learning_rate": r.train.learning_rate,
-        "mixed_precision": r.train.mixed_precision,
-        "resolution": r.data.resolution,
-        "output_dir": r.train.output_dir,
-        "checkpoint_every": r.checkpoint.every,
-        "validation_every": r.validation.every,
-    }
+    plan = DryRunPlan(
+        recipe=str(r.path) if r.path else None,
+        description=r.description,
+        method=method.describe(),
+        model=r.model.source,
+        model_built_from=model_from,
+        sdxl=base.is_sdxl,
+        prediction_type=r.model.prediction_type or base.prediction_type,
+        trainable_parameters=trainable,
+        trainable_parameters_m=round(trainable / 1e6, 2),
+        unet_parameters_m=round(total_unet / 1e6, 2),
+        data=r.data.source,
+        dataset_size=None,
+        steps=r.train.max_steps,
+        batch_size=r.train.batch_size,
+        processes=world,
+        gradient_accumulation_steps=A,
+        per_device_batch=r.train.batch_size / (world * A),
+        learning_rate=r.train.learning_rate,
+        mixed_precision=r.train.mixed_precision,
+        resolution=r.data.resolution,
+        output_dir=r.train.output_dir,
+        checkpoint_every=r.checkpoint.every,
+        validation_every=r.validation.every,
+    )
     try:
         data = load_training_data(r.data, method.conditions, r.train.seed)
         streaming = getattr(data, "streaming", False)  # a stream's length is known only once read through
-        plan["dataset_streaming"] = streaming
-        plan["dataset_size"] = None if streaming else len(data)
-        plan["epochs"] = None if streaming else round(r.train.max_steps * r.train.batch_size / len(data), 2)
+        plan.dataset_streaming = streaming
+        if not streaming:
+            plan.dataset_size = len(data)
+            plan.epochs = round(r.train.max_steps * r.train.batch_size / len(data), 2)
     except SceditError as e:
-        plan["dataset_error"] = str(e)
+        plan.dataset_error = str(e)
     return plan
