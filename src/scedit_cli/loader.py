@@ -21,7 +21,7 @@ def training_loader(data, train_cfg, num_workers: int, rank: int, world: int,
     """Process `rank` of `world`'s loader over `data` (a `data.TrainDataset`) from optimizer step
     `start_step` to `train_cfg.max_steps`, and its sampler (the loop reads `step_size(step)` from it)."""
     if getattr(data, "streaming", False):
-        from .streaming import stream_loader
+        from .data.streaming import stream_loader
 
         return stream_loader(data, train_cfg, num_workers, rank, world, start_step)
     args = (train_cfg.seed, train_cfg.batch_size, train_cfg.gradient_accumulation_steps, rank, world, start_step,

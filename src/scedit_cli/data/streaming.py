@@ -18,11 +18,11 @@ from typing import Iterator
 
 import torch
 
-from .cells import BadSample
-from .data import VALIDATION_OFFSET, TrainDataset, check_columns, collate, undecoded_images
-from .datasource import LoadedDataset, stream_source
-from .errors import SceditError
-from .samplers import StepSampler
+from ..cells import BadSample
+from .table import VALIDATION_OFFSET, TrainDataset, check_columns, collate, undecoded_images
+from ..datasource import LoadedDataset, stream_source
+from ..errors import SceditError
+from ..samplers import StepSampler
 
 _READ_BATCH = 64  # rows per read from the stream
 

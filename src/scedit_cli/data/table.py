@@ -1,4 +1,4 @@
-"""Training data through `datasets`: column checks, transforms, caption dropout, condition maps.
+"""Training data as a table (random access by row): column checks, transforms, caption dropout, condition maps.
 
 The sources themselves are read by `datasource.py`. Image cells may be paths
 (relative to the dataset's folder), `datasets.Image` values, or raw bytes.
@@ -19,12 +19,12 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .conditions import MASKED_CONDITIONS, condition_channels, resize_filter
-from .conditions.tensor import condition_tensor, image_tensor
-from .cells import BadSample, open_image
-from .datasource import LoadedDataset, load_source
-from .errors import SceditError
-from .images import resize_crop
+from ..conditions import MASKED_CONDITIONS, condition_channels, resize_filter
+from ..conditions.tensor import condition_tensor, image_tensor
+from ..cells import BadSample, open_image
+from ..datasource import LoadedDataset, load_source
+from ..errors import SceditError
+from ..images import resize_crop
 
 VALIDATION_OFFSET = 1 << 40  # stream positions for validation samples, apart from training ones
 
@@ -60,7 +60,7 @@ def check_columns(cfg, conditions: list[str], cols: list[str], where: str) -> No
                 f"(columns: {', '.join(cols)}); make them with `scedit prepare` or set data.compute_conditions = true"
             )
     if cfg.compute_conditions and conditions:
-        from .conditions import get_spec
+        from ..conditions import get_spec
 
         for cond in conditions:
             get_spec(cond)  # unknown condition -> one-line error naming the known ones
@@ -77,12 +77,8 @@ def undecoded_images(ds):
     return ds
 
 
-def load_training_data(cfg, conditions: list[str], seed: int = 0) -> "TrainDataset":
-    """Load `cfg.source` (a `DataSection`) and check its columns for `conditions`."""
-    if cfg.streaming:
-        from .streaming import load_streaming_data
-
-        return load_streaming_data(cfg, conditions, seed)
+def load_table_data(cfg, conditions: list[str], seed: int = 0) -> "TrainDataset":
+    """Load `cfg.source` (a `DataSection`, not streamed) and check its columns for `conditions`."""
     index_dir = Path(cfg.cache_dir) / "shard-index" if cfg.cache_dir else None
     loaded = load_source(cfg.source, cfg.split, index_dir)
     ds = loaded.dataset
@@ -103,7 +99,7 @@ def load_training_data(cfg, conditions: list[str], seed: int = 0) -> "TrainDatas
             "data.image_column or data.text_column"
         )
     if cfg.buckets:
-        from .buckets import assign_buckets
+        from ..buckets import assign_buckets
 
         data.buckets = assign_buckets(data, cfg.bucket_step, cfg.bucket_max_ratio)
     return data
@@ -235,7 +231,7 @@ class TrainDataset(torch.utils.data.Dataset):
         col = condition_column(cfg, cond)
         masked = cond in MASKED_CONDITIONS
         if cfg.compute_conditions:
-            from .conditions import compute_condition_maps, get_spec
+            from ..conditions import compute_condition_maps, get_spec
 
             try:
                 maps = compute_condition_maps(cond, image, rng=rng, weights=cfg.detector_weights or None)
