@@ -77,16 +77,14 @@ class _PixelMLP(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, w1, b1, w2, b2):
-        x2 = _fold(x)
-        ctx.save_for_backward(x2, w1, b1, w2)
-        ctx.shape = x.shape
-        return _unfold(_pixel_mlp(x2, w1, b1, w2, b2)[1], x.shape)
+        ctx.save_for_backward(x, w1, b1, w2)  # x itself: a folded copy (batch > 1) would be a new storage
+        return _unfold(_pixel_mlp(_fold(x), w1, b1, w2, b2)[1], x.shape)
 
     @staticmethod
     def backward(ctx, grad):
-        x2, w1, b1, w2 = ctx.saved_tensors
+        x, w1, b1, w2 = ctx.saved_tensors
         need = ctx.needs_input_grad
-        g = _fold(grad)
+        x2, g = _fold(x), _fold(grad)
         h = _hidden(x2, w1, b1)
         g_w2 = torch.mm(g, F.gelu(h).t()) if need[3] else None
         g_b2 = g.sum(1) if need[4] else None
@@ -94,7 +92,7 @@ class _PixelMLP(torch.autograd.Function):
         del h
         g_w1 = torch.mm(g_h, x2.t()) if need[1] else None
         g_b1 = g_h.sum(1) if need[2] else None
-        g_x = _unfold(torch.mm(w1.t(), g_h), ctx.shape) if need[0] else None
+        g_x = _unfold(torch.mm(w1.t(), g_h), x.shape) if need[0] else None
         return g_x, g_w1, g_b1, g_w2, g_b2
 
 
