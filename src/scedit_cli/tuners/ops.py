@@ -22,8 +22,8 @@ def _zero_(layer: nn.Module) -> None:
 class LinearOp(nn.Module):
     """`W_up · GELU(W_down · x)` over channels (the paper's SC-Tuner, Table 5c "Linear").
 
-    Applied per pixel as matmuls on the (B, C, H·W) view of the skip itself, so no channels-last
-    copies; on a CPU these run about 1.5x faster than the same products as 1x1 convolutions. Parameters
+    Applied per pixel as `addmm` on the skip folded to (C, B·H·W) (a view at batch 1), so no
+    channels-last copies; on a CPU the 1x1 convolutions of the same products took slower paths. Parameters
     `2·C·d + d + C`. Names `ln1` / `ln2` follow the official checkpoints (down / up projection) and stay
     `nn.Linear`, so their weights load unchanged.
     """
