@@ -404,8 +404,8 @@ def test_pre_hint_encoder_keeps_the_condition_signal():
 
 
 def test_linear_op_matches_per_pixel_linears_and_keeps_only_its_input():
-    """LinearOp runs as 1x1 convolutions that keep only x; values and gradients are those of
-    ln2(GELU(ln1(x))) over channels-last pixels, the official form."""
+    """LinearOp runs as matmuls on the folded skip that keep only x; values and gradients are those
+    of ln2(GELU(ln1(x))) over channels-last pixels, the official form, and of the 1x1 convolutions."""
     from scedit_cli.tuners.ops import LinearOp, _PixelMLP
 
     g = torch.Generator().manual_seed(0)
@@ -432,9 +432,15 @@ def test_linear_op_matches_per_pixel_linears_and_keeps_only_its_input():
         torch.testing.assert_close(a, b)
     activations = [t for t in saved if t.dim() == 4 and t.shape[0] == 2]
     assert len(activations) == 1 and activations[0] is x  # the hidden 4-channel maps are recomputed
-    w1, b1 = op.ln1.weight.detach()[:, :, None, None], op.ln1.bias.detach()
-    w2, b2 = op.ln2.weight.detach()[:, :, None, None], op.ln2.bias.detach()
+    w1, b1 = op.ln1.weight.detach(), op.ln1.bias.detach()
+    w2, b2 = op.ln2.weight.detach(), op.ln2.bias.detach()
     args = [t.clone().requires_grad_() for t in (x.detach(), w1, b1, w2, b2)]
     assert torch.autograd.gradcheck(_PixelMLP.apply, args)
+    conv = torch.nn.functional.conv2d
+    y = [t.clone().requires_grad_() for t in (x.detach(), w1, b1, w2, b2)]
+    conv(torch.nn.functional.gelu(conv(y[0], y[1][:, :, None, None], y[2])), y[3][:, :, None, None], y[4]).square().sum().backward()
+    for a, b in zip([x.grad] + [p.grad for p in op.parameters()], [t.grad for t in y]):
+        torch.testing.assert_close(a, b)
     with torch.no_grad():
         torch.testing.assert_close(op(x), ref)
+        torch.testing.assert_close(op(x[:1]), ref[:1])  # batch 1: the fold is a view

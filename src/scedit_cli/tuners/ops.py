@@ -22,9 +22,10 @@ def _zero_(layer: nn.Module) -> None:
 class LinearOp(nn.Module):
     """`W_up · GELU(W_down · x)` over channels (the paper's SC-Tuner, Table 5c "Linear").
 
-    Applied per pixel: as 1x1 convolutions on the (B, C, H, W) skip itself, so no channels-last
-    copies. Parameters `2·C·d + d + C`. Names `ln1` / `ln2` follow the official checkpoints (down /
-    up projection) and stay `nn.Linear`, so their weights load unchanged.
+    Applied per pixel as `addmm` on the skip folded to (C, B·H·W) (a view at batch 1), so no
+    channels-last copies; on a CPU the 1x1 convolutions of the same products took slower paths. Parameters
+    `2·C·d + d + C`. Names `ln1` / `ln2` follow the official checkpoints (down / up projection) and stay
+    `nn.Linear`, so their weights load unchanged.
     """
 
     def __init__(self, channels: int, hidden: int):
@@ -38,45 +39,61 @@ class LinearOp(nn.Module):
         # Under autocast, compute in its dtype as nn.Linear would; the casts stay on autograd's graph.
         dtype = amp_dtype(x.device.type, self.ln1.weight.dtype)
         x = x.to(dtype)
-        w1, b1 = self.ln1.weight.to(dtype)[:, :, None, None], self.ln1.bias.to(dtype)
-        w2, b2 = self.ln2.weight.to(dtype)[:, :, None, None], self.ln2.bias.to(dtype)
+        w1, b1 = self.ln1.weight.to(dtype), self.ln1.bias.to(dtype)
+        w2, b2 = self.ln2.weight.to(dtype), self.ln2.bias.to(dtype)
         if torch.is_grad_enabled() and any(t.requires_grad for t in (x, w1, b1, w2, b2)):
             return _PixelMLP.apply(x, w1, b1, w2, b2)
-        return _pixel_mlp(x, w1, b1, w2, b2)
+        return _unfold(_pixel_mlp(_fold(x), w1, b1, w2, b2)[1], x.shape)
 
 
-def _pixel_mlp(x, w1, b1, w2, b2):
-    return F.conv2d(F.gelu(F.conv2d(x, w1, b1)), w2, b2)
+def _fold(x):
+    """(B, C, H, W) -> (C, B·H·W): one pixel per column; a view at batch 1."""
+    return x.transpose(0, 1).reshape(x.shape[1], -1)
+
+
+def _unfold(y, shape):
+    """(C, B·H·W) -> a contiguous (B, C, H, W), the inverse of `_fold`."""
+    b, _, h, w = shape
+    return y.view(y.shape[0], b, h, w).transpose(0, 1).contiguous()
+
+
+def _hidden(x2, w1, b1):
+    """The pre-GELU hidden activation (d, B·H·W) of a folded input."""
+    return torch.addmm(b1[:, None], w1, x2)
+
+
+def _pixel_mlp(x2, w1, b1, w2, b2):
+    """(hidden, output) of `w2 · gelu(w1 · x + b1) + b2` per column of the folded input."""
+    h = _hidden(x2, w1, b1)
+    return h, torch.addmm(b2[:, None], w2, F.gelu(h))
 
 
 class _PixelMLP(torch.autograd.Function):
-    """conv1x1(gelu(conv1x1(x, w1, b1)), w2, b2), keeping only x (and the weights) for backward.
+    """`w2 · gelu(w1 · x + b1) + b2` per pixel, keeping only x (and the weights) for backward.
 
     Autograd would keep the hidden activation twice (before and after GELU) besides x, 3x the skip's
-    size in all; the backward instead reruns the first 1x1 convolution, a C x d matmul per pixel.
+    size in all; the backward instead recomputes the first product, a C x d matmul per pixel.
     """
 
     @staticmethod
     def forward(ctx, x, w1, b1, w2, b2):
-        ctx.save_for_backward(x, w1, b1, w2)
-        return _pixel_mlp(x, w1, b1, w2, b2)
+        ctx.save_for_backward(x, w1, b1, w2)  # x itself: a folded copy (batch > 1) would be a new storage
+        return _unfold(_pixel_mlp(_fold(x), w1, b1, w2, b2)[1], x.shape)
 
     @staticmethod
     def backward(ctx, grad):
         x, w1, b1, w2 = ctx.saved_tensors
         need = ctx.needs_input_grad
-        h = F.conv2d(x, w1, b1)
-        g_act, g_w2, g_b2 = _conv1x1_backward(grad, F.gelu(h), w2, [True, need[3], need[4]])
-        g_h = torch.ops.aten.gelu_backward(g_act, h)
-        del g_act, h
-        g_x, g_w1, g_b1 = _conv1x1_backward(g_h, x, w1, [need[0], need[1], need[2]])
+        x2, g = _fold(x), _fold(grad)
+        h = _hidden(x2, w1, b1)
+        g_w2 = torch.mm(g, F.gelu(h).t()) if need[3] else None
+        g_b2 = g.sum(1) if need[4] else None
+        g_h = torch.ops.aten.gelu_backward(torch.mm(w2.t(), g), h)
+        del h
+        g_w1 = torch.mm(g_h, x2.t()) if need[1] else None
+        g_b1 = g_h.sum(1) if need[2] else None
+        g_x = _unfold(torch.mm(w1.t(), g_h), x.shape) if need[0] else None
         return g_x, g_w1, g_b1, g_w2, g_b2
-
-
-def _conv1x1_backward(grad, inp, weight, mask):
-    """(input, weight, bias) gradients of a bias-carrying 1x1 convolution; None where not asked."""
-    return torch.ops.aten.convolution_backward(
-        grad, inp, weight, [weight.shape[0]], [1, 1], [0, 0], [1, 1], False, [0, 0], 1, mask)
 
 
 class ConvOp(nn.Module):
