@@ -25,9 +25,10 @@ def test_sampling_benchmark_tiny_end_to_end():
     assert rows["sc"]["hint_encoder_calls"] == 0
     assert rows["controlnet"]["extra_params_m"] > 0 and rows["csc2"]["extra_params_m"] > rows["csc1"]["extra_params_m"] > 0
     # Overheads are each row's median seconds per image against the plain U-Net's, and the goals follow them.
-    plain = rows["plain"]["seconds_per_image"]
-    for r in rows.values():
-        assert r["overhead_pct"] == pytest.approx(100 * (r["seconds_per_image"] / plain - 1), abs=0.1)
+    # Computed from the unrounded medians: the JSON rounds seconds to 1e-4, which is ~1% of a tiny run.
+    plain = bench.rows[0].seconds_per_image
+    for row in bench.rows:
+        assert rows[row.variant]["overhead_pct"] == pytest.approx(100 * (row.seconds_per_image / plain - 1), abs=0.01)
     assert res["csc_goal_pct"] == CSC_GOAL_PCT
     assert res["csc1_within_goal"] is (rows["csc1"]["overhead_pct"] <= CSC_GOAL_PCT)
     assert res["csc2_within_goal"] is (rows["csc2"]["overhead_pct"] <= CSC_GOAL_PCT)
