@@ -169,3 +169,47 @@ def test_ctrl_c_in_prepare_with_workers_keeps_finished_records_and_resumes(tmp_p
     summary = run_prepare(PrepareConfig("canny", str(src), out, workers=2))
     assert summary.resumed == kept and summary.rows_out == n
     assert len((out / "metadata.jsonl").read_text().splitlines()) == n
+
+
+def test_ctrl_c_twice_inside_prepare_threads_stops_between_chunks(tmp_path):
+    """In-process: SIGINT arrives while the main thread drains the thread pool. It must become a flag checked
+    between chunks (an exception raised inside concurrent.futures can leave a future's lock held and hang the
+    pool's shutdown), a second Ctrl-C must not cut that short, and the journal keeps whole records."""
+    import json
+    import threading
+
+    from scedit_cli.prepare.runner import PrepareConfig, run_prepare
+
+    src = tmp_path / "in"
+    src.mkdir()
+    for i in range(40):
+        Image.fromarray(np.full((64, 64, 3), i * 5, np.uint8)).save(src / f"{i:03d}.png")
+    out = tmp_path / "out"
+
+    class CtrlCTwice:
+        seen = 0
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def add_task(self, *a, **k):
+            return 0
+
+        def advance(self, task_id):
+            CtrlCTwice.seen += 1
+            if CtrlCTwice.seen == 2:
+                os.kill(os.getpid(), signal.SIGINT)
+                os.kill(os.getpid(), signal.SIGINT)
+
+    handler = signal.getsignal(signal.SIGINT)
+    with pytest.raises(KeyboardInterrupt):
+        run_prepare(PrepareConfig("canny", str(src), out, workers=2, pool="threads"), progress_factory=CtrlCTwice)
+    assert signal.getsignal(signal.SIGINT) is handler
+    assert not [t for t in threading.enumerate() if t.name.startswith("prepare")]  # the pool was shut down
+    lines = (out / ".scedit-prepare" / "journal-0-of-1.jsonl").read_text().splitlines()
+    assert 2 <= len(lines) < 40 and all(json.loads(line)["key"] for line in lines)
+    assert not (out / "metadata.jsonl").exists()
+    assert run_prepare(PrepareConfig("canny", str(src), out, workers=2)).rows_out == 40

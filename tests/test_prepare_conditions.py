@@ -17,7 +17,8 @@ from scedit_cli.cli import main
 from scedit_cli.conditions import compute_condition, record_rng
 from scedit_cli.errors import SceditError
 from scedit_cli.images import to_rgb8
-from scedit_cli.prepare.runner import PROCESS_MIN_RECORDS_PER_WORKER, PrepareConfig, choose_pool, parse_shard, run_prepare
+from scedit_cli.prepare.pools import PROCESS_MIN_RECORDS_PER_WORKER, choose_pool
+from scedit_cli.prepare.runner import PrepareConfig, parse_shard, run_prepare
 
 SOURCES = [skimage.data.astronaut, skimage.data.coffee, skimage.data.chelsea, skimage.data.rocket, skimage.data.immunohistochemistry]
 

@@ -24,13 +24,9 @@ journal, and the last shard to finish merges them into metadata.jsonl.
 
 from __future__ import annotations
 
-import concurrent.futures as cf
-import functools
-import itertools
 import json
-import multiprocessing
-import os
 import shutil
+import signal
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -38,11 +34,12 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from ..conditions import get_spec
+from ..signals import StopFlag
 from ..errors import SceditError
 from ..fsutil import check_output_location, write_json_atomic, write_text_atomic
 from .inputs import InputSource, open_input
-from .records import (JobContext, Skip, Task, init_worker, load_image, process, process_chunk, process_in_worker, skip_entry,
-                      write_outputs)
+from .pools import POOLS, choose_pool, run_learned, run_records
+from .records import JobContext, Task
 from .summary import PrepareSummary
 
 STATE_DIR = ".scedit-prepare"
@@ -161,92 +158,6 @@ def _shard_size(count: int, cfg: PrepareConfig) -> int:
     return len(range(cfg.shard_index, count, cfg.shard_count))
 
 
-# Spawning a worker process costs ~0.5 s of CPU (a fresh interpreter importing numpy, Pillow and OpenCV),
-# as much as ~80 canny or ~150 colour records at 512 px. Decoding, the OpenCV op and PNG encoding release
-# the GIL (~80% of a canny record's CPU time, ~60% of a colour one's), so two threads in this process keep
-# two cores busy from the first record; past two the GIL limits them, and long runs get processes.
-PROCESS_MIN_RECORDS_PER_WORKER = 256
-POOLS = ("auto", "threads", "processes")
-
-
-def choose_pool(pool: str, workers: int, records: int) -> str:
-    """'inline' (one worker), 'threads' or 'processes' for `records` records to do."""
-    if workers == 1 or pool != "auto":
-        return "inline" if workers == 1 else pool
-    return "processes" if workers > 2 and records >= workers * PROCESS_MIN_RECORDS_PER_WORKER else "threads"
-
-
-def _run_pool(ctx: JobContext, tasks: Iterator[Task], workers: int, kind: str, on_entry: Callable[[dict], None]) -> None:
-    if kind == "inline":
-        for t in tasks:
-            on_entry(process(ctx, t))
-        return
-    if kind == "threads":
-        import cv2
-
-        cv2_threads = cv2.getNumThreads()
-        cv2.setNumThreads(1)  # one OpenCV thread per worker thread: parallelism comes from the workers
-        pool: cf.Executor = cf.ThreadPoolExecutor(workers, thread_name_prefix="prepare")
-        work = functools.partial(process_chunk, ctx)
-    else:
-        # spawn, not fork: the parent may hold torch/OpenMP state that a forked child would deadlock on.
-        # Workers end with this process even when it is killed with SIGKILL (`records.die_with_parent`); the
-        # resource tracker that spawn starts then sees its last user gone and ends too.
-        pool = cf.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=init_worker,
-                                      initargs=(ctx, os.getpid()))
-        work = process_in_worker
-    chunk = 4  # records per submit: amortises pickling/IPC, small enough to keep the journal close behind
-    limit = workers * 4  # bounded in-flight chunks: 600k records never sit in memory at once
-    inflight: set[cf.Future] = set()
-    try:
-        exhausted = False
-        while True:
-            while not exhausted and len(inflight) < limit:
-                batch = list(itertools.islice(tasks, chunk))
-                if len(batch) < chunk:
-                    exhausted = True
-                if batch:
-                    inflight.add(pool.submit(work, batch))
-            if not inflight:
-                break
-            finished, inflight = cf.wait(inflight, return_when=cf.FIRST_COMPLETED)
-            for f in finished:
-                for entry in f.result():
-                    on_entry(entry)
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
-        if kind == "threads":
-            cv2.setNumThreads(cv2_threads)
-
-
-def _run_learned(ctx: JobContext, cfg: PrepareConfig, tasks: Iterator[Task], on_entry: Callable[[dict], None]) -> None:
-    """Learned detectors: one model on the device, batches of records; decode and writes in threads."""
-    from ..conditions import detectors
-
-    detector = detectors.get_detector(cfg.condition, weights=cfg.weights, device=cfg.device)
-    resolution = int(cfg.params["detect_resolution"]) if "detect_resolution" in cfg.params else None
-    spec = get_spec(cfg.condition)
-    with cf.ThreadPoolExecutor(max(1, cfg.workers)) as io_pool:
-        while True:
-            batch = [t for _, t in zip(range(cfg.batch_size), tasks)]
-            if not batch:
-                break
-            loaded = list(io_pool.map(_try_load, batch))
-            ok = [(t, r) for t, r in zip(batch, loaded) if not isinstance(r, Skip)]
-            maps = detector.run([r[0] for _, r in ok], detect_resolution=resolution) if ok else []
-            rows = io_pool.map(lambda a: write_outputs(ctx, a[0][0], a[0][1][1], a[0][1][2], {spec.primary: a[1]}), zip(ok, maps))
-            rows_by_index = {t.index: row for (t, _), row in zip(ok, rows)}
-            for t, r in zip(batch, loaded):
-                on_entry(skip_entry(t, r) if isinstance(r, Skip) else {"i": t.index, "key": t.key, "row": rows_by_index[t.index]})
-
-
-def _try_load(task: Task):
-    try:
-        return load_image(task)
-    except Skip as e:
-        return e
-
-
 def _validate_params(cfg: PrepareConfig) -> bool:
     """Fail before any work on bad settings; returns whether records draw random settings."""
     from PIL import Image
@@ -330,7 +241,8 @@ def run_prepare(cfg: PrepareConfig, progress_factory: Callable[[], Any] | None =
     if spec.learned:
         from ..conditions import detectors
 
-        detectors.get_detector(cfg.condition, weights=cfg.weights, device=cfg.device)  # missing weights: fail before any output
+        # missing weights: fail before any output
+        detector = detectors.get_detector(cfg.condition, weights=cfg.weights, device=cfg.device)
     state = out / STATE_DIR
     settings = _settings(cfg, source)
     _check_settings(state, settings, out)
@@ -353,7 +265,8 @@ def run_prepare(cfg: PrepareConfig, progress_factory: Callable[[], Any] | None =
 
     bar = (progress_factory or default_progress)()
     try:
-        with bar:
+        # Ctrl-C becomes a flag checked between chunks (see StopFlag), then KeyboardInterrupt at that safe point.
+        with bar, StopFlag((signal.SIGINT,), second_sigint_aborts=False) as stop:
             task_id = bar.add_task(f"prepare {cfg.condition}", total=total, completed=resumed)
 
             def on_entry(entry: dict) -> None:
@@ -363,9 +276,12 @@ def run_prepare(cfg: PrepareConfig, progress_factory: Callable[[], Any] | None =
 
             tasks = _shard_tasks(source, cfg, set(journal.entries))
             if spec.learned:
-                _run_learned(ctx, cfg, tasks, on_entry)
+                resolution = int(cfg.params["detect_resolution"]) if "detect_resolution" in cfg.params else None
+                run_learned(ctx, detector, resolution, cfg.batch_size, cfg.workers, tasks, on_entry, stop)
             else:
-                _run_pool(ctx, tasks, cfg.workers, pool, on_entry)
+                run_records(ctx, tasks, cfg.workers, pool, on_entry, stop)
+            if stop.requested:
+                raise KeyboardInterrupt
     finally:
         journal.close()
     elapsed = time.perf_counter() - start

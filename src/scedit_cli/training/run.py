@@ -153,7 +153,7 @@ def train_steps(run: Run) -> int:
     """The loop: one optimizer step per iteration until train.max_steps or a stop request;
     returns the step reached."""
     from .logging import ProgressLog
-    from .signals import StopFlag
+    from ..signals import StopFlag
 
     r = run.r
     prog = ProgressLog(r.train.max_steps, run.start, r.logging.every, enabled=run.main)
