@@ -82,7 +82,7 @@ def run_once(cond: str, workers: int, src: Path, out: Path, images: int) -> dict
     c0, t0 = _cpu_seconds(), time.perf_counter()
     s = run_prepare(PrepareConfig(cond, str(src), out, workers=workers), progress_factory=_NoBar)
     dt, cpu = time.perf_counter() - t0, _cpu_seconds() - c0
-    assert s["rows_out"] == images
+    assert s.rows_out == images, s.rows_out
     return {"condition": cond, "workers": workers, "images": images, "seconds": round(dt, 3), "images_per_second": round(images / dt, 1),
             "cpu_seconds": round(cpu, 3), "images_per_cpu_second": round(images / cpu, 1), "load_average_1min": round(load, 2)}
 

@@ -69,7 +69,7 @@ def _report(result, json_out: bool, what: str) -> None:
 # Options shared by sample and compose (Typer needs them spelled out per command).
 _model = typer.Option(..., "--model", "-m", help="Base model: diffusers folder, .safetensors file or hub id (offline: cached).")
 _prompt = typer.Option(None, "--prompt", "-p", help="One prompt.")
-_prompts = typer.Option(None, "--prompts", help="Prompts file: .txt (one a line) or .jsonl ({\"prompt\", \"negative_prompt\", \"seed\"}).")
+_prompts = typer.Option(None, "--prompts", help="Prompts file: .txt (one a line) or .jsonl ({\"prompt\", \"negative_prompt\", \"seed\", \"control_map\": {\"canny\": \"maps/1.png\"}}).")
 _neg = typer.Option(None, "--negative-prompt", "-n", help="Negative prompt (jsonl lines may override it).")
 _HELP_TUNER = ("Tuner folder or .safetensors (from `scedit train` or `scedit convert`), or a Hub id "
                "user/repo[/sub/folder][@revision] (offline: from the HF cache).")

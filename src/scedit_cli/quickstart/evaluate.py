@@ -10,8 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from ..fsutil import atomic_path, write_text_atomic
-from .settings import (COLOR_RATIO, CONDITIONS, CONTROL_CAPTION_POSITIONS, CONTROL_JITTER, QuickstartSettings,
-                       load_images, load_rgb, mean, rel)
+from .settings import COLOR_RATIO, CONDITIONS, QuickstartSettings, load_images, load_rgb, mean, rel
 
 
 def add_color_maps(folder: Path, ratio: int = COLOR_RATIO) -> None:
@@ -90,45 +89,29 @@ def style_eval(base, scenes, tuner: Path, out: Path, ss, s: QuickstartSettings, 
 
 def control_eval(base, scenes, tuners: dict[str, Path], out: Path, ss, s: QuickstartSettings,
                   commands: dict) -> dict:
-    from dataclasses import replace
-
-    from ..sampling import ControlSpec, PromptSpec, compose, load_tuners, sample
-    from ..toy import ToyWorld, edge_f1, score_images
+    from ..sampling import compose, load_tuners, read_prompts, sample
+    from ..toy import edge_f1, score_images
     from ..metrics.control_maps import color_error
 
-    world = ToyWorld(jitter=CONTROL_JITTER, caption_positions=CONTROL_CAPTION_POSITIONS)
     ev = out / "eval"
-    prompts = [world.caption(sc) for sc in scenes]
+    # Each prompt carries its own canny and colour maps (eval/control_prompts.jsonl), so every run is one batch.
+    prompts = read_prompts(ev / "control_prompts.jsonl")
     loaded = dict(zip(CONDITIONS, load_tuners([tuners[c] for c in CONDITIONS], base)))
-    one = replace(ss, grid_max=0, batch_size=1)
-    paths: dict[str, list[Path]] = {"base": [], "canny": [], "color": [], "compose_1_0": [], "compose_mid": [],
-                                    "compose_0_1": []}
-    r = sample(base, prompts, out / "samples" / "control" / "base", settings=ss)
-    paths["base"] = list(r.images)
-    for i, prompt in enumerate(prompts):
-        spec = [PromptSpec(i, prompt)]
-        maps = {c: ControlSpec(c, ev / c / f"{i:02d}.png", 1.0, is_map=True) for c in CONDITIONS}
-        for c in CONDITIONS:
-            r = sample(base, spec, out / "samples" / "control" / c / f"{i:02d}", tuners=[loaded[c]],
-                       controls=[maps[c]], settings=one)
-            paths[c].append(r.images[0])
-        r = compose(base, spec, out / "samples" / "control" / "compose" / f"{i:02d}",
-                    tuners=[loaded["canny"], loaded["color"]], controls=[maps["canny"], maps["color"]],
-                    settings=one, sweep=3)
-        paths["compose_1_0"].append(r.images[0])
-        paths["compose_mid"].append(r.images[1])
-        paths["compose_0_1"].append(r.images[2])
-    i0 = 0
-    commands["sample_canny"] = (
-        f"scedit sample --model {shlex.quote(str(base.source))} --prompt {shlex.quote(prompts[i0])} "
-        f"--tuner {shlex.quote(str(tuners['canny']))} --control-map canny:{shlex.quote(str(ev / 'canny' / '00.png'))} "
-        f"--steps {ss.steps} --guidance-scale {ss.guidance_scale} --seed {s.seed} --out samples/canny-00")
-    commands["compose_sweep"] = (
-        f"scedit compose --model {shlex.quote(str(base.source))} --prompt {shlex.quote(prompts[i0])} "
-        f"--tuner {shlex.quote(str(tuners['canny']))} --tuner {shlex.quote(str(tuners['color']))} "
-        f"--control-map canny:{shlex.quote(str(ev / 'canny' / '00.png'))} "
-        f"--control-map color:{shlex.quote(str(ev / 'color' / '00.png'))} --sweep 3 "
-        f"--steps {ss.steps} --guidance-scale {ss.guidance_scale} --seed {s.seed} --out samples/compose-00")
+    samples = out / "samples" / "control"
+    paths: dict[str, list[Path]] = {"base": list(sample(base, prompts, samples / "base", settings=ss).images)}
+    for c in CONDITIONS:
+        paths[c] = list(sample(base, prompts, samples / c, tuners=[loaded[c]], settings=ss).images)
+    swept = compose(base, prompts, samples / "compose", tuners=[loaded["canny"], loaded["color"]], controls=[],
+                    settings=ss, sweep=3).images  # prompt by prompt: weights (1, 0), (.5, .5), (0, 1)
+    for v, name in enumerate(("compose_1_0", "compose_mid", "compose_0_1")):
+        paths[name] = swept[v::3]
+    files = f"--prompts {shlex.quote(str(ev / 'control_prompts.jsonl'))} --steps {ss.steps} " \
+            f"--guidance-scale {ss.guidance_scale} --seed {s.seed}"
+    commands["sample_canny"] = (f"scedit sample --model {shlex.quote(str(base.source))} "
+                                f"--tuner {shlex.quote(str(tuners['canny']))} {files} --out samples/canny")
+    commands["compose_sweep"] = (f"scedit compose --model {shlex.quote(str(base.source))} "
+                                 f"--tuner {shlex.quote(str(tuners['canny']))} --tuner {shlex.quote(str(tuners['color']))} "
+                                 f"--sweep 3 {files} --out samples/compose")
 
     cond_edges = [load_rgb(ev / "canny" / f"{i:02d}.png")[..., 0] > 127 for i in range(len(scenes))]
     cond_colors = [load_rgb(ev / "color" / f"{i:02d}.png") for i in range(len(scenes))]

@@ -131,7 +131,9 @@ def _run(s: QuickstartSettings, out: Path, stages: _Stages, threads: int) -> dic
         lines = [json.dumps({"prompt": world_style.caption(sc, trigger=TRIGGER), "scene": sc.to_dict()})
                  for sc in style_sc]
         write_text_atomic(ev / "style_prompts.jsonl", "\n".join(lines) + "\n")
-        lines = [json.dumps({"prompt": world_ctrl.caption(sc), "scene": sc.to_dict()}) for sc in ctrl_scenes]
+        lines = [json.dumps({"prompt": world_ctrl.caption(sc), "scene": sc.to_dict(),
+                             "control_map": {c: f"{c}/{i:02d}.png" for c in CONDITIONS}})
+                 for i, sc in enumerate(ctrl_scenes)]
         write_text_atomic(ev / "control_prompts.jsonl", "\n".join(lines) + "\n")
         del Image
 

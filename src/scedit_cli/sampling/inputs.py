@@ -93,9 +93,10 @@ def tuner_record(t: SkipTuner) -> dict:
     return rec
 
 
-def bind_controls(tuners: list[SkipTuner], controls: Sequence[ControlSpec], allow_repeats: bool = False
-                  ) -> dict[int, list[int]]:
-    """For each CSC-Tuner (by position), the indices of the controls that feed it."""
+def bind_controls(tuners: list[SkipTuner], controls: Sequence[ControlSpec], allow_repeats: bool = False,
+                  provided: set[int] = frozenset()) -> dict[int, list[int]]:
+    """For each CSC-Tuner (by position), the indices of the controls that feed it; those in `provided` (every
+    prompt has its own image) may have none."""
     csc = {i: t.config.condition for i, t in enumerate(tuners) if isinstance(t, CSCTuner)}
     loaded = sorted(set(csc.values()))
     binding: dict[int, list[int]] = {i: [] for i in csc}
@@ -117,10 +118,11 @@ def bind_controls(tuners: list[SkipTuner], controls: Sequence[ControlSpec], allo
         binding[match[0]].append(k)
     for i, ks in binding.items():
         name = csc[i]
-        if not ks:
+        if not ks and i not in provided:
             raise SceditError(
                 f"CSC-Tuner {tuners[i].source_path or i} needs a {name!r} condition image: "
-                f"pass --control {name}:IMAGE (or --control-map {name}:MAP)"
+                f"pass --control {name}:IMAGE (or --control-map {name}:MAP), or give every prompt its own "
+                f"(`control_map` in a .jsonl prompts file)"
             )
         if len(ks) > 1 and not allow_repeats:
             raise SceditError(

@@ -56,9 +56,6 @@ class Job:
     variant: int | None = None
     filename: str = ""
 
-    def group_key(self):
-        return (self.weights, self.controls)
-
 
 @dataclass
 class SampleResult:

@@ -3,7 +3,13 @@
 - `.txt`: one prompt a line; blank lines are skipped.
 - `.jsonl`: one JSON object a line with a `prompt` (or `caption` / `text`)
   string, and optionally `negative_prompt` (string) and `seed` (int, or a list
-  of ints) that override the command's values for that line. Blank lines are
+  of ints) that override the command's values for that line, and the line's
+  own condition images: `control_map` (ready-made maps) and `control` (images
+  the condition's annotator runs on), each an object `{"canny": "maps/07.png"}`
+  with paths relative to the prompts file. A line's image for a condition
+  replaces the command's `--control` / `--control-map` for that condition; a
+  line may name conditions no loaded tuner reads (one file serves several
+  tuners). Lines with different maps still share batches. Blank lines are
   skipped.
 
 Every problem names the file and line and says what would fix it.
@@ -16,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import SceditError
+from .controls import ControlSpec
 
 PROMPT_KEYS = ("prompt", "caption", "text")
 
@@ -28,6 +35,10 @@ class PromptSpec:
     prompt: str
     negative_prompt: str | None = None
     seeds: tuple[int, ...] | None = None
+    controls: tuple[ControlSpec, ...] = ()  # this prompt's own condition images, one per condition
+
+
+CONTROL_KEYS = {"control_map": True, "control": False}  # key -> is a ready-made map
 
 
 def _parse_seeds(value, where: str) -> tuple[int, ...]:
@@ -75,10 +86,27 @@ def read_prompts(path: str | Path) -> list[PromptSpec]:
         if neg is not None and not isinstance(neg, str):
             raise SceditError(f"{where}: `negative_prompt` must be a string, got {neg!r}")
         seeds = _parse_seeds(row["seed"], where) if "seed" in row else None
-        specs.append(PromptSpec(len(specs), prompt.strip(), neg, seeds))
+        specs.append(PromptSpec(len(specs), prompt.strip(), neg, seeds, _parse_controls(row, path.parent, where)))
     if not specs:
         raise SceditError(f"{path}: prompts file holds no prompts (it is empty or only blank lines)")
     return specs
+
+
+def _parse_controls(row: dict, folder: Path, where: str) -> tuple[ControlSpec, ...]:
+    specs: dict[str, ControlSpec] = {}
+    for key, is_map in CONTROL_KEYS.items():
+        given = row.get(key, {})
+        if not isinstance(given, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in given.items()):
+            raise SceditError(f"{where}: `{key}` must be an object of condition name to image path, like "
+                              f"{{\"canny\": \"maps/00.png\"}}; got {given!r}")
+        for name, rel in given.items():
+            if name in specs:
+                raise SceditError(f"{where}: condition {name!r} is given twice (`control` and `control_map`); keep one")
+            file = (folder / Path(rel).expanduser()).resolve()
+            if not file.is_file():
+                raise SceditError(f"{where}: {key} {name!r}: {file} not found (paths are relative to the prompts file)")
+            specs[name] = ControlSpec(name, file, 1.0, is_map)
+    return tuple(specs.values())
 
 
 def prompt_list(prompt: str | None, prompts_file: str | Path | None) -> list[PromptSpec]:

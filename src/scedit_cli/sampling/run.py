@@ -28,7 +28,8 @@ GRID_NAME = "grid.png"
 
 
 class HintCache:
-    """Hint features per (tuner, control image), computed once at batch 1 and reused."""
+    """Hint features per (tuner, control image), computed once at batch 1 and reused; a batch whose images
+    have different control images gets theirs stacked in batch order."""
 
     def __init__(self, tuners, control_tensors):
         self.tuners = tuners
@@ -46,6 +47,12 @@ class HintCache:
                 self.cache[key] = tuner.encode_condition(cond)
             self.encoder_calls += 1
         return self.cache[key]
+
+    def for_batch(self, tuner_index: int, control_indices: Sequence[int]) -> dict[int, torch.Tensor]:
+        if len(set(control_indices)) == 1:
+            return self.get(tuner_index, control_indices[0])  # tiled over the batch by the tuner
+        per_image = [self.get(tuner_index, k) for k in control_indices]
+        return {skip: torch.cat([h[skip] for h in per_image]) for skip in per_image[0]}
 
 
 def load_control(spec: ControlSpec, width: int, height: int, channels: int, weights: str | Path | None = None,
@@ -150,14 +157,12 @@ def _record(job: Job, controls, fp: str, run_settings: dict) -> dict:
 
 
 def _batches(pending: list[Job], batch_size: int) -> list[list[Job]]:
-    """Consecutive jobs with the same tuner weights and controls, up to `batch_size` per batch."""
-    batches: list[list[Job]] = []
+    """Jobs with the same tuner weights, in order, up to `batch_size` per batch (control images may differ:
+    each image gets its own hints)."""
+    groups: dict[tuple, list[Job]] = {}
     for job in pending:
-        if batches and len(batches[-1]) < batch_size and batches[-1][-1].group_key() == job.group_key():
-            batches[-1].append(job)
-        else:
-            batches.append([job])
-    return batches
+        groups.setdefault(job.weights, []).append(job)
+    return [g[i:i + batch_size] for g in groups.values() for i in range(0, len(g), batch_size)]
 
 
 def _save(out: Path, batch: list[Job], images, records: dict, names: list[str], finished: set) -> None:
@@ -194,7 +199,8 @@ def _generate(pipe, scheduler, tuners, hints: HintCache, batches: list[list[Job]
                     editor.set_weights(first.weights)
                     for i, t in enumerate(tuners):
                         if isinstance(t, CSCTuner):
-                            t.set_hints(hints.get(i, first.controls[i]) if first.weights[i] != 0 else None)
+                            t.set_hints(hints.for_batch(i, [j.controls[i] for j in batch]) if first.weights[i] != 0
+                                        else None)
                 call = dict(
                     prompt=[j.prompt for j in batch],
                     height=height,
