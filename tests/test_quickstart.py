@@ -205,12 +205,10 @@ def _f1(images, scenes):
 def test_csc_tuner_places_shapes_where_the_map_says(control, base, condition):
     tmp, scenes = control["tmp"], control["scenes"]
     tuner = load_tuners([control["tuners"][condition]], base)[0]
-    st = SampleSettings(steps=SAMPLE_STEPS, guidance_scale=4.0, seeds=(0,), batch_size=1, grid_max=0)
-    controlled = []
-    for i, prompt in enumerate(control["prompts"]):
-        r = sample(base, [PromptSpec(i, prompt)], tmp / f"ctl-{condition}-{i:02d}", tuners=[tuner],
-                   controls=[ControlSpec(condition, control["maps"][condition][i], 1.0, is_map=True)], settings=st)
-        controlled += _rgb(r.images)
+    st = SampleSettings(steps=SAMPLE_STEPS, guidance_scale=4.0, seeds=(0,), batch_size=N_CONTROL, grid_max=0)
+    prompts = [PromptSpec(i, p, controls=(ControlSpec(condition, control["maps"][condition][i], 1.0, is_map=True),))
+               for i, p in enumerate(control["prompts"])]  # each prompt its own map, one batch
+    controlled = _rgb(sample(base, prompts, tmp / f"ctl-{condition}", tuners=[tuner], settings=st).images)
     before, after = score_images(control["plain"], scenes), score_images(controlled, scenes)
     f1_before, f1_after = _f1(control["plain"], scenes), _f1(controlled, scenes)
     # Measured: see CONTROL_STEPS' comment.
