@@ -153,15 +153,15 @@ COLOUR_KEPT = 0.9
 # Control captions leave the position out, so only the condition map says where the shape goes. One dataset,
 # one training per condition and one base-without-control sampling serve every CSC test below.
 
-# Measured with this file's setup (the quickstart recipes, batch 16, lr 3e-3, 16 held-out prompts, seed 0, 1 thread;
-# the base without control: position 0.125, edge F1 0.17): position / edge F1 with the map
-#   canny: 300 steps 0.31 / 0.25, 500 steps 0.50 / 0.26 (F1 gain below 0.1), 800 steps 0.69 / 0.57
-#   colour: 150 steps 0.44 / 0.39 (400 steps: 0.56 / 0.46)
-# The canny check needs 800 steps (~4 min of CPU), so it runs with SCEDIT_SLOW_TESTS=1 only; the
+# Measured with this file's setup (the quickstart recipes: batch 16, lr 3e-3, Min-SNR gamma 1; 16 held-out prompts,
+# seed 0, 1 thread; the base without control: position 0.125, edge F1 0.15-0.17): position / edge F1 with the map
+#   canny: 350 steps 0.94, 500 steps 0.94 (25 DDIM steps; benchmarks/README.md)
+#   colour: 150 steps 0.75 / 0.46 (12 DDIM steps)
+# The canny check trains the recipe's 400 steps (~3 min of CPU), so it runs with SCEDIT_SLOW_TESTS=1 only; the
 # colour check (150 steps) keeps the same CSC training / map-conditioned sampling paths covered by default, and the
 # compose test only needs a canny tuner that changes the image (a few steps).
 SLOW = bool(os.environ.get("SCEDIT_SLOW_TESTS"))
-CONTROL_STEPS = {"canny": 800 if SLOW else 10, "color": 150}
+CONTROL_STEPS = {"canny": 400 if SLOW else 10, "color": 150}
 # DDIM steps of the evaluation: the canny figures were measured with 25; colour measured with 12 gives the same
 # position 0.125 -> 0.438 and edge F1 0.150 -> 0.384 (25 steps: 0.169 -> 0.394) in less than half the time.
 SAMPLE_STEPS = 25 if SLOW else 12
@@ -199,7 +199,7 @@ def _f1(images, scenes):
 
 @pytest.mark.parametrize("condition", [
     pytest.param("canny", marks=pytest.mark.skipif(
-        not SLOW, reason="trains 800 steps on CPU (~5 min); the colour case covers the same paths; "
+        not SLOW, reason="trains 400 steps on CPU (~3 min); the colour case covers the same paths; "
                          "set SCEDIT_SLOW_TESTS=1")),
     "color"])
 def test_csc_tuner_places_shapes_where_the_map_says(control, base, condition):
@@ -213,8 +213,8 @@ def test_csc_tuner_places_shapes_where_the_map_says(control, base, condition):
     f1_before, f1_after = _f1(control["plain"], scenes), _f1(controlled, scenes)
     # Measured: see CONTROL_STEPS' comment.
     got = (before["position"], after["position"], f1_before, f1_after)
-    assert after["position"] >= before["position"] + 0.2, got
-    assert f1_after >= f1_before + 0.1, got
+    assert after["position"] >= before["position"] + 0.4, got
+    assert f1_after >= f1_before + 0.2, got
     assert after["colour"] >= 0.9
 
 
