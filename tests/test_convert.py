@@ -311,6 +311,7 @@ def test_sigint_while_convert_overwrites_leaves_the_old_tuner(tiny, tmp_path):
     """A real SIGINT, sent by the process to itself once the new weights are on disk (before the
     config): exit 130, the old tuner folder byte-identical, no temporary left."""
     import os
+    import signal
     import subprocess
     import sys
 
@@ -328,7 +329,8 @@ def test_sigint_while_convert_overwrites_leaves_the_old_tuner(tiny, tmp_path):
     )
     p = subprocess.run([sys.executable, "-c", script, "convert", str(tmp_path / "b.bin"), "-o", str(out),
                         "-m", str(root / "sd15"), "--overwrite"], capture_output=True, text=True,
-                       env={**os.environ, "OMP_NUM_THREADS": "1"})
+                       env={**os.environ, "OMP_NUM_THREADS": "1"},
+                       preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # see test_interrupt
     assert p.returncode == 130, p.stderr[-2000:]
     assert "interrupted" in p.stderr and "Traceback" not in p.stderr
     assert _files(out) == before

@@ -28,8 +28,11 @@ pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="re
 def interrupt(args: list[str], ready, timeout: float = 240.0) -> tuple[int, str]:
     """Run `scedit ARGS`, wait until `ready(pid)`, Ctrl-C its process group; (exit code, stderr)."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    # SIGINT back to its default in the child: a suite started in the background of a non-interactive shell
+    # inherits SIGINT ignored, and Python keeps an ignored SIGINT ignored (no KeyboardInterrupt to test).
     proc = subprocess.Popen([sys.executable, "-m", "scedit_cli.cli", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
+                            stderr=subprocess.PIPE, text=True, env=env, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + timeout
         while not ready(proc.pid):

@@ -38,6 +38,7 @@ def _start(recipe: Path, out: Path) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "scedit_cli.cli", "train", str(recipe), "--set", f"train.output_dir={out}"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # see test_interrupt.interrupt
     )
 
 

@@ -115,6 +115,7 @@ def test_sigint_while_saving_the_tuner_then_resume_writes_it(env, tmp_path):
     """A real SIGINT, sent by the process to itself while the final tuner is being written: exit 130,
     no half-written tuner; `--resume latest` from the step-2 checkpoint then writes the same tuner."""
     import os
+    import signal
     import subprocess
     import sys
 
@@ -133,7 +134,8 @@ def test_sigint_while_saving_the_tuner_then_resume_writes_it(env, tmp_path):
         "main(sys.argv[1:])\n"
     )
     p = subprocess.run([sys.executable, "-c", script, "train", str(r)], capture_output=True, text=True,
-                       env={**os.environ, "OMP_NUM_THREADS": "1"})
+                       env={**os.environ, "OMP_NUM_THREADS": "1"},
+                       preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # see test_interrupt
     assert p.returncode == 130, p.stderr[-2000:]
     assert "interrupted" in p.stderr and "Traceback" not in p.stderr
     out = tmp_path / "o"
