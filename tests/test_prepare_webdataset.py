@@ -36,6 +36,15 @@ def test_shards_in_canny_shards_out_then_training_reads_them(tmp_path, capsys):
     main(args)
     assert json.loads(capsys.readouterr().out)["webdataset"]["samples"] == 5
     assert not (out / "metadata.jsonl").exists() and len(load_training_data(cfg, ["canny"])) == 5
+    # a folder rerun of a packed folder would list deleted files: refused in one line, nothing changed
+    packed = sorted((p.name, p.read_bytes()) for p in out.glob("shard-*.tar"))
+    with pytest.raises(SystemExit) as e:
+        main(args[:-5] + ["--output-format", "folder"])
+    assert e.value.code != 0
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: --output ") and "packed into webdataset shards" in err and "\n" not in err
+    assert sorted((p.name, p.read_bytes()) for p in out.glob("shard-*.tar")) == packed
+    assert not (out / "metadata.jsonl").exists()
 
 
 def test_bad_output_format_is_one_line_error(tmp_path, capsys):

@@ -85,6 +85,10 @@ def prepare_to(cfg, output_format: str = "folder", shard_size: int = 1000) -> Pr
     from .runner import run_prepare
 
     check_output_format(output_format, shard_size)
+    if output_format == "folder" and (Path(cfg.output) / STATE_DIR / DONE).is_file():
+        # its loose files are gone: a folder rerun would write a metadata.jsonl naming deleted images
+        raise SceditError(f"--output {cfg.output}: this folder was packed into webdataset shards (shard-*.tar); "
+                          "rerun with --output-format webdataset, or prepare into another --output")
     summary = run_prepare(cfg)
     if output_format == "webdataset" and summary.metadata:
         summary.webdataset = pack_shards(Path(cfg.output), shard_size)
