@@ -18,3 +18,21 @@ class SceditError(Exception):
         if exit_code is not None:
             self.exit_code = exit_code
 
+
+
+def worker_batches(batches):
+    """Iterate a DataLoader's batches; a SceditError raised in one of its worker processes comes back from
+    PyTorch with the worker's whole traceback as its message: give it back its own one line."""
+    marker = f"{SceditError.__module__}.{SceditError.__name__}: "
+    iterator = iter(batches)
+    while True:
+        try:
+            batch = next(iterator)
+        except StopIteration:
+            return
+        except SceditError as e:
+            text = str(e)
+            if "DataLoader worker" not in text or marker not in text:
+                raise
+            raise SceditError(text.rsplit(marker, 1)[1].strip(), exit_code=e.exit_code) from None
+        yield batch

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from ..errors import SceditError
+from ..errors import SceditError, worker_batches
 from ..fsutil import check_output_location
 from ..precision import autocast_dtype
 from .step import LossOptions, StepBatch, optimizer_step, prepare_training, step_seed
@@ -157,7 +157,7 @@ def train_steps(run: Run) -> int:
 
     r = run.r
     prog = ProgressLog(r.train.max_steps, run.start, r.logging.every, enabled=run.main)
-    step, batches = run.start, iter(run.loader)
+    step, batches = run.start, worker_batches(run.loader)
     with StopFlag() as stop:
         try:
             while step < r.train.max_steps:
