@@ -95,6 +95,46 @@ def test_two_processes_resume_a_one_process_run_through_ddp(tmp_path):
         torch.testing.assert_close(a[k], b[k], rtol=1e-3, atol=1e-7)
 
 
+# Rank 1 alone gets SIGTERM during its second step (as a scheduler may signal one node).
+ONE_RANK_SIGNALLED = """
+import os, runpy, signal, sys
+import scedit_cli.training.run as run_module
+real = run_module.one_step
+def one_step(run, batches, step):
+    loss = real(run, batches, step)
+    if step == 1 and os.environ["RANK"] == "1":
+        os.kill(os.getpid(), signal.SIGTERM)
+    return loss
+run_module.one_step = one_step
+sys.argv = ["scedit", *sys.argv[1:]]
+runpy.run_module("scedit_cli.cli", run_name="__main__")
+"""
+
+
+def test_a_signal_to_one_process_stops_every_process_after_the_same_step(tmp_path):
+    """Without agreeing, the signalled process would checkpoint while the other one runs its next step, and
+    both would wait for each other for ever."""
+    accelerate = shutil.which("accelerate", path=os.path.dirname(sys.executable)) or shutil.which("accelerate")
+    make_tiny_pipeline(tmp_path / "sd15", "sd15")
+    data = make_dataset(tmp_path / "data", n=4)
+    recipe = write_recipe(tmp_path / "r.toml", tmp_path / "sd15", data, {"name": "sc"}, tmp_path / "out",
+                          train={"max_steps": 5, "batch_size": 2}, checkpoint={"every": 0, "keep_last": 5})
+    script = tmp_path / "launched.py"
+    script.write_text(ONE_RANK_SIGNALLED)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true"}
+    launch = [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision",
+              "no", "--dynamo_backend", "no"]
+    p = subprocess.run([*launch, str(script), "train", str(recipe), "--json"], capture_output=True, text=True,
+                       env=env, timeout=300)
+    assert p.returncode != 0 and "continue with --resume latest" in p.stderr, p.stderr[-3000:]
+    assert json.loads(p.stdout)["steps"] == 2  # rank 0 reports the step both stopped after
+    assert [d.name for d in (tmp_path / "out" / "checkpoints").iterdir()] == ["step-00000002"]
+    p = subprocess.run([*launch, "-m", "scedit_cli.cli", "train", str(recipe), "--resume", "latest", "--json"],
+                       capture_output=True, text=True, env=env, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert json.loads(p.stdout)["steps"] == 5
+
+
 def test_data_order_does_not_depend_on_the_process_count(tmp_path):
     """What resuming with another process count relies on: each step's samples (stream positions)
     are the same whether one process or two (each its share) read them, from any start step."""

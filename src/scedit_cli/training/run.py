@@ -172,6 +172,10 @@ def train_steps(run: Run) -> int:
                 if r.validation.every and step % r.validation.every == 0 and run.main:
                     validate(run, step)
                 if stop.requested:
+                    run.acc.set_trigger()
+                # A signal may reach one process only (a scheduler's SIGTERM to one node): every process asks
+                # the others (accelerate's trigger, one reduced number) and all stop after the same step.
+                if run.acc.check_trigger():
                     run.result.interrupted = True
                     break
         except (StopIteration, RuntimeError):
