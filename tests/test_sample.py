@@ -22,8 +22,8 @@ from scedit_cli.sampling import (
     sample,
 )
 from scedit_cli.sampling.controls import fit_to, load_control_map
-from scedit_cli.tuners import CSCTuner, CSCTunerConfig, SCTuner, SCTunerConfig, SkipLayout, save_tuner
-from tiny_models import make_tiny_pipeline, randomize_
+from scedit_cli.tuners import CSCTuner, SCTuner, SCTunerConfig, SkipLayout, save_tuner
+from tiny_models import make_tiny_pipeline, randomize_, save_random_csc_tuners
 
 STEPS = 2
 
@@ -39,11 +39,7 @@ def world(tmp_path_factory):
     base = load_base(str(root / "sd15"))
     base.pipeline.set_progress_bar_config(disable=True)
     layout = SkipLayout.from_unet(base.unet)
-    tuners = {}
-    for seed, cond in enumerate(("canny", "color")):
-        t = CSCTuner(CSCTunerConfig(hint_downscale=2, hint_kernel=1, condition=cond), layout)
-        randomize_(t, seed)
-        tuners[cond] = save_tuner(t, root / f"csc_{cond}", base="tiny")
+    tuners = save_random_csc_tuners(base.unet, root)
     sc = SCTuner(SCTunerConfig(ratio=2), layout)
     randomize_(sc, 7)
     tuners["sc"] = save_tuner(sc, root / "sc_trained", base="tiny")

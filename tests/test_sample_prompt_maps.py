@@ -13,8 +13,7 @@ from PIL import Image
 from scedit_cli.errors import SceditError
 from scedit_cli.models import load_base
 from scedit_cli.sampling import ControlSpec, SampleSettings, compose, read_prompts, sample
-from scedit_cli.tuners import CSCTuner, CSCTunerConfig, SkipLayout, save_tuner
-from tiny_models import make_tiny_pipeline, randomize_
+from tiny_models import make_tiny_pipeline, save_random_csc_tuners
 
 
 @pytest.fixture(scope="module")
@@ -22,12 +21,7 @@ def world(tmp_path_factory):
     root = tmp_path_factory.mktemp("maps")
     make_tiny_pipeline(root / "sd15")
     base = load_base(str(root / "sd15"))
-    layout = SkipLayout.from_unet(base.unet)
-    tuners = {}
-    for seed, cond in enumerate(("canny", "color")):
-        t = CSCTuner(CSCTunerConfig(hint_downscale=2, hint_kernel=1, condition=cond), layout)
-        randomize_(t, seed)
-        tuners[cond] = save_tuner(t, root / f"csc_{cond}", base="tiny")
+    tuners = save_random_csc_tuners(base.unet, root)
     rng = np.random.default_rng(0)
     (root / "maps").mkdir()
     for i in range(3):

@@ -61,6 +61,17 @@ def randomize_(module: M, seed: int = 0, scale: float = 0.2) -> M:
     return module
 
 
+def save_random_csc_tuners(unet, root, conditions=("canny", "color")) -> dict:
+    """A "trained" CSC-Tuner (random weights, seed = its position) per condition for `unet`, saved as
+    `root/csc_<condition>`; returns {condition: folder}."""
+    from scedit_cli.tuners import CSCTuner, CSCTunerConfig, SkipLayout, save_tuner
+
+    layout = SkipLayout.from_unet(unet)
+    return {cond: save_tuner(randomize_(CSCTuner(CSCTunerConfig(hint_downscale=2, hint_kernel=1, condition=cond),
+                                                 layout), seed), root / f"csc_{cond}", base="tiny")
+            for seed, cond in enumerate(conditions)}
+
+
 def make_tiny_unet(kind: str = "sd15", seed: int = 0) -> UNet2DConditionModel:
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(**tiny_unet_config(kind))
