@@ -32,7 +32,7 @@ def choose_pool(pool: str, workers: int, records: int) -> str:
 
 
 def run_records(ctx: JobContext, tasks: Iterator[Task], workers: int, kind: str, on_entry: Callable[[dict], None],
-              stop: StopFlag) -> None:
+                stop: StopFlag) -> None:
     if kind == "inline":
         for t in tasks:
             if stop.requested:

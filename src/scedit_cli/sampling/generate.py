@@ -27,7 +27,7 @@ switches a tuner off exactly (its edit is not computed).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..conditions import MASKED_CONDITIONS
@@ -58,32 +58,39 @@ def sample(
     tuners = check_inputs(tuners, [*controls, *(c for p in prompts for c in p.controls)], out)
     base = load_model(model, device, dtype)
     loaded = load_tuners(tuners, base)
-    binding = bind_controls(loaded, controls, provided=_provided_by_prompts(loaded, prompts))
-    run_controls, own = _prompt_controls(prompts, loaded, controls, binding)
-    ctrl = [binding[i][0] if binding.get(i) else None for i in range(len(loaded))]
+    rc = _run_controls(loaded, controls, prompts)
     jobs = []
     for spec, neg, seed in prompt_jobs(prompts, settings):
-        mine = tuple(own[spec.index].get(i, k) for i, k in enumerate(ctrl))
-        weights = tuple(run_controls[k].scale * settings.control_scale if isinstance(t, CSCTuner) else settings.tuner_scale
+        mine = rc.for_prompt(spec.index, rc.shared)
+        weights = tuple(rc.controls[k].scale * settings.control_scale if isinstance(t, CSCTuner) else settings.tuner_scale
                         for t, k in zip(loaded, mine))
         jobs.append(Job(spec.index, spec.prompt, neg, seed, weights, mine, filename=f"{spec.index:05d}_s{seed}.png"))
-    return run_jobs(base, loaded, run_controls, jobs, settings, out, command="sample")
+    return run_jobs(base, loaded, rc.controls, jobs, settings, out, command="sample")
 
 
-def _provided_by_prompts(loaded: Sequence[SkipTuner], prompts: Sequence[PromptSpec]) -> set[int]:
-    """CSC-Tuners (by position) for which every prompt has its own image: they need no command-wide one."""
-    return {i for i, t in enumerate(loaded) if isinstance(t, CSCTuner)
-            and all(any(c.name == t.config.condition for c in p.controls) for p in prompts)}
+@dataclass
+class _RunControls:
+    """A run's condition images: the command's, then the prompts' own (scaled like the command's image of their
+    condition, 1 without one, so weights stay the command's)."""
+
+    controls: list[ControlSpec]
+    binding: dict[int, list[int]]  # CSC-Tuner position -> indices of the command's images that feed it
+    own: dict[int, dict[int, int]]  # prompt index -> {tuner position: index of that prompt's own image}
+    shared: tuple[int | None, ...]  # per tuner: the command's (first) image, None for SC-Tuners and prompt-fed ones
+
+    def for_prompt(self, index: int, ctrl: Sequence[int | None], keep: int | None = None) -> tuple[int | None, ...]:
+        """`ctrl` with the prompt's own images put in, except for tuner `keep` (whose images make the variants)."""
+        return tuple(k if i == keep else self.own[index].get(i, k) for i, k in enumerate(ctrl))
 
 
-def _prompt_controls(prompts: Sequence[PromptSpec], loaded: Sequence[SkipTuner], controls: Sequence[ControlSpec],
-                     binding: dict[int, list[int]]) -> tuple[list[ControlSpec], dict[int, dict[int, int]]]:
-    """The run's controls (the command's, then the prompts' own) and, per prompt index, tuner position ->
-    control index for the tuners that prompt feeds itself. A prompt's image takes the scale of the command's
-    control for its condition (1 without one), so weights stay the command's."""
-    run_controls = list(controls)
-    by_condition = {t.config.condition: i for i, t in enumerate(loaded) if isinstance(t, CSCTuner)}
+def _run_controls(loaded: Sequence[SkipTuner], controls: Sequence[ControlSpec], prompts: Sequence[PromptSpec],
+                  allow_repeats: bool = False) -> _RunControls:
+    by_condition: dict[str, int] = {}
+    for i, t in enumerate(loaded):
+        if isinstance(t, CSCTuner):
+            by_condition.setdefault(t.config.condition, i)  # the tuner `bind_controls` gives a condition's images
     own: dict[int, dict[int, int]] = {}
+    theirs: list[ControlSpec] = []
     for p in prompts:
         own[p.index] = {}
         for c in p.controls:
@@ -93,10 +100,15 @@ def _prompt_controls(prompts: Sequence[PromptSpec], loaded: Sequence[SkipTuner],
             if c.name in MASKED_CONDITIONS:
                 raise SceditError(f"prompt {p.index + 1} ({p.prompt[:40]!r}): per-prompt {c.name!r} images are not "
                                   f"supported; pass --control {c.name}:IMAGE with --mask / --extend")
-            scale = controls[binding[i][0]].scale if binding.get(i) else 1.0
-            own[p.index][i] = len(run_controls)
-            run_controls.append(replace(c, scale=scale))
-    return run_controls, own
+            own[p.index][i] = len(controls) + len(theirs)
+            theirs.append(c)
+    # a tuner every prompt feeds needs no image from the command
+    provided = {i for i in by_condition.values() if all(i in own[p.index] for p in prompts)}
+    binding = bind_controls(loaded, controls, allow_repeats=allow_repeats, provided=provided)
+    scale = {i: controls[ks[0]].scale for i, ks in binding.items() if ks}
+    run = [*controls, *(replace(c, scale=scale.get(by_condition[c.name], 1.0)) for c in theirs)]
+    shared = tuple(binding[i][0] if binding.get(i) else None for i in range(len(loaded)))
+    return _RunControls(run, binding, own, shared)
 
 
 def normalise_weights(alphas: Sequence[float], names: Sequence[str]) -> list[float]:
@@ -138,11 +150,9 @@ def compose(
     tuners = check_inputs(tuners, [*controls, *(c for p in prompts for c in p.controls)], out)
     base = load_model(model, device, dtype)
     loaded = load_tuners(tuners, base)
-    binding = bind_controls(loaded, controls, allow_repeats=sweep is None,
-                            provided=_provided_by_prompts(loaded, prompts))
-    run_controls, own = _prompt_controls(prompts, loaded, controls, binding)
+    rc = _run_controls(loaded, controls, prompts, allow_repeats=sweep is None)
+    binding = rc.binding
     csc = [i for i, t in enumerate(loaded) if isinstance(t, CSCTuner)]
-    shared = [binding[i][0] if binding.get(i) else None for i in range(len(loaded))]
 
     # variants: (weights per tuner, control per tuner)
     variants: list[tuple[tuple[float, ...], tuple[int | None, ...]]] = []
@@ -158,12 +168,12 @@ def compose(
             w = [settings.tuner_scale] * len(loaded)
             w[a] = (1 - t) * settings.control_scale
             w[b] = t * settings.control_scale
-            variants.append((tuple(w), tuple(shared)))
+            variants.append((tuple(w), rc.shared))
     else:
         repeated = next((i for i in csc if len(binding[i]) > 1), None)
         choices = binding[repeated] if repeated is not None else [None]
         for choice in choices:
-            ctrl = list(shared)
+            ctrl = list(rc.shared)
             if repeated is not None:
                 ctrl[repeated] = choice
             alphas = normalise_weights([1.0 if ctrl[i] is None else controls[ctrl[i]].scale for i in csc],
@@ -175,10 +185,9 @@ def compose(
     jobs = []
     for spec, neg, seed in prompt_jobs(prompts, settings):
         for v, (w, ctrl) in enumerate(variants):
-            # the prompt's own images, except for the condition whose images make the variants (Fig. 9a)
-            mine = tuple(k if i == repeated else own[spec.index].get(i, k) for i, k in enumerate(ctrl))
+            mine = rc.for_prompt(spec.index, ctrl, keep=repeated)
             jobs.append(Job(spec.index, spec.prompt, neg, seed, w, mine, variant=v,
                             filename=f"{spec.index:05d}_s{seed}_v{v:02d}.png"))
-    result = run_jobs(base, loaded, run_controls, jobs, settings, out, grid_cols=len(variants), command="compose")
+    result = run_jobs(base, loaded, rc.controls, jobs, settings, out, grid_cols=len(variants), command="compose")
     result.extra["variants"] = [list(w) for w, _ in variants]
     return result
