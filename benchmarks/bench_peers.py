@@ -21,6 +21,8 @@ Sides:
   ours       `scedit`'s `sc` method (ratio 1: the same widths) prepared by `prepare_training` as
              `scedit train` does, with the recipe's `train.lean` switch off.
   ours-lean  the same with `train.lean = true` (the exact activation savings of `scedit_cli.lean`).
+  ours-lean-stock-conv  ours-lean with `train.prepack = false`: every convolution on PyTorch's stock
+             path (on a CPU the others reorder large frozen conv weights once: `scedit_cli.prepack`).
 
 Usage (from the repository root, scedit importable: PYTHONPATH=src):
     python benchmarks/bench_peers.py --peer-python /work/peers-venv/bin/python \\
@@ -41,7 +43,7 @@ import sys
 import time
 from pathlib import Path
 
-SIDES = ("swift", "ours", "ours-lean")
+SIDES = ("swift", "ours", "ours-lean", "ours-lean-stock-conv")
 MARK = "BENCH_PEERS_RESULT "
 SWIFT_DIMS = [1280, 1280, 1280, 1280, 1280, 640, 640, 640, 320, 320, 320, 320]  # SD 1.5's up-block skips
 SWIFT_TARGETS = r"^up_blocks\.\d+\.resnets\.\d+$"
@@ -77,7 +79,7 @@ def _setup_swift(unet, device, frozen_dtype):
     return model, [unet], params, optimizer
 
 
-def _setup_ours(unet, device, frozen_dtype, lean: bool, mixed: str):
+def _setup_ours(unet, device, frozen_dtype, lean: bool, mixed: str, prepack: bool | str = "auto"):
     from scedit_cli.methods import build_method
     from scedit_cli.models import BaseModel
     from scedit_cli.recipes import TrainSection
@@ -86,7 +88,7 @@ def _setup_ours(unet, device, frozen_dtype, lean: bool, mixed: str):
     base = BaseModel.from_unet(unet)
     method = build_method("sc", {})
     method.setup(base)
-    cfg = TrainSection(mixed_precision=mixed, lean=lean)
+    cfg = TrainSection(mixed_precision=mixed, lean=lean, prepack=prepack)
     params, optimizer, _, _, _ = prepare_training(method, base, device, frozen_dtype, cfg)
     return unet, [unet, method.tuner], params, optimizer
 
@@ -110,8 +112,9 @@ def worker(a) -> dict:
     if a.worker == "swift":
         model, modules, params, optimizer = _setup_swift(unet, device, frozen)
     else:
-        model, modules, params, optimizer = _setup_ours(unet, device, frozen, a.worker == "ours-lean",
-                                                        a.precision if autocast else "no")
+        model, modules, params, optimizer = _setup_ours(unet, device, frozen, a.worker != "ours",
+                                                        a.precision if autocast else "no",
+                                                        prepack=False if a.worker == "ours-lean-stock-conv" else "auto")
     scaler = torch.amp.GradScaler(device.type) if autocast == torch.float16 else None
     noisy, ehs, target, t = _inputs(unet, a, device)
     setup_s = time.perf_counter() - t0
@@ -185,7 +188,7 @@ def chart(result: dict, path: Path) -> None:
             (f"peak ({s[sides[0]]['peak_source'].replace('_bytes', '')}, GiB)",
              [s[k]["peak_bytes"] / 2**30 for k in sides])]
     fig, axes = plt.subplots(1, 3, figsize=(11, 3.8))
-    colors = {"swift": "#a0aec0", "ours": "#2b6cb0", "ours-lean": "#2c7a7b"}
+    colors = {"swift": "#a0aec0", "ours": "#2b6cb0", "ours-lean": "#2c7a7b", "ours-lean-stock-conv": "#81a4c9"}
     for ax, (title, vals) in zip(axes, figs):
         bars = ax.bar(sides, vals, color=[colors.get(k, "#718096") for k in sides])
         for b, v in zip(bars, vals):

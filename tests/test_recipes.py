@@ -107,6 +107,9 @@ def test_paths_resolve_against_the_recipe_and_overrides_against_cwd(tmp_path, mo
 ])
 def test_train_lean_takes_true_false_or_auto(tmp_path, body, overrides, value):
     assert load_recipe(_write(tmp_path, body), overrides).train.lean == value
+    prepack_body = body.replace("lean =", "prepack =")
+    prepack_overrides = [o.replace("train.lean", "train.prepack") for o in overrides]
+    assert load_recipe(_write(tmp_path, prepack_body), prepack_overrides).train.prepack == value
 
 
 def test_hub_ids_stay_hub_ids(tmp_path):
@@ -142,6 +145,7 @@ def test_parse_override_values():
      "data.bucket_step", "multiple of 8"),
     (BASIC + "lean = 'yes'\n", "train.lean", 'use true, false or "auto"'),
     (BASIC + "lean = 1\n", "train.lean", "boolean (true/false) or string"),
+    (BASIC + "prepack = 'on'\n", "train.prepack", 'use true, false or "auto"'),
 ])
 def test_strict_validation_names_file_key_and_fix(tmp_path, body, key, fix):
     path = _write(tmp_path, body)

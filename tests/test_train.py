@@ -233,8 +233,11 @@ def test_logging_checkpoints_and_validation_outputs(sd15, dataset, tmp_path):
 
 def test_gradient_accumulation_matches_one_big_batch(sd15, dataset, tmp_path):
     def run(tag, **train_cfg):
+        # prepack off: oneDNN picks its weight layout per batch shape (4 vs 2 here), and the float-order
+        # differences that follow are ones Adam's first steps can blow up to a whole lr for a near-zero
+        # gradient; this test is about the accumulation, test_prepack.py about the convolutions.
         recipe = write_recipe(tmp_path / f"{tag}.toml", sd15, dataset, {"name": "sc"}, tmp_path / tag,
-                              train={"max_steps": 2, "batch_size": 4, **train_cfg})
+                              train={"max_steps": 2, "batch_size": 4, "prepack": False, **train_cfg})
         train(recipe)
         from safetensors.torch import load_file
 

@@ -100,7 +100,9 @@ class TrainSection:
     Memory: gradient_checkpointing recomputes whole resnets and transformers in backward (diffusers);
     recompute_feed_forward only the transformer feed-forwards (`lean.py`: less memory, a few % time).
     lean: the exact activation savings of `lean.py` (same values and gradients): true, false, or "auto"
-    (`lean.resolve_lean`: on; false rules them out)."""
+    (`lean.resolve_lean`: on; false rules them out). prepack: on a CPU, frozen convolutions whose weights
+    dwarf their outputs run on weights reordered for oneDNN once (`prepack.py`: faster, one more copy of
+    those weights): true, false or "auto" (on where PyTorch has oneDNN)."""
 
     output_dir: str = ""
     max_steps: int = 1000
@@ -118,6 +120,7 @@ class TrainSection:
     gradient_checkpointing: bool = False
     recompute_feed_forward: bool = False
     lean: bool | str = "auto"
+    prepack: bool | str = "auto"
     seed: int = 0
     snr_gamma: float = 0.0
     noise_offset: float = 0.0
@@ -283,8 +286,10 @@ def _check_values(r: Recipe, ctx: RecipeContext) -> None:
     choice("model.prediction_type", r.model.prediction_type, PREDICTION_TYPES)
     choice("train.mixed_precision", r.train.mixed_precision, PRECISIONS)
     choice("train.lr_scheduler", r.train.lr_scheduler, LR_SCHEDULERS)
-    if isinstance(r.train.lean, str) and r.train.lean != "auto":
-        raise ctx.error("train.lean", f"{r.train.lean!r}: use true, false or \"auto\"")
+    for key in ("lean", "prepack"):
+        value = getattr(r.train, key)
+        if isinstance(value, str) and value != "auto":
+            raise ctx.error(f"train.{key}", f"{value!r}: use true, false or \"auto\"")
     for key in ("train.max_steps", "train.batch_size", "train.gradient_accumulation_steps", "data.resolution",
                 "validation.num_images", "validation.steps"):
         sec, k = key.split(".")

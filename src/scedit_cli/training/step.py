@@ -204,13 +204,16 @@ def prepare_training(method, base: BaseModel, device: torch.device, frozen_dtype
     weights fp32, everything on `device`; where `train_cfg.lean` resolves on (`lean.resolve_lean`),
     frozen convolutions of the U-Net and the method's own models keep only what backward needs
     (`lean.lean_autograd`: frozen convs keep no input, norms no fp32 copies, resnet norm+SiLU and
-    GEGLU recompute elementwise values; same gradients);
+    GEGLU recompute elementwise values; same gradients); on a CPU, where `train_cfg.prepack` resolves on
+    (`prepack.resolve_prepack`), frozen convolutions whose weights dwarf their outputs run on weights
+    reordered for oneDNN once (`prepack.prepack_convs`; same values to float rounding);
     AdamW, the learning-rate schedule and the fp16 GradScaler from `train_cfg` (a recipe's
     `TrainSection`; default: Table 4's AdamW, lr 5e-5, weight decay 0.01, constant).
     """
     from diffusers.optimization import get_scheduler
 
     from ..lean import lean_autograd, resolve_lean, restore_autograd
+    from ..prepack import prepack_convs, resolve_prepack, restore_convs
     from ..recipes import TrainSection
 
     cfg = train_cfg if train_cfg is not None else TrainSection()
@@ -227,8 +230,12 @@ def prepare_training(method, base: BaseModel, device: torch.device, frozen_dtype
     # Exact (identical gradients); decided per call, so trainable convs (ControlNet copies, full
     # fine-tuning) train as before.
     exact = resolve_lean(cfg.lean)
+    pack = device.type == "cpu" and resolve_prepack(cfg.prepack)
     patched = [m for m in unique_modules([method.unet, *method.extra_modules()])
                if any(lean_autograd(m, recompute_feed_forward=cfg.recompute_feed_forward, exact=exact).values())]
+    # After lean, so a frozen conv that is not packed still keeps no input (it wraps lean's forward).
+    packed = [m for m in unique_modules([method.unet, *method.extra_modules()])
+              if pack and prepack_convs(m)]
     checkpointing = []
     if cfg.gradient_checkpointing:
         checkpointing = [m for m in unique_modules([method.unet, *method.extra_modules()])
@@ -236,6 +243,8 @@ def prepare_training(method, base: BaseModel, device: torch.device, frozen_dtype
         method.enable_gradient_checkpointing()
 
     def restore():  # only what this call switched on: a caller's own patches stay
+        for m in packed:  # first: it wraps lean's forward
+            restore_convs(m)
         for m in patched:
             restore_autograd(m)
         for m in checkpointing:
