@@ -162,6 +162,7 @@ def summarize(runs: list[dict]) -> dict:
     return {"median_step_s": statistics.median(times), "min_step_s": min(times), "max_step_s": max(times),
             "steps_timed": len(times), "saved_bytes": statistics.median(m["saved_bytes"] for m in mem),
             "saved_bytes_runs": [m["saved_bytes"] for m in mem],
+            "reordered_bytes": statistics.median(m.get("reordered_bytes", 0) for m in mem),
             "peak_bytes": statistics.median(m[peak_key] for m in mem), "peak_source": peak_key,
             "trainable_params": runs[0]["trainable_params"], "first_loss": runs[0]["losses"][0]}
 

@@ -54,7 +54,7 @@ def measure(arch: str, resolution: int, batch: int, threads: int, repeat: int) -
                                        "time_ids": torch.tensor([[resolution, resolution, 0, 0, resolution,
                                                                   resolution]] * batch, dtype=torch.float32)}
     seen = []
-    hooks = [m.register_forward_hook(lambda m, i, o: seen.append((n, m, i[0].detach().clone(), o.shape)))
+    hooks = [m.register_forward_hook(lambda m, i, o, n=n: seen.append((n, m, i[0].detach().clone(), o.shape)))
              for n, m in unet.named_modules() if type(m) is nn.Conv2d]
     with torch.no_grad():
         unet(**kwargs)

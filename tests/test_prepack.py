@@ -11,7 +11,7 @@ from torch import nn
 from scedit_cli import prepack
 from scedit_cli.errors import SceditError
 from scedit_cli.lean import _PATCHED, lean_autograd, restore_autograd
-from scedit_cli.prepack import _STATE, prepack_convs, resolve_prepack, restore_convs
+from scedit_cli.prepack import _STATE, prepack_convs, reordered_nbytes, resolve_prepack, restore_convs
 from tiny_models import make_tiny_unet, unet_inputs
 
 pytestmark = pytest.mark.skipif(not prepack.available(), reason="this PyTorch build has no oneDNN")
@@ -56,6 +56,11 @@ def test_packed_conv_matches_stock_values_and_input_gradients(k, padding, monkey
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(gx, ref_gx, rtol=1e-5, atol=1e-5)
     assert conv.weight.grad is None
+    # Two reordered copies (forward, input gradient), each at least the weight's bytes (oneDNN may pad).
+    weight_bytes = conv.weight.numel() * 4
+    assert 2 * weight_bytes <= reordered_nbytes([conv]) <= 4 * weight_bytes
+    restore_convs(conv)
+    assert reordered_nbytes([conv]) == 0
 
 
 def test_real_size_sd_layer_takes_the_packed_path():
@@ -155,3 +160,33 @@ def test_prepack_true_without_onednn_is_a_one_line_error(monkeypatch):
     assert resolve_prepack("auto") is False
     with pytest.raises(SceditError, match="train.prepack = true"):
         resolve_prepack(True)
+
+
+@pytest.mark.parametrize("setting", [True, False])
+def test_prepared_training_counts_the_reordered_copies(setting):
+    """`prepare_training` with train.prepack: the copies exist during training, the step's memory report
+    counts them in the accounted total, and restoring frees them."""
+    from scedit_cli.methods import build_method
+    from scedit_cli.metrics.memory import measure_step_memory
+    from scedit_cli.models import BaseModel
+    from scedit_cli.recipes import TrainSection
+    from scedit_cli.training.loop import prepare_training
+
+    base = BaseModel.from_unet(make_tiny_unet("sd15"))
+    method = build_method("sc", {})
+    method.setup(base)
+    parts = prepare_training(method, base, "cpu", torch.float32, TrainSection(prepack=setting))
+
+    def step():
+        base.unet(**unet_inputs(base.unet)).sample.pow(2).mean().backward()
+        parts.optimizer.step()
+        parts.optimizer.zero_grad()
+
+    step()
+    report = measure_step_memory(step, modules=[base.unet], trainable=parts.params, optimizer=parts.optimizer,
+                                 device="cpu")
+    assert (report.reordered_bytes > 0) is setting
+    assert report.accounted_bytes == (report.params_bytes + report.buffers_bytes + report.grads_bytes
+                                      + report.optimizer_bytes + report.saved_bytes + report.reordered_bytes)
+    parts.restore()
+    assert reordered_nbytes([base.unet]) == 0

@@ -153,6 +153,18 @@ def prepack_convs(model: nn.Module) -> int:
     return done
 
 
+def reordered_nbytes(modules) -> int:
+    """Bytes of the reordered weight copies `modules` hold now (memory the stock path does not use)."""
+    total = 0
+    for model in modules:
+        for m in model.modules():
+            packs = m.__dict__.get(_STATE)
+            for slot in (packs.forward, packs.backward) if packs is not None else ():
+                if "weight" in slot:
+                    total += slot["weight"].numel() * slot["weight"].element_size()
+    return total
+
+
 def restore_convs(model: nn.Module) -> None:
     """Undo `prepack_convs`: the forward each layer had before, and the reordered copies freed."""
     for m in model.modules():

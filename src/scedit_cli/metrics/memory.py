@@ -7,7 +7,8 @@ Two figures, both from the same step:
   `torch.autograd.graph.saved_tensors_hooks`, each storage once, parameters
   excluded (already counted), and attributed to the module region that was
   running when they were saved (e.g. the U-Net's `down_blocks`), so "SCEdit
-  stores no encoder activations" is a measured fact, not an assumption.
+  stores no encoder activations" is a measured fact, not an assumption; on a
+  CPU also the reordered copies of frozen conv weights (`prepack`).
 - peak: on CUDA `torch.cuda.max_memory_allocated` over the step; on a CPU the
   process's peak resident set (Linux `VmHWM`, reset before the step through
   `/proc/self/clear_refs`; elsewhere `ru_maxrss`, a lifetime peak, flagged so).
@@ -197,6 +198,7 @@ class MemoryReport:
     grads_bytes: int  # one gradient per trainable parameter, in its dtype
     optimizer_bytes: int  # measured from the optimizer's state after a step
     saved_bytes: int  # bytes autograd saved for backward during the step
+    reordered_bytes: int = 0  # CPU: frozen conv weights' reordered copies (`prepack`), held while training
     saved_by_region: dict[str, int] = field(default_factory=dict)
     saved_tensors: int = 0
     cuda_peak_bytes: int | None = None  # torch.cuda.max_memory_allocated over the step
@@ -205,7 +207,8 @@ class MemoryReport:
 
     @property
     def accounted_bytes(self) -> int:
-        return self.params_bytes + self.buffers_bytes + self.grads_bytes + self.optimizer_bytes + self.saved_bytes
+        return (self.params_bytes + self.buffers_bytes + self.grads_bytes + self.optimizer_bytes + self.saved_bytes
+                + self.reordered_bytes)
 
     @property
     def peak_bytes(self) -> int:
@@ -230,6 +233,8 @@ def measure_step_memory(step: Callable[[], object], *, modules: Iterable[nn.Modu
     Call it after at least one warm-up step, so the optimizer state exists and
     the figure is the steady state of training.
     """
+    from ..prepack import reordered_nbytes
+
     device = torch.device(device)
     modules = list(modules)
     params = [p for m in modules for p in m.parameters()]
@@ -259,6 +264,7 @@ def measure_step_memory(step: Callable[[], object], *, modules: Iterable[nn.Modu
         grads_bytes=sum(p.numel() * p.element_size() for p in trainable),
         optimizer_bytes=optimizer_state_nbytes(optimizer),
         saved_bytes=counter.total,
+        reordered_bytes=reordered_nbytes(modules),
         saved_by_region=dict(counter.by_region),
         saved_tensors=counter.tensors,
         cuda_peak_bytes=cuda_peak,
