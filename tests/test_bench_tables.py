@@ -36,7 +36,7 @@ def test_bench_table1_tiny_end_to_end(tmp_path, tiny_config):
         assert r["memory_ratio"] is not None and r["time_ratio"] is not None
         in_paper = "recompute" not in r["label"]
         assert (r["paper_mem_ratio"] is not None and r["paper_time_ratio"] is not None) == in_paper
-        assert r["train"] == {"recompute_feed_forward": not in_paper, "lean": True}
+        assert r["train"] == {"recompute_feed_forward": not in_paper, "lean": True, "prepack": True}
     full = data["rows"][0]
     assert full["memory_ratio"] == pytest.approx(1.0) and full["time_ratio"] == pytest.approx(1.0)
     sc = next(r for r in data["rows"] if r["label"] == "SCEdit")
@@ -76,6 +76,21 @@ def test_bench_lean_switch_applies_to_every_row(tmp_path, tiny_config):
         assert [r["train"]["lean"] for r in data["rows"]] == [on] * 2
         saved[on] = [r["memory"]["saved_bytes"] for r in data["rows"]]
     assert all(a < b for a, b in zip(saved[True], saved[False])), saved
+
+
+def test_bench_prepack_switch_applies_to_every_row_and_counts_the_copies(tmp_path, tiny_config):
+    reordered = {}
+    for flag, on in (("--prepack", True), ("--no-prepack", False)):
+        out = tmp_path / flag
+        res = CliRunner().invoke(app, ["bench", "table5", "--unet-config", str(tiny_config), "--resolution", "64",
+                                       "--steps", "1", "--warmup", "0", "--methods", "ratio 10", flag,
+                                       "--out", str(out)])
+        assert res.exit_code == 0, res.output
+        data = json.loads((out / "table5.json").read_text())
+        assert data["settings"]["prepack"] is on and f"prepack {on}" in res.output
+        assert [r["train"]["prepack"] for r in data["rows"]] == [on] * 2
+        reordered[on] = [r["memory"]["reordered_bytes"] for r in data["rows"]]
+    assert all(b > 0 for b in reordered[True]) and reordered[False] == [0, 0], reordered
 
 
 @pytest.mark.parametrize("kwargs, match", [

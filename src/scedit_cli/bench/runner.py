@@ -28,6 +28,7 @@ from ..architectures import ARCH_NAMES
 from ..devices import resolve_device
 from ..errors import SceditError
 from ..lean import resolve_lean
+from ..prepack import resolve_prepack
 from ..metrics.memory import MemoryReport, measure_step_memory, release_memory, unet_regions
 from ..metrics.timing import StepTiming, time_steps
 from ..models import vae_scale_factor
@@ -174,7 +175,7 @@ def setup_method(spec: MethodSpec, factory: BaseFactory, s: BenchSettings) -> Me
     # weight decay 0.01, gradient clipping at 1.0), in this precision.
     mp = mixed_precision_name(autocast)
     cfg = TrainSection(**{"mixed_precision": mp, "recompute_feed_forward": s.recompute_feed_forward,
-                          "lean": s.lean, **spec.train})
+                          "lean": s.lean, "prepack": s.prepack, **spec.train})
     params, optimizer, scaler, _, noise_scheduler = prepare_training(method, base, device, frozen, cfg)
     batch = _random_batch(method, base, s, device)
     gen_device = device if device.type == "cuda" else torch.device("cpu")
@@ -214,7 +215,8 @@ def run_method(spec: MethodSpec, factory: BaseFactory, s: BenchSettings,
         paper_params_m=spec.paper_params_m, paper_mem_gb=spec.paper_mem_gb,
         paper_mem_ratio=spec.paper_mem_ratio, paper_time_ratio=spec.paper_time_ratio,
         final_loss=run.state["loss"], train={"recompute_feed_forward": run.train.recompute_feed_forward,
-                                                      "lean": resolve_lean(run.train.lean)},
+                                                      "lean": resolve_lean(run.train.lean),
+                                                      "prepack": resolve_prepack(run.train.prepack)},
     )
     del run, unet, extra  # the base, optimizer and activations go before the next method is built
     release_memory()

@@ -126,6 +126,7 @@ class BenchSettings:
     text_tokens: int = 77
     recompute_feed_forward: bool = False  # train.recompute_feed_forward, for every method alike
     lean: bool | str = "auto"  # train.lean, for every method alike
+    prepack: bool | str = "auto"  # train.prepack (reordered frozen CPU convs), for every method alike
 
 
 @dataclass

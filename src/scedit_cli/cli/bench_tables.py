@@ -32,7 +32,7 @@ def render(result) -> None:
     where = m.get("gpu") or f"{m.get('cpu', '?')} ({m.get('cpu_count')} cores)"
     mem_name = "CUDA peak" if "gpu" in m else "accounted"
     ff = " · feed-forward recompute" if s.get("recompute_feed_forward") else ""
-    ff += f" · lean {s.get('lean', 'auto')}"
+    ff += f" · lean {s.get('lean', 'auto')} · prepack {s.get('prepack', 'auto')}"
     t = Table(title=f"{result.title}\n{result.base} · batch {s['batch']} · {s['resolution']} px · "
                     f"precision {s['precision']}{ff} · {where}")
     for col in ("method", "params M", "paper M", f"mem GiB ({mem_name})", "x base", "paper x base",
@@ -85,6 +85,8 @@ def _make(name: str):
                                           "feed-forwards in backward (recipe key train.recompute_feed_forward)."),
         lean: bool = typer.Option(None, "--lean/--no-lean", help="The exact activation savings on or off for "
                                   "every method (recipe key train.lean; default auto: on)."),
+        prepack: bool = typer.Option(None, "--prepack/--no-prepack", help="Reordered frozen CPU convolutions on "
+                                     "or off for every method (recipe key train.prepack; default auto: on)."),
     ) -> None:
         on_interrupt(f"nothing was written to {out} (it gets the results at the end); run the command again")
         from ..bench.chart import write_outputs
@@ -97,7 +99,7 @@ def _make(name: str):
         s = BenchSettings(arch=arch, unet_config=str(unet_config) if unet_config else None, model=model,
                           device=device, batch=batch, resolution=resolution, steps=steps, warmup=warmup,
                           precision=precision, seed=seed, recompute_feed_forward=recompute_ff,
-                          lean="auto" if lean is None else lean,
+                          lean="auto" if lean is None else lean, prepack="auto" if prepack is None else prepack,
                           methods=[m for m in methods.split(",") if m.strip()] if methods else None)
         with progress() as bar:
             task = {}

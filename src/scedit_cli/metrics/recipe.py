@@ -67,6 +67,8 @@ def measure_recipe(recipe: str | Path, s: BenchSettings, *, memory: bool = True,
         s.precision = r.train.mixed_precision
     if s.lean == "auto":
         s.lean = r.train.lean
+    if s.prepack == "auto":
+        s.prepack = r.train.prepack
     if s.batch is None:
         s.batch = max(1, r.train.batch_size // r.train.gradient_accumulation_steps)
     if s.resolution is None:
