@@ -1,6 +1,7 @@
 """Each convolution of a real-size U-Net on PyTorch's stock CPU path against `scedit_cli.prepack`'s
 reordered frozen weights: forward and input-gradient time per layer, and the weight / output ratio
-that `prepack.MIN_WEIGHT_RATIO` draws its line on.
+that `prepack.MIN_WEIGHT_RATIO` draws its line on; also every linear layer's forward, stock against a
+weight reordered for oneDNN (which `prepack` does not do: see benchmarks/README.md).
 
 The U-Net (random weights) runs once to record every convolution's real input; then each layer is timed
 on that input, alternating stock and reordered (`--repeat` calls each, after one untimed call), forward
@@ -53,13 +54,25 @@ def measure(arch: str, resolution: int, batch: int, threads: int, repeat: int) -
                                                                   - 6 * c.addition_time_embed_dim, generator=g),
                                        "time_ids": torch.tensor([[resolution, resolution, 0, 0, resolution,
                                                                   resolution]] * batch, dtype=torch.float32)}
-    seen = []
+    seen, linears = [], []
     hooks = [m.register_forward_hook(lambda m, i, o, n=n: seen.append((n, m, i[0].detach().clone(), o.shape)))
              for n, m in unet.named_modules() if type(m) is nn.Conv2d]
+    hooks += [m.register_forward_hook(lambda m, i, o, n=n: linears.append((n, m, i[0].detach().clone())))
+              for n, m in unet.named_modules() if type(m) is nn.Linear]
     with torch.no_grad():
         unet(**kwargs)
     for h in hooks:
         h.remove()
+    # Linear layers are not reordered by `prepack` (MKL's GEMM packs as it goes); timed for comparison.
+    linear_rows = []
+    for name, m, x in linears:
+        x2 = x.reshape(-1, x.shape[-1]).contiguous()
+        pw = torch.ops.mkldnn._reorder_linear_weight(m.weight, x2.shape[0])
+        linear_rows.append({"layer": name, "weight": list(m.weight.shape), "rows": x2.shape[0],
+                            "forward_stock_ms": 1e3 * _time(lambda: torch.nn.functional.linear(x2, m.weight, m.bias),
+                                                            repeat),
+                            "forward_packed_ms": 1e3 * _time(lambda: torch.ops.mkldnn._linear_pointwise(
+                                x2, pw, m.bias, "none", [], ""), repeat)})
     rows = []
     for name, m, x, out_shape in seen:
         w = m.weight
@@ -80,7 +93,7 @@ def measure(arch: str, resolution: int, batch: int, threads: int, repeat: int) -
             row["input_grad_packed_ms"] = 1e3 * _time(
                 lambda: conv_on_reordered(grad, pt, None, input_grad_padding(m), [1, 1], [1, 1]), repeat)
         rows.append(row)
-    return {"rows": rows}
+    return {"rows": rows, "linear_rows": linear_rows}
 
 
 def summarize(rows: list[dict], ratio: float) -> dict:
@@ -115,6 +128,9 @@ def main(argv=None) -> None:
               f"{r['forward_packed_ms']:6.1f} ms" + (f"  input grad {r['input_grad_stock_ms']:7.1f} -> "
                                                      f"{r['input_grad_packed_ms']:6.1f} ms"
                                                      if "input_grad_stock_ms" in r else ""))
+    lin = result["linear_rows"]
+    print(f"linear layers (not reordered by scedit): {len(lin)}, forward "
+          f"{sum(r['forward_stock_ms'] for r in lin):.0f} -> {sum(r['forward_packed_ms'] for r in lin):.0f} ms")
     for label, t in result["totals"].items():
         print(f"{label}: {t['layers']} layers, forward {t['forward_stock_ms']:.0f} -> {t['forward_packed_ms']:.0f} ms,"
               f" input grad {t['input_grad_stock_ms']:.0f} -> {t['input_grad_packed_ms']:.0f} ms")
