@@ -63,34 +63,26 @@ def test_bench_recompute_ff_applies_to_every_row(tmp_path, tiny_config):
     assert "feed-forward recompute" in res.output
 
 
-def test_bench_lean_switch_applies_to_every_row(tmp_path, tiny_config):
-    saved = {}
-    for flag, on in (("--lean", True), ("--no-lean", False)):
+@pytest.mark.parametrize("switch", ["lean", "prepack"])
+def test_bench_memory_switches_apply_to_every_row(tmp_path, tiny_config, switch):
+    """--lean/--no-lean (fewer saved bytes) and --prepack/--no-prepack (reordered conv weights counted)."""
+    memory = {}
+    for on in (True, False):
+        flag = f"--{switch}" if on else f"--no-{switch}"
         out = tmp_path / flag
         res = CliRunner().invoke(app, ["bench", "table5", "--unet-config", str(tiny_config), "--resolution", "64",
                                        "--steps", "1", "--warmup", "0", "--methods", "ratio 10", flag,
                                        "--out", str(out)])
         assert res.exit_code == 0, res.output
         data = json.loads((out / "table5.json").read_text())
-        assert data["settings"]["lean"] is on and f"lean {on}" in res.output
-        assert [r["train"]["lean"] for r in data["rows"]] == [on] * 2
-        saved[on] = [r["memory"]["saved_bytes"] for r in data["rows"]]
-    assert all(a < b for a, b in zip(saved[True], saved[False])), saved
-
-
-def test_bench_prepack_switch_applies_to_every_row_and_counts_the_copies(tmp_path, tiny_config):
-    reordered = {}
-    for flag, on in (("--prepack", True), ("--no-prepack", False)):
-        out = tmp_path / flag
-        res = CliRunner().invoke(app, ["bench", "table5", "--unet-config", str(tiny_config), "--resolution", "64",
-                                       "--steps", "1", "--warmup", "0", "--methods", "ratio 10", flag,
-                                       "--out", str(out)])
-        assert res.exit_code == 0, res.output
-        data = json.loads((out / "table5.json").read_text())
-        assert data["settings"]["prepack"] is on and f"prepack {on}" in res.output
-        assert [r["train"]["prepack"] for r in data["rows"]] == [on] * 2
-        reordered[on] = [r["memory"]["reordered_bytes"] for r in data["rows"]]
-    assert all(b > 0 for b in reordered[True]) and reordered[False] == [0, 0], reordered
+        assert data["settings"][switch] is on and f"{switch} {on}" in res.output
+        assert [r["train"][switch] for r in data["rows"]] == [on] * 2
+        memory[on] = [r["memory"] for r in data["rows"]]
+    if switch == "lean":
+        assert all(a["saved_bytes"] < b["saved_bytes"] for a, b in zip(memory[True], memory[False])), memory
+    else:
+        assert all(m["reordered_bytes"] > 0 for m in memory[True])
+        assert [m["reordered_bytes"] for m in memory[False]] == [0, 0]
 
 
 @pytest.mark.parametrize("kwargs, match", [
