@@ -39,21 +39,18 @@ def measure(arch: str, resolution: int, batch: int, threads: int, repeat: int) -
     from torch import nn
 
     from scedit_cli.architectures import build_unet
-    from scedit_cli.prepack import conv_on_reordered, input_grad_padding
+    from scedit_cli.bench.runner import random_unet_inputs
+    from scedit_cli.bench.specs import BenchSettings
+    from scedit_cli.prepack import (conv_on_reordered, input_grad_padding, reorder_for_forward,
+                                    reorder_for_input_grad)
 
     torch.set_num_threads(threads)
     unet = build_unet(arch, "cpu", seed=0).requires_grad_(False)
-    c = unet.config
     g = torch.Generator().manual_seed(1)
-    latent = resolution // 8
-    kwargs = {"sample": torch.randn(batch, c.in_channels, latent, latent, generator=g),
-              "timestep": torch.tensor([500] * batch),
-              "encoder_hidden_states": torch.randn(batch, 77, c.cross_attention_dim, generator=g)}
-    if c.addition_embed_type == "text_time":  # SDXL's added conditions
-        kwargs["added_cond_kwargs"] = {"text_embeds": torch.randn(batch, c.projection_class_embeddings_input_dim
-                                                                  - 6 * c.addition_time_embed_dim, generator=g),
-                                       "time_ids": torch.tensor([[resolution, resolution, 0, 0, resolution,
-                                                                  resolution]] * batch, dtype=torch.float32)}
+    sample, ehs, added = random_unet_inputs(unet, BenchSettings(arch=arch, batch=batch, resolution=resolution), 8,
+                                            arch == "sdxl", g, torch.device("cpu"))
+    kwargs = {"sample": sample, "timestep": torch.tensor([500] * batch), "encoder_hidden_states": ehs,
+              "added_cond_kwargs": added}
     seen, linears = [], []
     hooks = [m.register_forward_hook(lambda m, i, o, n=n: seen.append((n, m, i[0].detach().clone(), o.shape)))
              for n, m in unet.named_modules() if type(m) is nn.Conv2d]
@@ -76,8 +73,7 @@ def measure(arch: str, resolution: int, batch: int, threads: int, repeat: int) -
     rows = []
     for name, m, x, out_shape in seen:
         w = m.weight
-        pw = torch.ops.mkldnn._reorder_convolution_weight(w, list(m.padding), list(m.stride), list(m.dilation),
-                                                          1, list(x.shape))
+        pw = reorder_for_forward(m, x.shape)
         row = {"layer": name, "weight": list(w.shape), "input": list(x.shape),
                "weight_per_output": w.numel() / out_shape.numel(),
                "forward_stock_ms": 1e3 * _time(lambda: m._conv_forward(x, w, m.bias), repeat),
@@ -85,9 +81,7 @@ def measure(arch: str, resolution: int, batch: int, threads: int, repeat: int) -
                    x, pw, m.bias, list(m.padding), list(m.stride), list(m.dilation)), repeat)}
         if m.stride == (1, 1) and m.dilation == (1, 1):
             grad = torch.randn(out_shape, generator=g)
-            pt = torch.ops.mkldnn._reorder_convolution_weight(w.transpose(0, 1).flip(2, 3).contiguous(),
-                                                              input_grad_padding(m), [1, 1], [1, 1], 1,
-                                                              list(grad.shape))
+            pt = reorder_for_input_grad(m, grad.shape)
             row["input_grad_stock_ms"] = 1e3 * _time(
                 lambda: torch.nn.grad.conv2d_input(x.shape, w, grad, m.stride, m.padding), repeat)
             row["input_grad_packed_ms"] = 1e3 * _time(

@@ -11,6 +11,7 @@ from torch import nn
 from scedit_cli import prepack
 from scedit_cli.errors import SceditError
 from scedit_cli.lean import _PATCHED, lean_autograd, restore_autograd
+from scedit_cli.metrics.memory import SavedTensorCounter
 from scedit_cli.prepack import _STATE, prepack_convs, reordered_nbytes, resolve_prepack, restore_convs
 from tiny_models import make_tiny_unet, unet_inputs
 
@@ -25,11 +26,9 @@ def _frozen_conv(c_in, c_out, k=3, stride=1, padding=1, seed=0):
 
 
 def _saved_bytes(fn):
-    saved = []
-    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel() * t.element_size()) or t,
-                                                  lambda t: t):
+    with SavedTensorCounter() as counter:  # parameters counted too: lean's frozen conv keeps its weight
         out = fn()
-    return out, sum(saved)
+    return out, counter.total
 
 
 def _packed(conv) -> dict:

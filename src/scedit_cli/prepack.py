@@ -31,6 +31,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from .errors import SceditError
+
 # Pack when weight elements >= this x output elements; see the module docstring.
 MIN_WEIGHT_RATIO = 16
 
@@ -64,24 +66,27 @@ def conv_on_reordered(x, packed, bias, padding, stride, dilation):
     return out.contiguous()  # oneDNN answers channels-last; the stock path and the next layers expect NCHW
 
 
-def _forward_weight(m: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
-    packs: _Packs = m.__dict__[_STATE]
-    return _reordered(packs.forward, _weight_key(m.weight, x.shape),
-                      lambda: torch.ops.mkldnn._reorder_convolution_weight(
-                          m.weight.detach(), list(m.padding), list(m.stride), list(m.dilation), 1, list(x.shape)))
-
-
 def input_grad_padding(m: nn.Conv2d) -> list[int]:
     """Padding of the transposed-weight convolution that gives a stride-1 layer's input gradient."""
     return [k - 1 - p for k, p in zip(m.kernel_size, m.padding)]
 
 
-def _backward_weight(m: nn.Conv2d, grad: torch.Tensor) -> torch.Tensor:
+def reorder_for_forward(m: nn.Conv2d, input_shape) -> torch.Tensor:
+    """`m`'s weight reordered for inputs of `input_shape` (what `conv_on_reordered` takes)."""
+    return torch.ops.mkldnn._reorder_convolution_weight(m.weight.detach(), list(m.padding), list(m.stride),
+                                                        list(m.dilation), 1, list(input_shape))
+
+
+def reorder_for_input_grad(m: nn.Conv2d, grad_shape) -> torch.Tensor:
+    """The transposed, flipped weight of stride-1 `m`, reordered for output gradients of `grad_shape`."""
+    return torch.ops.mkldnn._reorder_convolution_weight(m.weight.detach().transpose(0, 1).flip(2, 3).contiguous(),
+                                                        input_grad_padding(m), [1, 1], [1, 1], 1, list(grad_shape))
+
+
+def _packed_forward(m: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     packs: _Packs = m.__dict__[_STATE]
-    return _reordered(packs.backward, _weight_key(m.weight, grad.shape),
-                      lambda: torch.ops.mkldnn._reorder_convolution_weight(
-                          m.weight.detach().transpose(0, 1).flip(2, 3).contiguous(), input_grad_padding(m),
-                          [1, 1], [1, 1], 1, list(grad.shape)))
+    weight = _reordered(packs.forward, _weight_key(m.weight, x.shape), lambda: reorder_for_forward(m, x.shape))
+    return conv_on_reordered(x, weight, m.bias, list(m.padding), list(m.stride), list(m.dilation))
 
 
 class _PackedFrozenConv2d(torch.autograd.Function):
@@ -90,13 +95,16 @@ class _PackedFrozenConv2d(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, m):
         ctx.module = m
-        return conv_on_reordered(x, _forward_weight(m, x), m.bias, list(m.padding), list(m.stride), list(m.dilation))
+        return _packed_forward(m, x)
 
     @staticmethod
     def backward(ctx, grad):
         m = ctx.module
         grad = grad.contiguous()
-        return conv_on_reordered(grad, _backward_weight(m, grad), None, input_grad_padding(m), [1, 1], [1, 1]), None
+        packs: _Packs = m.__dict__[_STATE]
+        weight = _reordered(packs.backward, _weight_key(m.weight, grad.shape),
+                            lambda: reorder_for_input_grad(m, grad.shape))
+        return conv_on_reordered(grad, weight, None, input_grad_padding(m), [1, 1], [1, 1]), None
 
 
 def _takes_packed_path(m: nn.Conv2d, x: torch.Tensor, needs_grad: bool) -> bool:
@@ -116,10 +124,7 @@ def _prepacked_conv(self: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     needs_grad = torch.is_grad_enabled() and x.requires_grad
     if _takes_packed_path(self, x, needs_grad):
         x = x.contiguous()
-        if needs_grad:
-            return _PackedFrozenConv2d.apply(x, self)
-        return conv_on_reordered(x, _forward_weight(self, x), self.bias, list(self.padding), list(self.stride),
-                                 list(self.dilation))
+        return _PackedFrozenConv2d.apply(x, self) if needs_grad else _packed_forward(self, x)
     prior = self.__dict__[_STATE].prior
     return prior(x) if prior is not None else nn.Conv2d.forward(self, x)
 
@@ -133,8 +138,6 @@ def resolve_prepack(setting: bool | str) -> bool:
     """Whether `train.prepack` / `--prepack` value `setting` (true / false / "auto") turns it on.
     "auto" is on where the ops exist; each call still takes the stock path unless the rule above holds."""
     if setting is True and not available():
-        from .errors import SceditError
-
         raise SceditError("train.prepack = true: this PyTorch build has no oneDNN (mkldnn) CPU ops; "
                           "set train.prepack = \"auto\" or false")
     return available() if setting == "auto" else bool(setting)

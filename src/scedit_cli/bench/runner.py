@@ -112,28 +112,36 @@ class BaseFactory:
 
 # --- one method ---------------------------------------------------------------------------------
 
+def random_unet_inputs(unet, s: BenchSettings, vae_factor: int, sdxl: bool, generator: torch.Generator,
+                       device: torch.device):
+    """(latents, text embeddings, SDXL added conditions or None) for `s.batch` images at `s.resolution`,
+    drawn from `generator` in that order."""
+    cfg = unet.config
+    latent = s.resolution // vae_factor
+    latents = torch.randn(s.batch, cfg.in_channels, latent, latent, generator=generator)
+    ehs = torch.randn(s.batch, s.text_tokens, cfg.cross_attention_dim, generator=generator)
+    added = None
+    if sdxl:
+        text_dim = cfg.projection_class_embeddings_input_dim - 6 * cfg.addition_time_embed_dim
+        added = {"text_embeds": torch.randn(s.batch, text_dim, generator=generator).to(device),
+                 "time_ids": torch.tensor([[s.resolution, s.resolution, 0, 0, s.resolution, s.resolution]] * s.batch,
+                                          dtype=torch.float32, device=device)}
+    return latents.to(device), ehs.to(device), added
+
+
 def _random_batch(method, base, s: BenchSettings, device: torch.device):
     from ..conditions import condition_channels
     from ..training import StepBatch
 
     if s.resolution % base.vae_scale_factor:
         raise SceditError(f"--resolution {s.resolution} must be a multiple of the VAE factor {base.vae_scale_factor}")
-    cfg = base.unet.config
-    latent = s.resolution // base.vae_scale_factor
     g = torch.Generator().manual_seed(s.seed + 1)
-    latents = torch.randn(s.batch, cfg.in_channels, latent, latent, generator=g)
-    ehs = torch.randn(s.batch, s.text_tokens, cfg.cross_attention_dim, generator=g)
-    added = None
-    if base.is_sdxl:
-        text_dim = cfg.projection_class_embeddings_input_dim - 6 * cfg.addition_time_embed_dim
-        added = {"text_embeds": torch.randn(s.batch, text_dim, generator=g).to(device),
-                 "time_ids": torch.tensor([[s.resolution, s.resolution, 0, 0, s.resolution, s.resolution]] * s.batch,
-                                          dtype=torch.float32, device=device)}
+    latents, ehs, added = random_unet_inputs(base.unet, s, base.vae_scale_factor, base.is_sdxl, g, device)
     conds = None
     if method.conditions:
         conds = [torch.rand(s.batch, condition_channels(c), s.resolution, s.resolution, generator=g).to(device)
                  for c in method.conditions]
-    return StepBatch(latents.to(device), ehs.to(device), added, conds)
+    return StepBatch(latents, ehs, added, conds)
 
 
 def _check_layout(base, s: BenchSettings) -> None:

@@ -26,6 +26,8 @@ from typing import Callable, Iterable, Mapping
 import torch
 from torch import nn
 
+from ..prepack import reordered_nbytes
+
 OUTSIDE = "(outside)"
 
 
@@ -233,8 +235,6 @@ def measure_step_memory(step: Callable[[], object], *, modules: Iterable[nn.Modu
     Call it after at least one warm-up step, so the optimizer state exists and
     the figure is the steady state of training.
     """
-    from ..prepack import reordered_nbytes
-
     device = torch.device(device)
     modules = list(modules)
     params = [p for m in modules for p in m.parameters()]

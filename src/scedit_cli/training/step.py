@@ -231,15 +231,14 @@ def prepare_training(method, base: BaseModel, device: torch.device, frozen_dtype
     # fine-tuning) train as before.
     exact = resolve_lean(cfg.lean)
     pack = device.type == "cpu" and resolve_prepack(cfg.prepack)
-    patched = [m for m in unique_modules([method.unet, *method.extra_modules()])
+    models = unique_modules([method.unet, *method.extra_modules()])
+    patched = [m for m in models
                if any(lean_autograd(m, recompute_feed_forward=cfg.recompute_feed_forward, exact=exact).values())]
     # After lean, so a frozen conv that is not packed still keeps no input (it wraps lean's forward).
-    packed = [m for m in unique_modules([method.unet, *method.extra_modules()])
-              if pack and prepack_convs(m)]
+    packed = [m for m in models if prepack_convs(m)] if pack else []
     checkpointing = []
     if cfg.gradient_checkpointing:
-        checkpointing = [m for m in unique_modules([method.unet, *method.extra_modules()])
-                         if getattr(m, "is_gradient_checkpointing", True) is False]
+        checkpointing = [m for m in models if getattr(m, "is_gradient_checkpointing", True) is False]
         method.enable_gradient_checkpointing()
 
     def restore():  # only what this call switched on: a caller's own patches stay
