@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from scedit_cli.bench.sampling import CSC_GOAL_PCT, VARIANTS, bench_sampling
+from scedit_cli.bench.sampling import GOALS_PCT, VARIANTS, bench_sampling
 from scedit_cli.errors import SceditError
 from tiny_models import make_tiny_unet
 
@@ -29,9 +29,18 @@ def test_sampling_benchmark_tiny_end_to_end():
     plain = bench.rows[0].seconds_per_image
     for row in bench.rows:
         assert rows[row.variant]["overhead_pct"] == pytest.approx(100 * (row.seconds_per_image / plain - 1), abs=0.01)
-    assert res["csc_goal_pct"] == CSC_GOAL_PCT
-    assert res["csc1_within_goal"] is (rows["csc1"]["overhead_pct"] <= CSC_GOAL_PCT)
-    assert res["csc2_within_goal"] is (rows["csc2"]["overhead_pct"] <= CSC_GOAL_PCT)
+    assert res["goals_pct"] == GOALS_PCT == {"csc1": 5.0, "csc2": 10.0}
+    assert res["csc1_within_goal"] is (rows["csc1"]["overhead_pct"] <= 5.0)
+    assert res["csc2_within_goal"] is (rows["csc2"]["overhead_pct"] <= 10.0)
+    # Operators per denoising step: the tuners' are counted, the hint encoders' (once per image) are not;
+    # the sampling edit runs 4 kernels per tuner on each of the 12 skips.
+    plain_kernels = rows["plain"]["kernels_per_step"]
+    assert rows["sc"]["kernels_per_step"] - plain_kernels == 12 * 4
+    assert rows["csc1"]["kernels_per_step"] - plain_kernels == 12 * 4
+    assert rows["csc2"]["kernels_per_step"] - plain_kernels == 12 * 4 * 2
+    assert rows["controlnet"]["kernels_per_step"] > rows["csc2"]["kernels_per_step"]
+    assert rows["csc1"]["kernel_overhead_pct"] == pytest.approx(100 * (rows["csc1"]["kernels_per_step"] / plain_kernels - 1), abs=0.01)
+    assert all(r["ops_per_step"] >= r["kernels_per_step"] > 0 for r in rows.values())
     assert (res["dtype"], res["steps"], res["batch"], res["repeats"], res["resolution"]) == ("float32", 3, 2, 2, 64)
     assert res["device"] == "cpu" and res["torch_threads"] == torch.get_num_threads()
 

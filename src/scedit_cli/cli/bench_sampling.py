@@ -50,8 +50,9 @@ def bench_sampling_command(
         return
     table = Table(title=(f"Sampling, {result.arch} {resolution}px, {steps} DDIM steps, batch {batch}, "
                          f"CFG {guidance_scale}, {result.device} {result.dtype}"))
-    for col in ("variant", "s / image", "overhead", "extra params (M)"):
+    for col in ("variant", "s / image", "overhead", "kernels / step", "kernel overhead", "extra params (M)"):
         table.add_column(col, justify="left" if col == "variant" else "right")
     for r in result.row_dicts():
-        table.add_row(r["label"], f"{r['seconds_per_image']:.3f}", f"{r['overhead_pct']:+.1f}%", f"{r['extra_params_m']:.2f}")
+        table.add_row(r["label"], f"{r['seconds_per_image']:.3f}", f"{r['overhead_pct']:+.1f}%",
+                      str(r["kernels_per_step"]), f"{r['kernel_overhead_pct']:+.1f}%", f"{r['extra_params_m']:.2f}")
     out_console.print(table)

@@ -68,8 +68,10 @@ class TunerEntry:
             )
         return layout.decoder_to_encoder(block)
 
-    def delta(self, skip: int, hsp: torch.Tensor, transformer_options: dict) -> torch.Tensor | None:
-        return self.runtime(hsp).delta(skip, hsp)
+    def accumulate(self, skip: int, hsp: torch.Tensor, out: torch.Tensor, weight: float,
+                   transformer_options: dict) -> torch.Tensor:
+        """`out + weight * delta(hsp)` (`SkipTuner.accumulate`)."""
+        return self.runtime(hsp).accumulate(skip, hsp, out, weight)
 
 
 class ControlEntry(TunerEntry):
@@ -126,10 +128,10 @@ class ControlEntry(TunerEntry):
             self._hints[latent_hw] = {k: v.to(like.dtype) for k, v in feats.items()}
         return self._hints[latent_hw]
 
-    def delta(self, skip, hsp, transformer_options):
+    def accumulate(self, skip, hsp, out, weight, transformer_options):
         tuner = self.runtime(hsp)
         if skip not in tuner.encoder_to_decoder:
-            return None
+            return out
         shape = transformer_options.get("original_shape")
         if shape is None:
             raise SceditError(
@@ -138,7 +140,7 @@ class ControlEntry(TunerEntry):
             )
         c = self.hints((int(shape[-2]), int(shape[-1])), hsp)[skip]
         chunks = len(transformer_options.get("cond_or_uncond") or [0])
-        return tuner.delta_with_hint(skip, hsp, batch_hint(c, hsp.shape[0], chunks))
+        return tuner.accumulate_with_hint(skip, hsp, out, weight, batch_hint(c, hsp.shape[0], chunks))
 
 
 def weights_at(entries, transformer_options: dict) -> list[tuple[TunerEntry, float]]:
@@ -167,9 +169,7 @@ def output_block_patch(h, hsp, transformer_options):
         return h, hsp
     out = hsp
     for entry, w in weights_at(entries, transformer_options):
-        d = entry.delta(entry.skip_for(block[1], hsp), hsp, transformer_options)
-        if d is not None:
-            out = out + (d if w == 1.0 else w * d)
+        out = entry.accumulate(entry.skip_for(block[1], hsp), hsp, out, w, transformer_options)
     return h, out
 
 

@@ -81,6 +81,17 @@ class SkipTuner(nn.Module):
         """The edit to add to skip `skip` (encoder index), or None where untuned."""
         raise NotImplementedError
 
+    def accumulate(self, skip: int, x: torch.Tensor, out: torch.Tensor, weight: float) -> torch.Tensor:
+        """`out + weight * delta(skip, x)`: this tuner's share of the editor's sum on skip `skip`.
+
+        SC- and CSC-Tuners compute it with fewer operations when sampling (`ops.pixel_mlp_add`): at batch 1
+        a GPU waits on each operation's launch, so the count, not the arithmetic, is what a tuner costs.
+        """
+        d = self.delta(skip, x)
+        if d is None:
+            return out
+        return out + (d if weight == 1.0 else weight * d)
+
     @property
     def trainable_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -23,7 +23,7 @@ from torch import nn
 from ..errors import SceditError
 from .base import SkipTuner, TunerConfig, run_op
 from .layout import SkipLayout
-from .ops import build_op
+from .ops import DropOnCopy, build_op, fusable, pixel_mlp_add
 
 # ControlNet-style pre-hint encoder: channels after each 3x3 conv. The convs
 # that reduce resolution are the ones that change channel count (16->32,
@@ -175,6 +175,7 @@ class CSCTuner(SkipTuner):
         )
         self.scale = 1.0
         self._hints: dict[int, torch.Tensor] | None = None
+        self._sampling_terms = DropOnCopy()  # skip -> (hint, keys, terms): see `_terms`
 
     def encode_condition(self, cond: torch.Tensor) -> dict[int, torch.Tensor]:
         """Hint features for a batch of condition images (B, C, H, W) in [-1, 1] or [0, 1]."""
@@ -187,27 +188,34 @@ class CSCTuner(SkipTuner):
 
     def set_condition(self, cond: torch.Tensor | None) -> None:
         """Encode `cond` once; every later U-Net call reuses the features."""
-        self._hints = None if cond is None else self.encode_condition(cond)
+        self.set_hints(None if cond is None else self.encode_condition(cond))
 
     def set_hints(self, hints: dict[int, torch.Tensor] | None) -> None:
         """Use precomputed hint features (from `encode_condition`)."""
+        if hints is not self._hints:
+            self._sampling_terms.clear()
         self._hints = hints
 
-    def delta(self, skip, x):
-        if skip not in self.encoder_to_decoder:
-            return None
+    def _current_hints(self) -> dict[int, torch.Tensor]:
         if self._hints is None:
             raise SceditError(
                 f"CSC-Tuner for {self.config.condition!r} has no condition image: call set_condition() "
                 "(or pass --control) before running the U-Net"
             )
-        return self.delta_with_hint(skip, x, self._hints[skip])
+        return self._hints
 
-    def delta_with_hint(self, skip: int, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor | None:
-        """The edit on skip `skip` (encoder index) given its hint features `c` (from `encode_condition`)."""
-        j = self.encoder_to_decoder.get(skip)
-        if j is None:
+    def delta(self, skip, x):
+        if skip not in self.encoder_to_decoder:
             return None
+        return self.delta_with_hint(skip, x, self._current_hints()[skip])
+
+    def accumulate(self, skip, x, out, weight):
+        if skip not in self.encoder_to_decoder:
+            return out
+        return self.accumulate_with_hint(skip, x, out, weight, self._current_hints()[skip])
+
+    def _scaled_hint(self, skip: int, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        """`s·c` in x's dtype, tiled to x's batch, after checking that it fits skip `skip`."""
         if c.shape[0] != x.shape[0]:
             # Classifier-free guidance runs [uncond, cond] in one batch: tile the features.
             if x.shape[0] % c.shape[0]:
@@ -220,5 +228,41 @@ class CSCTuner(SkipTuner):
                 f"condition features {tuple(c.shape[-2:])} do not match skip {skip} of size {tuple(x.shape[-2:])}: "
                 "the condition image must have the same pixel size as the generated image"
             )
-        c = self.scale * c.to(x.dtype)
+        return self.scale * c.to(x.dtype)
+
+    def delta_with_hint(self, skip: int, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor | None:
+        """The edit on skip `skip` (encoder index) given its hint features `c` (from `encode_condition`)."""
+        j = self.encoder_to_decoder.get(skip)
+        if j is None:
+            return None
+        c = self._scaled_hint(skip, x, c)
         return run_op(self.tuners[str(j)], x + c) + c
+
+    def accumulate_with_hint(self, skip: int, x: torch.Tensor, out: torch.Tensor, weight: float,
+                             c: torch.Tensor) -> torch.Tensor:
+        """`out + weight * delta_with_hint(skip, x, c)`; when sampling, in the four kernels of
+        `ops.pixel_mlp_add`, the hint's terms made once per image (`_terms`)."""
+        j = self.encoder_to_decoder.get(skip)
+        if j is None:
+            return out
+        op = self.tuners[str(j)]
+        if not fusable(op, x):
+            d = self.delta_with_hint(skip, x, c)
+            return out + (d if weight == 1.0 else weight * d)
+        b, ch = x.shape[:2]
+        hidden_bias, tail = self._terms(skip, op, x, weight, c)
+        return pixel_mlp_add(op, x.reshape(b, ch, -1), out.reshape(b, ch, -1), weight, hidden_bias, tail).view(x.shape)
+
+    def _terms(self, skip: int, op, x: torch.Tensor, weight: float, c: torch.Tensor) -> tuple:
+        """(W1·s·c + b1, weight·(b2 + s·c)) as (B, ·, P) for hint `c` on skip `skip`: made on the first step
+        of an image and reused while the hint, x's shape and dtype, the weight, the scale and the OP's
+        weights stay."""
+        op_key, (w1, b1, _, b2) = op.batched(x.shape[0])
+        key = (tuple(x.shape), x.dtype, weight, self.scale)
+        hit = self._sampling_terms.get(skip)
+        if hit is None or hit[0] is not c or hit[1][0] is not op_key or hit[1][1] != key:
+            b, ch = x.shape[:2]
+            hint = self._scaled_hint(skip, x, c).reshape(b, ch, -1)
+            hit = (c, (op_key, key), (torch.baddbmm(b1, w1, hint), (hint + b2).mul_(weight)))
+            self._sampling_terms[skip] = hit
+        return hit[2]

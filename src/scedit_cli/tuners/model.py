@@ -38,11 +38,8 @@ class SkipEditor(nn.Module):
     def edit(self, skip: int, x: torch.Tensor) -> torch.Tensor:
         out = x
         for tuner, w in zip(self.tuners, self.weights):
-            if w == 0.0:
-                continue
-            d = tuner.delta(skip, x)
-            if d is not None:
-                out = out + (d if w == 1.0 else w * d)
+            if w != 0.0:
+                out = tuner.accumulate(skip, x, out, w)
         return out
 
     def set_weights(self, weights: Sequence[float]) -> None:

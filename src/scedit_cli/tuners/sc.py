@@ -9,7 +9,7 @@ from torch import nn
 
 from .base import SkipTuner, TunerConfig, run_op
 from .layout import SkipLayout
-from .ops import build_op
+from .ops import build_op, fusable, pixel_mlp_add
 
 
 @dataclass
@@ -36,3 +36,13 @@ class SCTuner(SkipTuner):
         if j is None:
             return None
         return run_op(self.tuners[str(j)], x)
+
+    def accumulate(self, skip, x, out, weight):
+        j = self.encoder_to_decoder.get(skip)
+        if j is None:
+            return out
+        op = self.tuners[str(j)]
+        if not fusable(op, x):
+            return super().accumulate(skip, x, out, weight)
+        b, c = x.shape[:2]
+        return pixel_mlp_add(op, x.reshape(b, c, -1), out.reshape(b, c, -1), weight).view(x.shape)

@@ -1,0 +1,123 @@
+"""The sampling skip edit against the training one, alone: all skips of a real-size U-Net, one step.
+
+`SkipEditor.edit` without autograd runs `ops.pixel_mlp_add` (two batched matmuls on weight views, the
+terms fixed for an image made once); with `--path training` each tuner takes its autograd-ready path
+(folded copies, `addmm`, the hint tiled and scaled at every call), which is what sampling ran before.
+Both run on the skip shapes of SD 1.5 / 2.1 at `--resolution` with the CFG batch (2 per image), tuner
+OPs in the base's dtype as `scedit sample` has them, and report milliseconds per U-Net step (median of
+`--repeats`, the two paths alternating) and ATen kernels per step (`metrics.dispatch.OpCounter`).
+
+    PYTHONPATH=src python benchmarks/bench_skip_edit.py --resolution 512 --out benchmarks/results/skip-edit-cpu-512.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import statistics
+import time
+from unittest import mock
+
+import torch
+
+from scedit_cli.architectures import build_unet
+from scedit_cli.metrics.dispatch import OpCounter
+from scedit_cli.tuners import CSCTuner, CSCTunerConfig, SCTuner, SCTunerConfig, SkipLayout, attach, csc, detach, sc
+
+PATHS = ("sampling", "training")
+
+VARIANTS = {"sc": ["sc"], "csc1": ["csc"], "csc2": ["csc", "csc"]}
+
+
+def skip_inputs(layout: SkipLayout, latent: int, batch: int, dtype, device) -> dict[int, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    return {s: torch.randn(batch, c, latent // f, latent // f, generator=g).to(device, dtype)
+            for s, (c, f) in enumerate(zip(layout.channels, layout.downscale))}
+
+
+def make_editor(unet, kinds, resolution, dtype, device):
+    layout = SkipLayout.from_unet(unet)
+    tuners = []
+    for i, kind in enumerate(kinds):
+        torch.manual_seed(i)
+        t = SCTuner(SCTunerConfig(), layout) if kind == "sc" else CSCTuner(CSCTunerConfig(), layout)
+        with torch.no_grad():
+            for p in t.parameters():
+                p.normal_(0, 0.02)
+        t.to(device)
+        if kind == "csc":
+            with torch.no_grad():
+                t.set_condition(torch.rand(1, 3, resolution, resolution, device=device))
+        tuners.append(t.ops_in(dtype, copy=False))
+    weights = [1.0] if len(kinds) == 1 else [0.5] * len(kinds)
+    return attach(unet, tuners, weights, freeze=False)
+
+
+def one_step(editor, skips):
+    for s, x in skips.items():
+        editor.edit(s, x)
+
+
+@contextlib.contextmanager
+def path(name: str):
+    """`sampling`: as sampling runs now; `training`: every tuner takes the path it has outside sampling
+    (what sampling ran before the fused edit)."""
+    with contextlib.ExitStack() as stack:
+        if name == "training":
+            for module in (sc, csc):
+                stack.enter_context(mock.patch.object(module, "fusable", lambda op, x: False))
+        yield
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--arch", default="sd15")
+    ap.add_argument("--resolution", type=int, default=512)
+    ap.add_argument("--batch", type=int, default=2, help="U-Net batch (2: one image with CFG)")
+    ap.add_argument("--repeats", type=int, default=20)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"])
+    ap.add_argument("--out", default=None, help="JSON file to write")
+    args = ap.parse_args()
+    dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[args.dtype]
+    unet = build_unet(args.arch, device="meta")
+    layout = SkipLayout.from_unet(unet)
+    skips = skip_inputs(layout, args.resolution // 8, args.batch, dtype, args.device)
+    sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
+    rows = []
+    for variant, kinds in VARIANTS.items():
+        editor = make_editor(unet, kinds, args.resolution, dtype, args.device)
+        row = {"variant": variant}
+        for name in PATHS:
+            with torch.no_grad(), path(name):
+                one_step(editor, skips)  # warm-up, and the terms made once per image
+                with OpCounter() as counter:
+                    one_step(editor, skips)
+            row[f"{name}_kernels"] = counter.kernels
+            row[f"{name}_ops"] = counter.total
+        times = {name: [] for name in PATHS}
+        for _ in range(args.repeats):
+            for name in PATHS:
+                with torch.no_grad(), path(name):
+                    sync()
+                    t0 = time.perf_counter()
+                    one_step(editor, skips)
+                    sync()
+                    times[name].append(1000 * (time.perf_counter() - t0))
+        for name, ts in times.items():
+            row[f"{name}_ms"] = round(statistics.median(ts), 3)
+        row["speedup"] = round(row["training_ms"] / row["sampling_ms"], 3)
+        detach(unet)
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    result = {"arch": args.arch, "resolution": args.resolution, "batch": args.batch, "dtype": args.dtype,
+              "device": args.device if not args.device.startswith("cuda") else torch.cuda.get_device_name(),
+              "torch_threads": torch.get_num_threads(), "repeats": args.repeats, "rows": rows}
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(result, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
