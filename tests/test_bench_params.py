@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 
@@ -45,15 +43,19 @@ def test_every_exact_row_matches_the_paper_to_001m(all_rows):
     assert rows[("Table 5c", "ResPrefix")].params is None
 
 
-def test_bench_params_cli_json():
-    proc = subprocess.run(
-        [sys.executable, "-m", "scedit_cli.cli", "bench", "params", "--json"],
-        capture_output=True, text=True, timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr
-    data = json.loads(proc.stdout)
+def test_bench_params_cli_json(all_rows, monkeypatch):
+    from typer.testing import CliRunner
+
+    from scedit_cli.bench import params
+    from scedit_cli.cli import app
+
+    # The command prints what `param_rows` counts (checked above); counted once for this module.
+    monkeypatch.setattr(params, "param_rows", lambda: all_rows)
+    res = CliRunner().invoke(app, ["bench", "params", "--json"])
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.stdout)
     assert data["all_exact_rows_match"] is True
-    assert len(data["rows"]) >= 25
+    assert len(data["rows"]) == len(all_rows) >= 25
     assert [r["setting"] for r in data["rows"] if r["table"] == "SDXL" and r["paper_m"] is None] == \
         ["SCEdit", "SCEdit k=1", "SCEdit k=3"]
 
