@@ -92,6 +92,11 @@ def test_terms_made_once_follow_weights_condition_and_scale(tiny_unet):
     check()
     csc.load_state_dict({k: v * 0.5 for k, v in csc.state_dict().items()})
     check()
+    for dtype in (torch.float64, torch.float32):  # `.to()` gives the same parameters new data
+        for t in (sc, csc):
+            t.to(dtype)
+        x = x.to(dtype)
+        assert check().dtype == dtype
     copied = copy.deepcopy(csc)
     assert not copied._sampling_terms and not copied.tuners[str(csc.encoder_to_decoder[SKIP])]._batched
 

@@ -255,10 +255,10 @@ class CSCTuner(SkipTuner):
 
     def _terms(self, skip: int, op, x: torch.Tensor, weight: float, c: torch.Tensor) -> tuple:
         """(W1·s·c + b1, weight·(b2 + s·c)) as (B, ·, P) for hint `c` on skip `skip`: made on the first step
-        of an image and reused while the hint, x's shape and dtype, the weight, the scale and the OP's
+        of an image and reused while the hint, x's shape, dtype and device, the weight, the scale and the OP's
         weights stay."""
         op_key, (w1, b1, _, b2) = op.batched(x.shape[0])
-        key = (tuple(x.shape), x.dtype, weight, self.scale)
+        key = (tuple(x.shape), x.dtype, x.device, weight, self.scale)
         hit = self._sampling_terms.get(skip)
         if hit is None or hit[0] is not c or hit[1][0] is not op_key or hit[1][1] != key:
             b, ch = x.shape[:2]

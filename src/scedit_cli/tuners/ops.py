@@ -23,7 +23,8 @@ class LinearOp(nn.Module):
     """`W_up · GELU(W_down · x)` over channels (the paper's SC-Tuner, Table 5c "Linear").
 
     Applied per pixel as `addmm` on the skip folded to (C, B·H·W) (a view at batch 1), so no
-    channels-last copies; on a CPU the 1x1 convolutions of the same products took slower paths. Parameters
+    channels-last copies; on a CPU the 1x1 convolutions of the same products took slower paths. Sampling
+    (no autograd) takes `pixel_mlp_add` instead: batched products on weight views, no folded copies. Parameters
     `2·C·d + d + C`. Names `ln1` / `ln2` follow the official checkpoints (down / up projection) and stay
     `nn.Linear`, so their weights load unchanged.
     """
@@ -38,12 +39,14 @@ class LinearOp(nn.Module):
 
     def batched(self, batch: int) -> tuple:
         """(key, (w1, b1, w2, b2)): the weights as views shaped for `torch.baddbmm` over `batch` skips, made
-        once per batch size and again only when a weight is replaced or written in place (`key` changes then)."""
+        once per batch size and again when a weight is replaced, written in place (its version) or given new
+        data (`module.to(...)` swaps `.data`: its address); `key` is a new object then."""
         params = (self.ln1.weight, self.ln1.bias, self.ln2.weight, self.ln2.bias)
         hit = self._batched.get(batch)
-        if hit is None or any(p is not q or p._version != v for p, (q, v) in zip(params, hit[0])):
+        if hit is None or any(p is not q or p._version != v or p.data_ptr() != a
+                              for p, (q, v, a) in zip(params, hit[0])):
             w1, b1, w2, b2 = (p.detach() for p in params)
-            key = tuple((p, p._version) for p in params)
+            key = tuple((p, p._version, p.data_ptr()) for p in params)
             hit = (key, (w1.expand(batch, -1, -1), b1[:, None], w2.expand(batch, -1, -1), b2[:, None]))
             self._batched[batch] = hit
         return hit
