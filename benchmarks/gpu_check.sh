@@ -5,12 +5,13 @@
 # probe.json, sampling.json, quickstart.json, train-fp16.json (train needs quickstart's data:
 # /tmp/scedit-qs)
 # Usage (from the repository root, scedit importable): OUT=results bash benchmarks/gpu_check.sh
-# STAGES picks a subset (default: all): tests table1 table2 table5 probe sampling quickstart train peers
+# STAGES picks a subset (default: all): tests table1 table2 table5 probe sampling edit quickstart train peers
 #   (probe: probe.json, where SCEdit's and LoRA's memory peaks fall; benchmarks/peak_probe.py)
+#   (edit: skip-edit-gpu-512.json, benchmarks/bench_skip_edit.py: the sampling skip edit alone)
 #   (peers: peers-gpu-512.json|png, ours vs ms-swift's SCETuning; needs PEER_PYTHON, the Python of an
 #    environment with ms-swift installed as benchmarks/README.md says)
 set -u
-STAGES=" ${STAGES:-tests table1 table2 sampling quickstart train peers} "
+STAGES=" ${STAGES:-tests table1 table2 sampling edit quickstart train peers} "
 want() { [[ "$STAGES" == *" $1 "* ]]; }
 OUT=${OUT:?set OUT to a folder}
 mkdir -p "$OUT"
@@ -43,6 +44,12 @@ if want sampling; then
 stage "sampling: SD 1.5, 512 px, 50 DDIM steps, CFG 7.5, fp16"
 $S bench sampling --device cuda --resolution 512 --steps 50 --repeats 3 --json >"$OUT/sampling.json" 2>>"$LOG"
 echo "--- rc=$?" | tee -a "$LOG"
+fi
+
+if want edit; then
+stage "skip edit alone: sampling path vs the tuners' autograd path, SD 1.5 skips at 512 px, batch 2, fp16"
+run python3 benchmarks/bench_skip_edit.py --device cuda --dtype fp16 --resolution 512 --repeats 50 \
+  --out "$OUT/skip-edit-gpu-512.json"
 fi
 
 want quickstart && {
