@@ -30,3 +30,13 @@ def tiny_unet():
 def tiny_sdxl_unet():
     """A tiny SDXL-shaped U-Net (3 down blocks -> 9 skips, text_time added conditions)."""
     return make_tiny_unet("sdxl")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Modules marked `slow` first (stable otherwise): `--dist loadfile` hands whole files to the two
+    workers in this order, and a long file started last leaves the other worker idle at the end."""
+    def heavy(item):
+        marks = getattr(item.module, "pytestmark", [])
+        return any(m.name == "slow" for m in (marks if isinstance(marks, list) else [marks]))
+
+    items.sort(key=lambda item: 0 if heavy(item) else 1)

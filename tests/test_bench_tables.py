@@ -14,6 +14,8 @@ from scedit_cli.cli import app
 from scedit_cli.errors import SceditError
 from tiny_models import tiny_unet_config
 
+pytestmark = pytest.mark.slow  # run first: see conftest.py
+
 
 @pytest.fixture
 def tiny_config(tmp_path):

@@ -11,6 +11,8 @@ import torch
 from train_helpers import make_dataset, make_tiny_pipeline, write_recipe
 from scedit_cli.training import StepBatch, compute_loss, make_noise_scheduler, train
 
+pytestmark = pytest.mark.slow  # run first: see conftest.py
+
 COND_METHODS = {"csc", "controlnet", "t2i-adapter", "controlnet-xs", "controllora"}
 
 

@@ -17,6 +17,8 @@ from safetensors.torch import load_file
 from train_helpers import make_dataset, make_tiny_pipeline, write_recipe
 from scedit_cli.training import train
 
+pytestmark = pytest.mark.slow  # run first: see conftest.py
+
 N = 4
 
 
