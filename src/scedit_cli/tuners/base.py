@@ -87,10 +87,7 @@ class SkipTuner(nn.Module):
         SC- and CSC-Tuners compute it with fewer operations when sampling (`ops.pixel_mlp_add`): at batch 1
         a GPU waits on each operation's launch, so the count, not the arithmetic, is what a tuner costs.
         """
-        d = self.delta(skip, x)
-        if d is None:
-            return out
-        return out + (d if weight == 1.0 else weight * d)
+        return add_weighted(out, self.delta(skip, x), weight)
 
     @property
     def trainable_parameters(self) -> int:
@@ -109,6 +106,13 @@ class SkipTuner(nn.Module):
         tuner = copylib.deepcopy(self) if copy else self
         tuner.tuners.to(dtype)
         return tuner
+
+
+def add_weighted(out: torch.Tensor, d: torch.Tensor | None, weight: float) -> torch.Tensor:
+    """`out + weight * d` (`out` itself where `d` is None: an untuned skip)."""
+    if d is None:
+        return out
+    return out + (d if weight == 1.0 else weight * d)
 
 
 def run_op(op: nn.Module, x: torch.Tensor) -> torch.Tensor:

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from ..errors import SceditError
-from .base import SkipTuner, TunerConfig, run_op
+from .base import SkipTuner, TunerConfig, add_weighted, run_op
 from .layout import SkipLayout
 from .ops import DropOnCopy, build_op, fusable, pixel_mlp_add
 
@@ -247,8 +247,7 @@ class CSCTuner(SkipTuner):
             return out
         op = self.tuners[str(j)]
         if not fusable(op, x):
-            d = self.delta_with_hint(skip, x, c)
-            return out + (d if weight == 1.0 else weight * d)
+            return add_weighted(out, self.delta_with_hint(skip, x, c), weight)
         b, ch = x.shape[:2]
         hidden_bias, tail = self._terms(skip, op, x, weight, c)
         return pixel_mlp_add(op, x.reshape(b, ch, -1), out.reshape(b, ch, -1), weight, hidden_bias, tail).view(x.shape)
