@@ -8,6 +8,10 @@ OPs in the base's dtype as `scedit sample` has them, and report milliseconds per
 `--repeats`, the two paths alternating) and ATen kernels per step (`metrics.dispatch.OpCounter`).
 
     PYTHONPATH=src python benchmarks/bench_skip_edit.py --resolution 512 --out benchmarks/results/skip-edit-cpu-512.json
+
+`--tiny` keeps the architecture's skip structure with channels 8 / 16 / 32 / 32 (the tests' tiny SD U-Net):
+with next to no arithmetic the time is the host's, Python and the dispatcher, which is what a GPU at
+batch 1 waits on (`--resolution 64`: 8x8 to 1x1 skips).
 """
 
 from __future__ import annotations
@@ -21,13 +25,22 @@ from unittest import mock
 
 import torch
 
-from scedit_cli.architectures import build_unet
+from scedit_cli.architectures import build_unet, unet_config
 from scedit_cli.metrics.dispatch import OpCounter
 from scedit_cli.tuners import CSCTuner, CSCTunerConfig, SCTuner, SCTunerConfig, SkipLayout, attach, csc, detach, sc
 
 PATHS = ("sampling", "training")
 
 VARIANTS = {"sc": ["sc"], "csc1": ["csc"], "csc2": ["csc", "csc"]}
+
+
+def tiny_unet(arch: str):
+    """`arch`'s U-Net on the meta device with the tests' tiny widths: the same skips, ~1/40 of the channels."""
+    from diffusers import UNet2DConditionModel
+
+    config = {**unet_config(arch), "block_out_channels": (8, 16, 32, 32), "norm_num_groups": 8}
+    with torch.device("meta"):
+        return UNet2DConditionModel(**config)
 
 
 def skip_inputs(layout: SkipLayout, latent: int, batch: int, dtype, device) -> dict[int, torch.Tensor]:
@@ -78,10 +91,11 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=20)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"])
+    ap.add_argument("--tiny", action="store_true", help="channels 8/16/32/32: host time only (see above)")
     ap.add_argument("--out", default=None, help="JSON file to write")
     args = ap.parse_args()
     dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[args.dtype]
-    unet = build_unet(args.arch, device="meta")
+    unet = build_unet(args.arch, device="meta") if not args.tiny else tiny_unet(args.arch)
     layout = SkipLayout.from_unet(unet)
     skips = skip_inputs(layout, args.resolution // 8, args.batch, dtype, args.device)
     sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
@@ -111,7 +125,7 @@ def main() -> None:
         detach(unet)
         rows.append(row)
         print(json.dumps(row), flush=True)
-    result = {"arch": args.arch, "resolution": args.resolution, "batch": args.batch, "dtype": args.dtype,
+    result = {"arch": args.arch + (" (tiny widths)" if args.tiny else ""), "resolution": args.resolution, "batch": args.batch, "dtype": args.dtype,
               "device": args.device if not args.device.startswith("cuda") else torch.cuda.get_device_name(),
               "torch_threads": torch.get_num_threads(), "repeats": args.repeats, "rows": rows}
     if args.out:

@@ -249,17 +249,19 @@ class CSCTuner(SkipTuner):
         if not fusable(op, x):
             return add_weighted(out, self.delta_with_hint(skip, x, c), weight)
         b, ch = x.shape[:2]
-        hidden_bias, tail = self._terms(skip, op, x, weight, c)
-        return pixel_mlp_add(op, x.reshape(b, ch, -1), out.reshape(b, ch, -1), weight, hidden_bias, tail).view(x.shape)
+        op_key, weights = op.batched(b)
+        hidden_bias, tail = self._terms(skip, op_key, weights, x, weight, c)
+        return pixel_mlp_add(weights, x.reshape(b, ch, -1), out.reshape(b, ch, -1), weight, hidden_bias,
+                             tail).view(x.shape)
 
-    def _terms(self, skip: int, op, x: torch.Tensor, weight: float, c: torch.Tensor) -> tuple:
+    def _terms(self, skip: int, op_key, weights: tuple, x: torch.Tensor, weight: float, c: torch.Tensor) -> tuple:
         """(W1·s·c + b1, weight·(b2 + s·c)) as (B, ·, P) for hint `c` on skip `skip`: made on the first step
         of an image and reused while the hint, x's shape, dtype and device, the weight, the scale and the OP's
-        weights stay."""
-        op_key, (w1, b1, _, b2) = op.batched(x.shape[0])
+        weights (`op_key`, from `LinearOp.batched`) stay."""
         key = (tuple(x.shape), x.dtype, x.device, weight, self.scale)
         hit = self._sampling_terms.get(skip)
         if hit is None or hit[0] is not c or hit[1][0] is not op_key or hit[1][1] != key:
+            w1, b1, _, b2 = weights
             b, ch = x.shape[:2]
             hint = self._scaled_hint(skip, x, c).reshape(b, ch, -1)
             hit = (c, (op_key, key), (torch.baddbmm(b1, w1, hint), (hint + b2).mul_(weight)))

@@ -83,15 +83,16 @@ def fusable(op: nn.Module, x: torch.Tensor) -> bool:
     )
 
 
-def pixel_mlp_add(op: LinearOp, y: torch.Tensor, out: torch.Tensor, alpha: float,
+def pixel_mlp_add(weights: tuple, y: torch.Tensor, out: torch.Tensor, alpha: float,
                   hidden_bias: torch.Tensor | None = None, tail: torch.Tensor | None = None) -> torch.Tensor:
-    """`out + alpha · (W2 · gelu(W1 · y + b1) + b2)` on (B, C, P) tensors without autograd (`fusable`).
+    """`out + alpha · (W2 · gelu(W1 · y + b1) + b2)` on (B, C, P) tensors without autograd (`fusable`);
+    `weights` are a Linear OP's `(w1, b1, w2, b2)` from `LinearOp.batched(B)`.
 
     A CSC-Tuner, whose OP sees `y + s·c`, passes the terms fixed for an image instead: `hidden_bias`
     `W1 · s·c + b1` (replacing b1) and `tail` `alpha · (b2 + s·c)` (replacing `alpha · b2`). Two batched
     matmuls on views of the weights, the second accumulating into `out`, GELU and the last add in place:
     four kernels and no folded copies."""
-    _, (w1, b1, w2, b2) = op.batched(y.shape[0])
+    w1, b1, w2, b2 = weights
     h = torch.baddbmm(b1 if hidden_bias is None else hidden_bias, w1, y)
     torch.ops.aten.gelu_(h)
     r = torch.baddbmm(out, w2, h, alpha=alpha)

@@ -45,4 +45,4 @@ class SCTuner(SkipTuner):
         if not fusable(op, x):
             return super().accumulate(skip, x, out, weight)
         b, c = x.shape[:2]
-        return pixel_mlp_add(op, x.reshape(b, c, -1), out.reshape(b, c, -1), weight).view(x.shape)
+        return pixel_mlp_add(op.batched(b)[1], x.reshape(b, c, -1), out.reshape(b, c, -1), weight).view(x.shape)
