@@ -27,11 +27,13 @@ import torch
 
 from scedit_cli.architectures import build_unet, unet_config
 from scedit_cli.metrics.dispatch import OpCounter
-from scedit_cli.tuners import CSCTuner, CSCTunerConfig, SCTuner, SCTunerConfig, SkipLayout, attach, csc, detach, sc
+from scedit_cli.bench.sampling import set_up_variant, variant_tuners
+from scedit_cli.models import BaseModel
+from scedit_cli.tuners import CSCTuner, SkipLayout, attach, csc, detach, sc
 
 PATHS = ("sampling", "training")
 
-VARIANTS = {"sc": ["sc"], "csc1": ["csc"], "csc2": ["csc", "csc"]}
+VARIANTS = ("sc", "csc1", "csc2")  # `scedit bench sampling`'s tuner variants
 
 
 def tiny_unet(arch: str):
@@ -49,21 +51,17 @@ def skip_inputs(layout: SkipLayout, latent: int, batch: int, dtype, device) -> d
             for s, (c, f) in enumerate(zip(layout.channels, layout.downscale))}
 
 
-def make_editor(unet, kinds, resolution, dtype, device):
-    layout = SkipLayout.from_unet(unet)
-    tuners = []
-    for i, kind in enumerate(kinds):
-        torch.manual_seed(i)
-        t = SCTuner(SCTunerConfig(), layout) if kind == "sc" else CSCTuner(CSCTunerConfig(), layout)
-        with torch.no_grad():
-            for p in t.parameters():
-                p.normal_(0, 0.02)
-        t.to(device)
-        if kind == "csc":
+def make_editor(unet, variant, resolution, dtype, device):
+    """`variant`'s tuners as `scedit bench sampling` builds them (random non-zero weights, OPs in `dtype`),
+    condition images encoded, attached to `unet`."""
+    base = BaseModel.from_unet(unet, is_sdxl=False, vae_scale_factor=8)
+    tuners, weights = variant_tuners(set_up_variant(variant, base, hint_kernel=3), dtype, seed=1)
+    g = torch.Generator().manual_seed(2)
+    for t in tuners:
+        t.to(device)  # a meta U-Net leaves them where they were built
+        if isinstance(t, CSCTuner):
             with torch.no_grad():
-                t.set_condition(torch.rand(1, 3, resolution, resolution, device=device))
-        tuners.append(t.ops_in(dtype, copy=False))
-    weights = [1.0] if len(kinds) == 1 else [0.5] * len(kinds)
+                t.set_condition(torch.rand(1, t.config.in_channels, resolution, resolution, generator=g).to(device))
     return attach(unet, tuners, weights, freeze=False)
 
 
@@ -100,8 +98,8 @@ def main() -> None:
     skips = skip_inputs(layout, args.resolution // 8, args.batch, dtype, args.device)
     sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
     rows = []
-    for variant, kinds in VARIANTS.items():
-        editor = make_editor(unet, kinds, args.resolution, dtype, args.device)
+    for variant in VARIANTS:
+        editor = make_editor(unet, variant, args.resolution, dtype, args.device)
         row = {"variant": variant}
         for name in PATHS:
             with torch.no_grad(), path(name):

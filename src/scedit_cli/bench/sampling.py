@@ -124,7 +124,9 @@ METHODS = {"sc": ("sc", {}), "csc1": ("csc", {"conditions": ["canny"]}),
            "csc2": ("csc", {"conditions": ["canny", "color"]}), "controlnet": ("controlnet", {"conditions": ["canny"]})}
 
 
-def _set_up(variant: str, base, hint_kernel: int):
+def set_up_variant(variant: str, base, hint_kernel: int):
+    """The training method behind `variant` (`METHODS`), set up on `base`; a tuner method's tuners are
+    taken off the U-Net again (attached per run)."""
     from ..methods import build_method
 
     name, config = METHODS[variant]
@@ -135,7 +137,7 @@ def _set_up(variant: str, base, hint_kernel: int):
     return method
 
 
-def _tuners(method, dtype: torch.dtype, seed: int) -> tuple[list, list[float]]:
+def variant_tuners(method, dtype: torch.dtype, seed: int) -> tuple[list, list[float]]:
     """A tuner method's tuners with random non-zero weights, OPs in the base's precision (as `scedit
     sample` runs them), and their weights (Eq. 7: the method's alphas)."""
     tuners = [method.tuner] if method.name == "sc" else list(method.tuners)
@@ -214,8 +216,8 @@ def bench_sampling(
     # Every variant's modules come from the training methods themselves (`build_method(...).setup`);
     # the tuners are taken off again and attached per run below.
     base = BaseModel.from_unet(unet, is_sdxl=False, vae_scale_factor=factor)
-    methods = {v: _set_up(v, base, hint_kernel) for v in variants if v != "plain"}
-    tuned = {v: _tuners(m, torch_dtype, seed=1 + 2 * i) for i, (v, m) in enumerate(methods.items())
+    methods = {v: set_up_variant(v, base, hint_kernel) for v in variants if v != "plain"}
+    tuned = {v: variant_tuners(m, torch_dtype, seed=1 + 2 * i) for i, (v, m) in enumerate(methods.items())
              if v != "controlnet"}
     cpipe = None
     if "controlnet" in variants:
