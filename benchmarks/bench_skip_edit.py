@@ -1,11 +1,12 @@
 """The sampling skip edit against the training one, alone: all skips of a real-size U-Net, one step.
 
-`SkipEditor.edit` without autograd runs `ops.pixel_mlp_add` (two batched matmuls on weight views, the
-terms fixed for an image made once); with `--path training` each tuner takes its autograd-ready path
-(folded copies, `addmm`, the hint tiled and scaled at every call), which is what sampling ran before.
-Both run on the skip shapes of SD 1.5 / 2.1 at `--resolution` with the CFG batch (2 per image), tuner
-OPs in the base's dtype as `scedit sample` has them, and report milliseconds per U-Net step (median of
-`--repeats`, the two paths alternating) and ATen kernels per step (`metrics.dispatch.OpCounter`).
+Three paths, alternating in one run. `block`: what the U-Net's hooks run when sampling on a GPU
+(`SkipEditor.edit_block` per up block, `tuners.fused.edit`: all tuners in one pixel MLP, same-shape skips
+stacked, the terms fixed for an image made once). `skip`: the same without stacking, what they run on a
+CPU. `training`: every tuner takes its autograd-ready path (folded copies, `addmm`, the hint tiled and
+scaled at every call, one tuner after the other), what sampling ran before the fused edit. All run on the skip shapes of SD 1.5 / 2.1 at `--resolution` with the CFG batch (2 per
+image), tuner OPs in the base's dtype as `scedit sample` has them, and report milliseconds per U-Net step
+(median of `--repeats`) and ATen kernels per step (`metrics.dispatch.OpCounter`).
 
     PYTHONPATH=src python benchmarks/bench_skip_edit.py --resolution 512 --out benchmarks/results/skip-edit-cpu-512.json
 
@@ -29,9 +30,9 @@ from scedit_cli.architectures import build_unet, unet_config
 from scedit_cli.metrics.dispatch import OpCounter
 from scedit_cli.bench.sampling import set_up_variant, variant_tuners
 from scedit_cli.models import BaseModel
-from scedit_cli.tuners import CSCTuner, SkipLayout, attach, csc, detach, sc
+from scedit_cli.tuners import CSCTuner, SkipLayout, attach, detach, fused
 
-PATHS = ("sampling", "training")
+PATHS = ("block", "skip", "training")
 
 VARIANTS = ("sc", "csc1", "csc2")  # `scedit bench sampling`'s tuner variants
 
@@ -65,19 +66,19 @@ def make_editor(unet, variant, resolution, dtype, device):
     return attach(unet, tuners, weights, freeze=False)
 
 
-def one_step(editor, skips):
-    for s, x in skips.items():
-        editor.edit(s, x)
+def one_step(editor, skips, blocks, name):
+    editor.stack_skips = name == "block"  # whatever the device's default
+    for block in blocks:
+        editor.edit_block(block, [skips[s] for s in block])
 
 
 @contextlib.contextmanager
 def path(name: str):
-    """`sampling`: as sampling runs now; `training`: every tuner takes the path it has outside sampling
-    (what sampling ran before the fused edit)."""
+    """`training`: every tuner takes the path it has outside sampling (what sampling ran before the fused
+    edit); the others: as sampling runs now."""
     with contextlib.ExitStack() as stack:
         if name == "training":
-            for module in (sc, csc):
-                stack.enter_context(mock.patch.object(module, "fusable", lambda op, x: False))
+            stack.enter_context(mock.patch.object(fused, "sampling", lambda x: False))
         yield
 
 
@@ -103,9 +104,9 @@ def main() -> None:
         row = {"variant": variant}
         for name in PATHS:
             with torch.no_grad(), path(name):
-                one_step(editor, skips)  # warm-up, and the terms made once per image
+                one_step(editor, skips, layout.up_block_skips, name)  # warm-up; the terms made once per image
                 with OpCounter() as counter:
-                    one_step(editor, skips)
+                    one_step(editor, skips, layout.up_block_skips, name)
             row[f"{name}_kernels"] = counter.kernels
             row[f"{name}_ops"] = counter.total
         times = {name: [] for name in PATHS}
@@ -114,12 +115,12 @@ def main() -> None:
                 with torch.no_grad(), path(name):
                     sync()
                     t0 = time.perf_counter()
-                    one_step(editor, skips)
+                    one_step(editor, skips, layout.up_block_skips, name)
                     sync()
                     times[name].append(1000 * (time.perf_counter() - t0))
         for name, ts in times.items():
             row[f"{name}_ms"] = round(statistics.median(ts), 3)
-        row["speedup"] = round(row["training_ms"] / row["sampling_ms"], 3)
+        row["speedup"] = round(row["training_ms"] / row["block_ms"], 3)
         detach(unet)
         rows.append(row)
         print(json.dumps(row), flush=True)

@@ -33,11 +33,10 @@ def test_sampling_benchmark_tiny_end_to_end():
     assert res["csc1_within_goal"] is (rows["csc1"]["overhead_pct"] <= 5.0)
     assert res["csc2_within_goal"] is (rows["csc2"]["overhead_pct"] <= 10.0)
     # Operators per denoising step: the tuners' are counted, the hint encoders' (once per image) are not;
-    # the sampling edit runs 4 kernels per tuner on each of the 12 skips.
+    # the sampling edit runs 4 kernels per skip whatever the tuners (on a CPU the skips are not stacked).
     plain_kernels = rows["plain"]["kernels_per_step"]
-    assert rows["sc"]["kernels_per_step"] - plain_kernels == 12 * 4
-    assert rows["csc1"]["kernels_per_step"] - plain_kernels == 12 * 4
-    assert rows["csc2"]["kernels_per_step"] - plain_kernels == 12 * 4 * 2
+    for variant in ("sc", "csc1", "csc2"):
+        assert rows[variant]["kernels_per_step"] - plain_kernels == 12 * 4, variant
     assert rows["controlnet"]["kernels_per_step"] > rows["csc2"]["kernels_per_step"]
     assert rows["csc1"]["kernel_overhead_pct"] == pytest.approx(100 * (rows["csc1"]["kernels_per_step"] / plain_kernels - 1), abs=0.01)
     assert all(r["ops_per_step"] >= r["kernels_per_step"] > 0 for r in rows.values())

@@ -305,6 +305,24 @@ def test_cfg_batch_and_image_batch_pair_like_controlnet(toy):
     assert (both - plain).abs().max() > 1e-2
 
 
+def test_fused_terms_are_made_once_per_image_batch_and_reused_by_every_step(toy):
+    """SC + two Controls (one with a 2-image IMAGE) run as one fused edit per skip; its plans, made on
+    the first U-Net call, are the same objects on the next calls (the tiled hints keep their identity)."""
+    imgs = torch.cat([_image(toy.maps["canny"]), _image(toy.maps["color"])])
+    m = Tuner.apply(_model(toy), toy.paths["sc"], 1.0)[0]
+    m = Control.apply(m, toy.paths["canny"], imgs, 1.0, 0.0, 1.0)[0]
+    m = Control.apply(m, toy.paths["color"], _image(toy.maps["color"]), 0.5, 0.0, 1.0)[0]
+    x, ctx = _inputs(toy, batch=4)
+    plans = entries_of(m)[0].plans
+    with torch.no_grad():
+        first = apply_model(m, x, 400, ctx, [0, 1])
+        made = {k: v[2] for k, v in plans.items()}
+        again = apply_model(m, x, 300, ctx, [0, 1])
+    assert len(made) == toy.layout.num_skips
+    assert all(plans[k][2] is v for k, v in made.items())
+    assert not torch.equal(first, again)
+
+
 def test_start_end_percent_follow_controlnets_sigma_range(toy):
     x, ctx = _inputs(toy)
     img = _image(toy.maps["canny"])

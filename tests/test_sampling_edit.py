@@ -50,20 +50,89 @@ def test_sampling_edit_equals_training_edit(tiny_unet, kinds, weights, batch):
     torch.testing.assert_close(fast, slow, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("kind", ["sc", "csc"])
-def test_sampling_edit_runs_four_kernels_per_tuner(tiny_unet, kind):
-    editor = attach(tiny_unet, _tuners(SkipLayout.from_unet(tiny_unet), [kind]))
+@pytest.mark.parametrize("kinds", [["sc"], ["csc"], ["sc", "csc"], ["csc", "csc"]])
+def test_sampling_edit_runs_four_kernels_per_skip_whatever_the_tuners(tiny_unet, kinds):
+    editor = attach(tiny_unet, _tuners(SkipLayout.from_unet(tiny_unet), kinds), [0.6] * len(kinds))
     x = torch.randn(2, 32, 2, 2)
     with torch.no_grad():
-        editor.edit(SKIP, x)  # the first step of an image makes the CSC terms that stay for all of it
+        editor.edit(SKIP, x)  # the first step of an image makes the terms that stay for all of it
         with OpCounter() as fast:
             editor.edit(SKIP, x)
     with OpCounter() as slow:
         editor.edit(SKIP, x)
     assert fast.kernels == 4, fast.ops
-    assert not {"aten.clone.default", "aten.repeat.default", "aten.mul.Tensor"} & set(fast.ops), fast.ops
+    assert not {"aten.clone.default", "aten.repeat.default", "aten.mul.Tensor", "aten.cat.default"} & set(fast.ops)
     # Training keeps its autograd path (folded copies, addmm).
     assert "aten.baddbmm.default" not in slow.ops and slow.kernels > fast.kernels, slow.ops
+
+
+BLOCK = (11, 10, 9)  # what the tiny U-Net's first up block receives: three 32-channel skips at 1/8 scale
+
+
+@pytest.mark.parametrize("kinds", [["sc"], ["csc"], ["sc", "csc", "csc"]])
+def test_same_shape_skips_of_an_up_block_run_as_one_batch(tiny_unet, kinds):
+    editor = attach(tiny_unet, _tuners(SkipLayout.from_unet(tiny_unet), kinds), [0.5, 1.0, 0.3][:len(kinds)])
+    editor.stack_skips = True  # the default stacks them except on a CPU
+    xs = [torch.randn(2, 32, 2, 2) for _ in BLOCK]
+    with torch.no_grad():
+        editor.edit_block(BLOCK, xs)
+        with OpCounter() as fast:
+            got = editor.edit_block(BLOCK, xs)
+        per_skip = [editor.edit(s, x) for s, x in zip(BLOCK, xs)]
+    with torch.enable_grad():
+        slow = [t.detach() for t in editor.edit_block(BLOCK, xs)]
+    assert fast.kernels == 5, fast.ops  # the stack, then the four of one skip
+    for g, p, s, x in zip(got, per_skip, slow, xs):
+        assert g.shape == x.shape and not torch.equal(g, x)
+        torch.testing.assert_close(g, s, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(g, p, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("stack, kernels", [(None, 3 * 4), (False, 3 * 4), (True, 5)])
+def test_skips_are_stacked_except_on_a_cpu_unless_asked(tiny_unet, stack, kernels):
+    editor = attach(tiny_unet, _tuners(SkipLayout.from_unet(tiny_unet), ["csc"]))
+    editor.stack_skips = stack
+    xs = [torch.randn(2, 32, 2, 2) for _ in BLOCK]
+    with torch.no_grad():
+        editor.edit_block(BLOCK, xs)
+        with OpCounter() as counter:
+            editor.edit_block(BLOCK, xs)
+    assert counter.kernels == kernels, counter.ops
+
+
+def test_a_block_groups_skips_by_shape_and_by_the_tuners_acting(tiny_unet):
+    layout = SkipLayout.from_unet(tiny_unet)
+    torch.manual_seed(0)
+    deep_only = randomize_(SCTuner(SCTunerConfig(skips=[0]), layout), seed=3, scale=0.05)  # j=0: skip 11
+    sc, csc = _tuners(layout, ["sc", "csc"])
+    editor = attach(tiny_unet, [sc, csc, deep_only], [1.0, 0.5, 0.7])
+    editor.stack_skips = True
+    xs = [torch.randn(2, 32, 2, 2) for _ in BLOCK]
+    with torch.no_grad():
+        editor.edit_block(BLOCK, xs)
+        with OpCounter() as fast:
+            got = editor.edit_block(BLOCK, xs)
+    with torch.enable_grad():
+        slow = [t.detach() for t in editor.edit_block(BLOCK, xs)]
+    assert fast.kernels == 4 + 5, fast.ops  # skip 11 alone (three tuners), skips 10 and 9 together (two)
+    for g, s in zip(got, slow):
+        torch.testing.assert_close(g, s, rtol=1e-5, atol=1e-6)
+
+
+def test_a_tuner_without_a_fused_form_adds_its_delta_beside_the_fused_ones(tiny_unet):
+    layout = SkipLayout.from_unet(tiny_unet)
+    torch.manual_seed(0)
+    conv = randomize_(SCTuner(SCTunerConfig(op="conv3x3"), layout), seed=4, scale=0.05)
+    sc, csc = _tuners(layout, ["sc", "csc"])
+    editor = attach(tiny_unet, [sc, conv, csc], [1.0, 0.4, 0.5])
+    editor.stack_skips = True
+    xs = [torch.randn(2, 32, 2, 2) for _ in BLOCK]
+    with torch.no_grad():
+        got = editor.edit_block(BLOCK, xs)
+    with torch.enable_grad():
+        slow = [t.detach() for t in editor.edit_block(BLOCK, xs)]
+    for g, s in zip(got, slow):
+        torch.testing.assert_close(g, s, rtol=1e-5, atol=1e-6)
 
 
 def test_terms_made_once_follow_weights_condition_and_scale(tiny_unet):
@@ -97,8 +166,8 @@ def test_terms_made_once_follow_weights_condition_and_scale(tiny_unet):
             t.to(dtype)
         x = x.to(dtype)
         assert check().dtype == dtype
-    copied = copy.deepcopy(csc)
-    assert not copied._sampling_terms and not copied.tuners[str(csc.encoder_to_decoder[SKIP])]._batched
+    assert editor._plans
+    assert not copy.deepcopy(editor)._plans
 
 
 def test_other_dtypes_and_autograd_take_the_training_path(tiny_unet):
@@ -122,3 +191,14 @@ def test_unet_samples_the_same_through_either_path(tiny_unet):
     with torch.enable_grad():
         slow = tiny_unet(**inputs).sample.detach()
     torch.testing.assert_close(fast, slow, rtol=1e-4, atol=1e-5)
+
+
+def test_tuners_edit_a_meta_unet_without_asking_autocast(tiny_unet):
+    """The sampling edit asks whether autocast is on; on devices without autocast ("meta", where real-size
+    U-Nets are built) the answer is no, not an error."""
+    sc, csc = _tuners(SkipLayout.from_unet(tiny_unet), ["sc", "csc"])
+    editor = attach(tiny_unet.to("meta"), [sc.to("meta"), csc.to("meta")])
+    csc.set_hints({s: torch.empty(1, *c.shape[1:], device="meta") for s, c in csc._hints.items()})
+    with torch.no_grad():
+        out = editor.edit_block(BLOCK, [torch.empty(2, 32, 2, 2, device="meta") for _ in BLOCK])
+    assert [tuple(t.shape) for t in out] == [(2, 32, 2, 2)] * 3 and out[0].device.type == "meta"

@@ -67,8 +67,10 @@ def _batch_slices(t: torch.Tensor):
 
 def amp_dtype(device_type: str, default: torch.dtype) -> torch.dtype:
     """The dtype a matmul or convolution computes in on `device_type` now: autocast's where it is
-    enabled, else `default` (the layer's own)."""
-    return torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else default
+    enabled, else `default` (the layer's own; also where autocast does not exist, e.g. "meta")."""
+    if not torch.amp.is_autocast_available(device_type) or not torch.is_autocast_enabled(device_type):
+        return default
+    return torch.get_autocast_dtype(device_type)
 
 
 def _norm_compute_dtype(x: torch.Tensor) -> torch.dtype:

@@ -77,7 +77,7 @@ class SkipRemoval(SkipTuner):
         super().__init__(TunerConfig(), layout)
         self.rows: list[Variant | None] = []  # one per image of the current pipeline call
 
-    def delta(self, skip: int, x: torch.Tensor) -> torch.Tensor | None:
+    def delta(self, skip: int, x: torch.Tensor, hint: torch.Tensor | None = None) -> torch.Tensor | None:
         j = self.encoder_to_decoder[skip]
         zero = [v is not None and v.mode == "zero" and j in v.skips for v in self.rows]
         mean = [v is not None and v.mode == "mean" and j in v.skips for v in self.rows]

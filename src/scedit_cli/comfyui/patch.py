@@ -20,7 +20,7 @@ import copy
 import torch
 
 from ..errors import SceditError
-from ..tuners import CSCTuner, SkipTuner
+from ..tuners import CSCTuner, SkipTuner, fused
 from .hints import batch_hint, fit_hint
 
 STATE_KEY = "scedit"
@@ -39,6 +39,8 @@ class TunerEntry:
         self.strength = float(strength)
         self.name = name
         self._runtime: tuple[tuple, SkipTuner] | None = None
+        # The fused edits of a model whose list starts with this entry (`fused.edit`'s plans).
+        self.plans = fused.DropOnCopy()
 
     def __deepcopy__(self, memo):
         # Older ComfyUI deep-copies model_options on clone; an entry never changes, so clones share it.
@@ -68,10 +70,9 @@ class TunerEntry:
             )
         return layout.decoder_to_encoder(block)
 
-    def accumulate(self, skip: int, hsp: torch.Tensor, out: torch.Tensor, weight: float,
-                   transformer_options: dict) -> torch.Tensor:
-        """`out + weight * delta(hsp)` (`SkipTuner.accumulate`)."""
-        return self.runtime(hsp).accumulate(skip, hsp, out, weight)
+    def actor(self, skip: int, hsp: torch.Tensor, weight: float, transformer_options: dict) -> tuple:
+        """(tuner, weight, hints) for `fused.edit` on skip `skip` of this U-Net call."""
+        return self.runtime(hsp), weight, None
 
 
 class ControlEntry(TunerEntry):
@@ -89,10 +90,12 @@ class ControlEntry(TunerEntry):
         self.base_model = base_model  # ComfyUI's BaseModel (MODEL.model), whose model_sampling maps percents
         self.factor = factor  # pixels per latent pixel
         self._hints: dict[tuple[int, int], dict[int, torch.Tensor]] = {}
+        self._batched: dict[tuple, dict[int, torch.Tensor]] = {}  # the hints tiled to a U-Net batch
         self._range: tuple | None = None
 
     def _new_runtime(self) -> None:
         self._hints = {}
+        self._batched = {}
 
     def sigma_range(self) -> tuple[float, float]:
         """(sigma at start, sigma at end), from the model sampling in use while sampling, as ControlNet's
@@ -128,19 +131,22 @@ class ControlEntry(TunerEntry):
             self._hints[latent_hw] = {k: v.to(like.dtype) for k, v in feats.items()}
         return self._hints[latent_hw]
 
-    def accumulate(self, skip, hsp, out, weight, transformer_options):
+    def actor(self, skip, hsp, weight, transformer_options):
         tuner = self.runtime(hsp)
-        if skip not in tuner.encoder_to_decoder:
-            return out
+        if not tuner.tunes(skip):
+            return tuner, weight, None
         shape = transformer_options.get("original_shape")
         if shape is None:
             raise SceditError(
                 "SCEdit Control: ComfyUI did not pass the latent size (transformer_options['original_shape']); "
                 "this U-Net forward is not ComfyUI's UNetModel"
             )
-        c = self.hints((int(shape[-2]), int(shape[-1])), hsp)[skip]
         chunks = len(transformer_options.get("cond_or_uncond") or [0])
-        return tuner.accumulate_with_hint(skip, hsp, out, weight, batch_hint(c, hsp.shape[0], chunks))
+        key = (int(shape[-2]), int(shape[-1]), hsp.shape[0], chunks)
+        if key not in self._batched:  # the same tensors every step, so the fused edit keeps its terms
+            hints = self.hints(key[:2], hsp)
+            self._batched[key] = {s: batch_hint(c, hsp.shape[0], chunks) for s, c in hints.items()}
+        return tuner, weight, self._batched[key]
 
 
 def weights_at(entries, transformer_options: dict) -> list[tuple[TunerEntry, float]]:
@@ -167,10 +173,10 @@ def output_block_patch(h, hsp, transformer_options):
     block = transformer_options.get("block")
     if not entries or block is None or block[0] != "output":
         return h, hsp
-    out = hsp
-    for entry, w in weights_at(entries, transformer_options):
-        out = entry.accumulate(entry.skip_for(block[1], hsp), hsp, out, w, transformer_options)
-    return h, out
+    skip = entries[0].skip_for(block[1], hsp)
+    actors = [entry.actor(entry.skip_for(block[1], hsp), hsp, w, transformer_options)
+              for entry, w in weights_at(entries, transformer_options)]
+    return h, fused.edit(entries[0].plans, (skip,), (hsp,), actors)[0]
 
 
 def entries_of(model) -> list[TunerEntry]:

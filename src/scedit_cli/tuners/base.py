@@ -77,17 +77,19 @@ class SkipTuner(nn.Module):
     def tuned_encoder_skips(self) -> list[int]:
         return sorted(self.encoder_to_decoder)
 
-    def delta(self, skip: int, x: torch.Tensor) -> torch.Tensor | None:
-        """The edit to add to skip `skip` (encoder index), or None where untuned."""
+    def tunes(self, skip: int) -> bool:
+        return skip in self.encoder_to_decoder
+
+    def delta(self, skip: int, x: torch.Tensor, hint: torch.Tensor | None = None) -> torch.Tensor | None:
+        """The edit to add to skip `skip` (encoder index), or None where untuned. `hint`: a CSC-Tuner's
+        features for this skip, where the caller keeps them (ComfyUI); others ignore it."""
         raise NotImplementedError
 
-    def accumulate(self, skip: int, x: torch.Tensor, out: torch.Tensor, weight: float) -> torch.Tensor:
-        """`out + weight * delta(skip, x)`: this tuner's share of the editor's sum on skip `skip`.
-
-        SC- and CSC-Tuners compute it with fewer operations when sampling (`ops.pixel_mlp_add`): at batch 1
-        a GPU waits on each operation's launch, so the count, not the arithmetic, is what a tuner costs.
-        """
-        return add_weighted(out, self.delta(skip, x), weight)
+    def part(self, skip: int, x: torch.Tensor, weight: float, hint: torch.Tensor | None = None):
+        """This tuner's share of the sampling edit on tuned skip `skip` (a `fused.Part`; called only when
+        sampling, `fused.sampling`), or None where it adds `delta` instead (an OP `fused` cannot run, OPs
+        in another dtype)."""
+        return None
 
     @property
     def trainable_parameters(self) -> int:

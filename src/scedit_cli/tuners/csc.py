@@ -21,9 +21,10 @@ import torch
 from torch import nn
 
 from ..errors import SceditError
-from .base import SkipTuner, TunerConfig, add_weighted, run_op
+from .base import SkipTuner, TunerConfig, run_op
 from .layout import SkipLayout
-from .ops import DropOnCopy, build_op, fusable, pixel_mlp_add
+from .fused import Part
+from .ops import build_op, linear_params
 
 # ControlNet-style pre-hint encoder: channels after each 3x3 conv. The convs
 # that reduce resolution are the ones that change channel count (16->32,
@@ -175,7 +176,6 @@ class CSCTuner(SkipTuner):
         )
         self.scale = 1.0
         self._hints: dict[int, torch.Tensor] | None = None
-        self._sampling_terms = DropOnCopy()  # skip -> (hint, keys, terms): see `_terms`
 
     def encode_condition(self, cond: torch.Tensor) -> dict[int, torch.Tensor]:
         """Hint features for a batch of condition images (B, C, H, W) in [-1, 1] or [0, 1]."""
@@ -192,8 +192,6 @@ class CSCTuner(SkipTuner):
 
     def set_hints(self, hints: dict[int, torch.Tensor] | None) -> None:
         """Use precomputed hint features (from `encode_condition`)."""
-        if hints is not self._hints:
-            self._sampling_terms.clear()
         self._hints = hints
 
     def _current_hints(self) -> dict[int, torch.Tensor]:
@@ -204,15 +202,25 @@ class CSCTuner(SkipTuner):
             )
         return self._hints
 
-    def delta(self, skip, x):
-        if skip not in self.encoder_to_decoder:
+    def delta(self, skip, x, hint=None):
+        """The edit on skip `skip` (encoder index): `T(x + s·c) + s·c` with `c` = `hint` (features from
+        `encode_condition`) or, where None, those `set_condition` made."""
+        j = self.encoder_to_decoder.get(skip)
+        if j is None:
             return None
-        return self.delta_with_hint(skip, x, self._current_hints()[skip])
+        c = self._scaled_hint(skip, x, self._current_hints()[skip] if hint is None else hint)
+        return run_op(self.tuners[str(j)], x + c) + c
 
-    def accumulate(self, skip, x, out, weight):
-        if skip not in self.encoder_to_decoder:
-            return out
-        return self.accumulate_with_hint(skip, x, out, weight, self._current_hints()[skip])
+    def part(self, skip, x, weight, hint=None):
+        params = linear_params(self.tuners[str(self.encoder_to_decoder[skip])], x.dtype)
+        if params is None:
+            return None
+        return Part(params, weight, self, skip, self._current_hints()[skip] if hint is None else hint, self.scale)
+
+    def fused_shift(self, skip: int, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        """`s·c` as (B, C, P) for skip `x`: what the OP's input gains, in the form `fused` needs."""
+        b, ch = x.shape[:2]
+        return self._scaled_hint(skip, x, c).reshape(b, ch, -1)
 
     def _scaled_hint(self, skip: int, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         """`s·c` in x's dtype, tiled to x's batch, after checking that it fits skip `skip`."""
@@ -229,41 +237,3 @@ class CSCTuner(SkipTuner):
                 "the condition image must have the same pixel size as the generated image"
             )
         return self.scale * c.to(x.dtype)
-
-    def delta_with_hint(self, skip: int, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor | None:
-        """The edit on skip `skip` (encoder index) given its hint features `c` (from `encode_condition`)."""
-        j = self.encoder_to_decoder.get(skip)
-        if j is None:
-            return None
-        c = self._scaled_hint(skip, x, c)
-        return run_op(self.tuners[str(j)], x + c) + c
-
-    def accumulate_with_hint(self, skip: int, x: torch.Tensor, out: torch.Tensor, weight: float,
-                             c: torch.Tensor) -> torch.Tensor:
-        """`out + weight * delta_with_hint(skip, x, c)`; when sampling, in the four kernels of
-        `ops.pixel_mlp_add`, the hint's terms made once per image (`_terms`)."""
-        j = self.encoder_to_decoder.get(skip)
-        if j is None:
-            return out
-        op = self.tuners[str(j)]
-        if not fusable(op, x):
-            return add_weighted(out, self.delta_with_hint(skip, x, c), weight)
-        b, ch = x.shape[:2]
-        op_key, weights = op.batched(b)
-        hidden_bias, tail = self._terms(skip, op_key, weights, x, weight, c)
-        return pixel_mlp_add(weights, x.reshape(b, ch, -1), out.reshape(b, ch, -1), weight, hidden_bias,
-                             tail).view(x.shape)
-
-    def _terms(self, skip: int, op_key, weights: tuple, x: torch.Tensor, weight: float, c: torch.Tensor) -> tuple:
-        """(W1·s·c + b1, weight·(b2 + s·c)) as (B, ·, P) for hint `c` on skip `skip`: made on the first step
-        of an image and reused while the hint, x's shape, dtype and device, the weight, the scale and the OP's
-        weights (`op_key`, from `LinearOp.batched`) stay."""
-        key = (tuple(x.shape), x.dtype, x.device, weight, self.scale)
-        hit = self._sampling_terms.get(skip)
-        if hit is None or hit[0] is not c or hit[1][0] is not op_key or hit[1][1] != key:
-            w1, b1, _, b2 = weights
-            b, ch = x.shape[:2]
-            hint = self._scaled_hint(skip, x, c).reshape(b, ch, -1)
-            hit = (c, (op_key, key), (torch.baddbmm(b1, w1, hint), (hint + b2).mul_(weight)))
-            self._sampling_terms[skip] = hit
-        return hit[2]

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from ..errors import SceditError
+from . import fused
 from .base import SkipTuner
 from .layout import SkipLayout
 
@@ -34,13 +35,18 @@ class SkipEditor(nn.Module):
         self.weights = [float(w) for w in weights]
         self._hooks: list = []
         self._requires_grad: dict[str, bool] = {}
+        self._plans = fused.DropOnCopy()  # sampling: group of skips -> fused plan
+        # Sampling: run an up block's same-shape skips as one batch (None: except on a CPU; `fused.edit`).
+        self.stack_skips: bool | None = None
+
+    def edit_block(self, skips: Sequence[int], xs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """The skips one up block receives (encoder indices `skips`), edited; when sampling, each group of
+        same-shape skips in one fused pixel MLP for all tuners (`fused.edit`)."""
+        return fused.edit(self._plans, skips, xs, [(t, w, None) for t, w in zip(self.tuners, self.weights)],
+                          self.stack_skips)
 
     def edit(self, skip: int, x: torch.Tensor) -> torch.Tensor:
-        out = x
-        for tuner, w in zip(self.tuners, self.weights):
-            if w != 0.0:
-                out = tuner.accumulate(skip, x, out, w)
-        return out
+        return self.edit_block((skip,), (x,))[0]
 
     def set_weights(self, weights: Sequence[float]) -> None:
         if len(weights) != len(self.tuners):
@@ -61,7 +67,7 @@ def _pre_hook(editor: SkipEditor, skips: tuple[int, ...]):
                 f"{type(module).__name__} got {len(res)} skips, expected {len(skips)}: "
                 "the U-Net does not match the layout the tuners were attached with"
             )
-        kwargs["res_hidden_states_tuple"] = tuple(editor.edit(s, x) for s, x in zip(skips, res))
+        kwargs["res_hidden_states_tuple"] = tuple(editor.edit_block(skips, res))
         return args, kwargs
 
     return hook

@@ -24,7 +24,7 @@ class LinearOp(nn.Module):
 
     Applied per pixel as `addmm` on the skip folded to (C, B·H·W) (a view at batch 1), so no
     channels-last copies; on a CPU the 1x1 convolutions of the same products took slower paths. Sampling
-    (no autograd) takes `pixel_mlp_add` instead: batched products on weight views, no folded copies. Parameters
+    (no autograd) takes `fused.edit` instead: batched products, no folded copies, tuners merged. Parameters
     `2·C·d + d + C`. Names `ln1` / `ln2` follow the official checkpoints (down / up projection) and stay
     `nn.Linear`, so their weights load unchanged.
     """
@@ -35,21 +35,6 @@ class LinearOp(nn.Module):
         self.act = nn.GELU()
         self.ln2 = nn.Linear(hidden, channels)
         _zero_(self.ln2)
-        self._batched = DropOnCopy()
-
-    def batched(self, batch: int) -> tuple:
-        """(key, (w1, b1, w2, b2)): the weights as views shaped for `torch.baddbmm` over `batch` skips, made
-        once per batch size and again when a weight is replaced, written in place (its version) or given new
-        data (`module.to(...)` swaps `.data`: its address); `key` is a new object then."""
-        params = (self.ln1.weight, self.ln1.bias, self.ln2.weight, self.ln2.bias)
-        hit = self._batched.get(batch)
-        if hit is None or any(p is not q or p._version != v or p.data_ptr() != a
-                              for p, (q, v, a) in zip(params, hit[0])):
-            w1, b1, w2, b2 = (p.detach() for p in params)
-            key = tuple((p, p._version, p.data_ptr()) for p in params)
-            hit = (key, (w1.expand(batch, -1, -1), b1[:, None], w2.expand(batch, -1, -1), b2[:, None]))
-            self._batched[batch] = hit
-        return hit
 
     def forward(self, x):
         # Under autocast, compute in its dtype as nn.Linear would; the casts stay on autograd's graph.
@@ -62,41 +47,14 @@ class LinearOp(nn.Module):
         return _unfold(_pixel_mlp(_fold(x), w1, b1, w2, b2)[1], x.shape)
 
 
-class DropOnCopy(dict):
-    """A cache of views of a module's own weights: copies and pickles of the module start it empty."""
-
-    def __deepcopy__(self, memo):
-        return type(self)()
-
-    def __reduce__(self):
-        return (type(self), ())
-
-
-def fusable(op: nn.Module, x: torch.Tensor) -> bool:
-    """Whether `pixel_mlp_add` can run `op` on skip `x`: a Linear OP in x's dtype (autocast, if on, in the
-    same), outside autograd (sampling: diffusers' pipelines and ComfyUI run without it)."""
-    return (
-        not torch.is_grad_enabled()
-        and isinstance(op, LinearOp)
-        and op.ln1.weight.dtype == x.dtype
-        and amp_dtype(x.device.type, x.dtype) == x.dtype
-    )
-
-
-def pixel_mlp_add(weights: tuple, y: torch.Tensor, out: torch.Tensor, alpha: float,
-                  hidden_bias: torch.Tensor | None = None, tail: torch.Tensor | None = None) -> torch.Tensor:
-    """`out + alpha · (W2 · gelu(W1 · y + b1) + b2)` on (B, C, P) tensors without autograd (`fusable`);
-    `weights` are a Linear OP's `(w1, b1, w2, b2)` from `LinearOp.batched(B)`.
-
-    A CSC-Tuner, whose OP sees `y + s·c`, passes the terms fixed for an image instead: `hidden_bias`
-    `W1 · s·c + b1` (replacing b1) and `tail` `alpha · (b2 + s·c)` (replacing `alpha · b2`). Two batched
-    matmuls on views of the weights, the second accumulating into `out`, GELU and the last add in place:
-    four kernels and no folded copies."""
-    w1, b1, w2, b2 = weights
-    h = torch.baddbmm(b1 if hidden_bias is None else hidden_bias, w1, y)
-    torch.ops.aten.gelu_(h)
-    r = torch.baddbmm(out, w2, h, alpha=alpha)
-    return r.add_(b2, alpha=alpha) if tail is None else r.add_(tail)
+def linear_params(op: nn.Module, dtype: torch.dtype) -> tuple | None:
+    """A Linear OP's `(w1, b1, w2, b2)` where they are in `dtype`, for the sampling edit (`fused.edit`);
+    None for other OPs and dtypes. Read from the modules' dicts: this runs at every sampling step."""
+    if not isinstance(op, LinearOp):
+        return None
+    down, up = op._modules["ln1"]._parameters, op._modules["ln2"]._parameters
+    w1 = down["weight"]
+    return (w1, down["bias"], up["weight"], up["bias"]) if w1.dtype == dtype else None
 
 
 def _fold(x):

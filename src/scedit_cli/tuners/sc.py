@@ -9,7 +9,8 @@ from torch import nn
 
 from .base import SkipTuner, TunerConfig, run_op
 from .layout import SkipLayout
-from .ops import build_op, fusable, pixel_mlp_add
+from .fused import Part
+from .ops import build_op, linear_params
 
 
 @dataclass
@@ -31,18 +32,12 @@ class SCTuner(SkipTuner):
             }
         )
 
-    def delta(self, skip, x):
+    def delta(self, skip, x, hint=None):
         j = self.encoder_to_decoder.get(skip)
         if j is None:
             return None
         return run_op(self.tuners[str(j)], x)
 
-    def accumulate(self, skip, x, out, weight):
-        j = self.encoder_to_decoder.get(skip)
-        if j is None:
-            return out
-        op = self.tuners[str(j)]
-        if not fusable(op, x):
-            return super().accumulate(skip, x, out, weight)
-        b, c = x.shape[:2]
-        return pixel_mlp_add(op.batched(b)[1], x.reshape(b, c, -1), out.reshape(b, c, -1), weight).view(x.shape)
+    def part(self, skip, x, weight, hint=None):
+        params = linear_params(self.tuners[str(self.encoder_to_decoder[skip])], x.dtype)
+        return None if params is None else Part(params, weight)
