@@ -120,7 +120,8 @@ def main() -> None:
                     times[name].append(1000 * (time.perf_counter() - t0))
         for name, ts in times.items():
             row[f"{name}_ms"] = round(statistics.median(ts), 3)
-        row["speedup"] = round(row["training_ms"] / row["block_ms"], 3)
+        for name in ("block", "skip"):
+            row[f"speedup_{name}"] = round(row["training_ms"] / row[f"{name}_ms"], 3)
         detach(unet)
         rows.append(row)
         print(json.dumps(row), flush=True)

@@ -47,7 +47,7 @@ echo "--- rc=$?" | tee -a "$LOG"
 fi
 
 if want edit; then
-stage "skip edit alone: sampling path vs the tuners' autograd path, SD 1.5 skips at 512 px, batch 2, fp16"
+stage "skip edit alone: stacked / per skip / the tuners' autograd path, SD 1.5 skips at 512 px, batch 2, fp16"
 run python3 benchmarks/bench_skip_edit.py --device cuda --dtype fp16 --resolution 512 --repeats 50 \
   --out "$OUT/skip-edit-gpu-512.json"
 fi
