@@ -9,7 +9,7 @@ import torch
 
 from scedit_cli.metrics.dispatch import OpCounter
 from scedit_cli.tuners import CSCTuner, CSCTunerConfig, SCTuner, SCTunerConfig, SkipLayout, attach
-from tiny_models import randomize_, unet_inputs
+from tiny_models import make_tiny_unet, randomize_, unet_inputs
 
 SKIP = 11  # deepest skip of the tiny SD U-Net: 32 channels at 1/8 scale, 2x2 for a 16 px input
 
@@ -182,15 +182,21 @@ def test_other_dtypes_and_autograd_take_the_training_path(tiny_unet):
         torch.testing.assert_close(out.float(), editor.edit(SKIP, x), rtol=2e-2, atol=2e-2)
 
 
-def test_unet_samples_the_same_through_either_path(tiny_unet):
-    tuners = _tuners(SkipLayout.from_unet(tiny_unet), ["sc", "csc", "csc"])
-    attach(tiny_unet, tuners, [1.0, 0.3, 0.7])
-    inputs = unet_inputs(tiny_unet, batch=2)
+@pytest.mark.parametrize("arch", ["sd15", "sdxl"])
+@pytest.mark.parametrize("stack", [False, True])  # True: what a GPU runs
+def test_unet_samples_the_same_through_either_path(arch, stack):
+    unet = make_tiny_unet(arch)
+    tuners = _tuners(SkipLayout.from_unet(unet), ["sc", "csc", "csc"])
+    editor = attach(unet, tuners, [1.0, 0.3, 0.7])
+    editor.stack_skips = stack
+    inputs = unet_inputs(unet, batch=2)
     with torch.no_grad():
-        fast = tiny_unet(**inputs).sample
+        fast = unet(**inputs).sample
+        again = unet(**inputs).sample  # the plans made by the first call
     with torch.enable_grad():
-        slow = tiny_unet(**inputs).sample.detach()
+        slow = unet(**inputs).sample.detach()
     torch.testing.assert_close(fast, slow, rtol=1e-4, atol=1e-5)
+    assert torch.equal(fast, again)
 
 
 def test_tuners_edit_a_meta_unet_without_asking_autocast(tiny_unet):
