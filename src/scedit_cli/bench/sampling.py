@@ -15,8 +15,9 @@ machine load hits all of them alike; the reported figure is the median. Each
 row also gives this process's CPU time per image: on a shared CPU machine,
 where other processes steal wall time, that is the steadier comparison; and the
 ATen operators one denoising step dispatches (`metrics.dispatch.OpCounter`, a
-two-step run less a one-step run): the same on every device, and what a batch-1
-GPU run, which waits on kernel launches, pays for.
+two-step run less a one-step run), what a batch-1 GPU run, which waits on
+kernel launches, pays for (on a CPU the sampling edit does not stack skips, so
+the tuners count more kernels there than on a GPU).
 """
 
 from __future__ import annotations

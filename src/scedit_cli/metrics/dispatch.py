@@ -1,8 +1,9 @@
 """Operator counts: how many ATen operators a piece of code dispatches, views apart.
 
 At batch 1 a GPU finishes each kernel before Python has launched the next, so sampling time follows the
-number of operators, not their arithmetic. The count is the same on every device, so a CPU measures
-what a tuner adds to that launch-bound regime.
+number of operators, not their arithmetic. The count does not depend on the device's speed, so a CPU
+measures what a tuner adds to that launch-bound regime (where code picks other operators per device,
+as the sampling edit stacks skips except on a CPU, count with that choice made as on the GPU).
 """
 
 from __future__ import annotations
