@@ -25,8 +25,8 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv >>"$LOG" 2>
 python3 -c "import torch, diffusers; print('torch', torch.__version__, 'diffusers', diffusers.__version__)" >>"$LOG" 2>&1
 
 if want tests; then
-stage "tests needing a GPU (lean autograd under fp16 autocast)"
-run python3 -m pytest -q -p no:cacheprovider tests/test_lean.py tests/test_tuners.py
+stage "tests needing a GPU (lean autograd under fp16 autocast, the stacked sampling edit in fp16)"
+run python3 -m pytest -q -p no:cacheprovider tests/test_lean.py tests/test_tuners.py tests/test_sampling_edit.py
 fi
 
 for t in table1 table2 table5; do

@@ -208,3 +208,24 @@ def test_tuners_edit_a_meta_unet_without_asking_autocast(tiny_unet):
     with torch.no_grad():
         out = editor.edit_block(BLOCK, [torch.empty(2, 32, 2, 2, device="meta") for _ in BLOCK])
     assert [tuple(t.shape) for t in out] == [(2, 32, 2, 2)] * 3 and out[0].device.type == "meta"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU: the stacked edit in fp16 on CUDA")
+def test_on_a_gpu_skips_are_stacked_and_fp16_sampling_agrees_with_training():
+    unet = make_tiny_unet("sd15").to("cuda", torch.float16)
+    tuners = [t.ops_in(torch.float16).to("cuda") for t in _tuners(SkipLayout.from_unet(make_tiny_unet("sd15")),
+                                                                    ["sc", "csc", "csc"])]
+    for t in tuners:
+        if isinstance(t, CSCTuner):
+            t.set_hints({s: c.to("cuda") for s, c in t._hints.items()})
+    editor = attach(unet, tuners, [1.0, 0.3, 0.7])
+    xs = [torch.randn(2, 32, 2, 2, device="cuda", dtype=torch.float16) for _ in BLOCK]
+    with torch.no_grad():
+        editor.edit_block(BLOCK, xs)
+        with OpCounter() as counter:
+            fast = editor.edit_block(BLOCK, xs)
+    with torch.enable_grad():
+        slow = [t.detach() for t in editor.edit_block(BLOCK, xs)]
+    assert editor.stack_skips is None and counter.kernels == 5, counter.ops
+    for f, s in zip(fast, slow):
+        torch.testing.assert_close(f, s, rtol=2e-2, atol=2e-3)
