@@ -78,7 +78,8 @@ def edit(cache: dict, skips: Sequence[int], xs: Sequence[torch.Tensor], actors: 
     fast = sampling(xs[0])
     if stack is None:
         stack = xs[0].device.type != "cpu"
-    groups: dict[tuple, list] = {}
+    groups: dict[tuple, list] = {}  # signature -> indices of the skips run together
+    rows: dict[int, list[Part]] = {}
     slow = []
     for i, s in enumerate(skips):
         x = xs[i]
@@ -100,10 +101,10 @@ def edit(cache: dict, skips: Sequence[int], xs: Sequence[torch.Tensor], actors: 
             if alone:
                 sig.append(("alone", i))  # its other tuners add to the fused result below
             groups.setdefault(tuple(sig), []).append(i)
-            out[i] = parts
+            rows[i] = parts
     for index in groups.values():
         group = [xs[i] for i in index]
-        results = _run(_plan(cache, index, skips, group, [out[i] for i in index]), group)
+        results = _run(_plan(cache, index, skips, group, [rows[i] for i in index]), group)
         for i, r in zip(index, results):
             out[i] = r
     for i, tuner, w, hint in slow:
