@@ -69,18 +69,26 @@ def test_sampling_edit_runs_four_kernels_per_skip_whatever_the_tuners(tiny_unet,
 BLOCK = (11, 10, 9)  # what the tiny U-Net's first up block receives: three 32-channel skips at 1/8 scale
 
 
+def _block_both_ways(editor, xs):
+    """(sampling edit, its operator count, training edit) of the skips BLOCK, the sampling edit counted on
+    its second call (the first makes the plans that stay for the image)."""
+    with torch.no_grad():
+        editor.edit_block(BLOCK, xs)
+        with OpCounter() as counter:
+            fast = editor.edit_block(BLOCK, xs)
+    with torch.enable_grad():
+        slow = [t.detach() for t in editor.edit_block(BLOCK, xs)]
+    return fast, counter, slow
+
+
 @pytest.mark.parametrize("kinds", [["sc"], ["csc"], ["sc", "csc", "csc"]])
 def test_same_shape_skips_of_an_up_block_run_as_one_batch(tiny_unet, kinds):
     editor = attach(tiny_unet, _tuners(SkipLayout.from_unet(tiny_unet), kinds), [0.5, 1.0, 0.3][:len(kinds)])
     editor.stack_skips = True  # the default stacks them except on a CPU
     xs = [torch.randn(2, 32, 2, 2) for _ in BLOCK]
+    got, fast, slow = _block_both_ways(editor, xs)
     with torch.no_grad():
-        editor.edit_block(BLOCK, xs)
-        with OpCounter() as fast:
-            got = editor.edit_block(BLOCK, xs)
         per_skip = [editor.edit(s, x) for s, x in zip(BLOCK, xs)]
-    with torch.enable_grad():
-        slow = [t.detach() for t in editor.edit_block(BLOCK, xs)]
     assert fast.kernels == 5, fast.ops  # the stack, then the four of one skip
     for g, p, s, x in zip(got, per_skip, slow, xs):
         assert g.shape == x.shape and not torch.equal(g, x)
@@ -108,12 +116,7 @@ def test_a_block_groups_skips_by_shape_and_by_the_tuners_acting(tiny_unet):
     editor = attach(tiny_unet, [sc, csc, deep_only], [1.0, 0.5, 0.7])
     editor.stack_skips = True
     xs = [torch.randn(2, 32, 2, 2) for _ in BLOCK]
-    with torch.no_grad():
-        editor.edit_block(BLOCK, xs)
-        with OpCounter() as fast:
-            got = editor.edit_block(BLOCK, xs)
-    with torch.enable_grad():
-        slow = [t.detach() for t in editor.edit_block(BLOCK, xs)]
+    got, fast, slow = _block_both_ways(editor, xs)
     assert fast.kernels == 4 + 5, fast.ops  # skip 11 alone (three tuners), skips 10 and 9 together (two)
     for g, s in zip(got, slow):
         torch.testing.assert_close(g, s, rtol=1e-5, atol=1e-6)
@@ -220,12 +223,7 @@ def test_on_a_gpu_skips_are_stacked_and_fp16_sampling_agrees_with_training():
             t.set_hints({s: c.to("cuda") for s, c in t._hints.items()})
     editor = attach(unet, tuners, [1.0, 0.3, 0.7])
     xs = [torch.randn(2, 32, 2, 2, device="cuda", dtype=torch.float16) for _ in BLOCK]
-    with torch.no_grad():
-        editor.edit_block(BLOCK, xs)
-        with OpCounter() as counter:
-            fast = editor.edit_block(BLOCK, xs)
-    with torch.enable_grad():
-        slow = [t.detach() for t in editor.edit_block(BLOCK, xs)]
+    fast, counter, slow = _block_both_ways(editor, xs)
     assert editor.stack_skips is None and counter.kernels == 5, counter.ops
     for f, s in zip(fast, slow):
         torch.testing.assert_close(f, s, rtol=2e-2, atol=2e-3)
