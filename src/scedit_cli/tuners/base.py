@@ -80,6 +80,11 @@ class SkipTuner(nn.Module):
     def tunes(self, skip: int) -> bool:
         return skip in self.encoder_to_decoder
 
+    def op_for(self, skip: int) -> nn.Module | None:
+        """The OP `T_j` on skip `skip` (encoder index), or None where untuned."""
+        j = self.encoder_to_decoder.get(skip)
+        return None if j is None else self.tuners[str(j)]
+
     def delta(self, skip: int, x: torch.Tensor, hint: torch.Tensor | None = None) -> torch.Tensor | None:
         """The edit to add to skip `skip` (encoder index), or None where untuned. `hint`: a CSC-Tuner's
         features for this skip, where the caller keeps them (ComfyUI); others ignore it."""
@@ -108,13 +113,6 @@ class SkipTuner(nn.Module):
         tuner = copylib.deepcopy(self) if copy else self
         tuner.tuners.to(dtype)
         return tuner
-
-
-def add_weighted(out: torch.Tensor, d: torch.Tensor | None, weight: float) -> torch.Tensor:
-    """`out + weight * d` (`out` itself where `d` is None: an untuned skip)."""
-    if d is None:
-        return out
-    return out + (d if weight == 1.0 else weight * d)
 
 
 def run_op(op: nn.Module, x: torch.Tensor) -> torch.Tensor:

@@ -205,14 +205,14 @@ class CSCTuner(SkipTuner):
     def delta(self, skip, x, hint=None):
         """The edit on skip `skip` (encoder index): `T(x + s·c) + s·c` with `c` = `hint` (features from
         `encode_condition`) or, where None, those `set_condition` made."""
-        j = self.encoder_to_decoder.get(skip)
-        if j is None:
+        op = self.op_for(skip)
+        if op is None:
             return None
         c = self._scaled_hint(skip, x, self._current_hints()[skip] if hint is None else hint)
-        return run_op(self.tuners[str(j)], x + c) + c
+        return run_op(op, x + c) + c
 
     def part(self, skip, x, weight, hint=None):
-        params = linear_params(self.tuners[str(self.encoder_to_decoder[skip])], x.dtype)
+        params = linear_params(self.op_for(skip), x.dtype)
         if params is None:
             return None
         return Part(params, weight, self, skip, self._current_hints()[skip] if hint is None else hint, self.scale)

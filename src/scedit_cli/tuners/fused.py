@@ -23,7 +23,6 @@ from collections.abc import Sequence
 import torch
 
 from ..lean import amp_dtype
-from .base import add_weighted
 
 
 class DropOnCopy(dict):
@@ -87,7 +86,7 @@ def edit(cache: dict, skips: Sequence[int], xs: Sequence[torch.Tensor], actors: 
         sig = [x.shape] if stack else [i]
         alone = False
         for m, (tuner, w, hints) in enumerate(actors):
-            if w == 0.0 or s not in tuner.encoder_to_decoder:
+            if w == 0.0 or not tuner.tunes(s):
                 continue
             hint = None if hints is None else hints[s]
             p = tuner.part(s, x, w, hint) if fast else None
@@ -104,16 +103,18 @@ def edit(cache: dict, skips: Sequence[int], xs: Sequence[torch.Tensor], actors: 
             rows[i] = parts
     for index in groups.values():
         group = [xs[i] for i in index]
-        results = _run(_plan(cache, index, skips, group, [rows[i] for i in index]), group)
+        results = _run(_plan(cache, tuple(skips[i] for i in index), group, [rows[i] for i in index]), group)
         for i, r in zip(index, results):
             out[i] = r
     for i, tuner, w, hint in slow:
-        out[i] = add_weighted(out[i], tuner.delta(skips[i], xs[i], hint), w)
+        d = tuner.delta(skips[i], xs[i], hint)
+        if d is not None:
+            out[i] = out[i] + (d if w == 1.0 else w * d)
     return out
 
 
-def _plan(cache: dict, index: list[int], skips: Sequence[int], xs: list[torch.Tensor], rows: list[list[Part]]) -> tuple:
-    """The cached plan for these skips, made again where anything it was made from has changed."""
+def _plan(cache: dict, where: tuple[int, ...], xs: list[torch.Tensor], rows: list[list[Part]]) -> tuple:
+    """The cached plan for skips `where`, made again where anything it was made from has changed."""
     x = xs[0]
     key = [x.shape, x.dtype, x.device]
     for row in rows:
@@ -121,7 +122,6 @@ def _plan(cache: dict, index: list[int], skips: Sequence[int], xs: list[torch.Te
             w1, b1, w2, b2 = p.params
             key += (p.alpha, id(p.hint), p.scale, id(w1), w1._version, w1.data_ptr(), id(b1), b1._version,
                     b1.data_ptr(), id(w2), w2._version, w2.data_ptr(), id(b2), b2._version, b2.data_ptr())
-    where = tuple(skips[i] for i in index)
     hit = cache.get(where)
     if hit is None or hit[0] != key:
         # `keep`: the objects whose ids are in the key stay alive, so no id is reused while it is kept.

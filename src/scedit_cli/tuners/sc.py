@@ -33,11 +33,9 @@ class SCTuner(SkipTuner):
         )
 
     def delta(self, skip, x, hint=None):
-        j = self.encoder_to_decoder.get(skip)
-        if j is None:
-            return None
-        return run_op(self.tuners[str(j)], x)
+        op = self.op_for(skip)
+        return None if op is None else run_op(op, x)
 
     def part(self, skip, x, weight, hint=None):
-        params = linear_params(self.tuners[str(self.encoder_to_decoder[skip])], x.dtype)
+        params = linear_params(self.op_for(skip), x.dtype)
         return None if params is None else Part(params, weight)
