@@ -173,10 +173,13 @@ def output_block_patch(h, hsp, transformer_options):
     block = transformer_options.get("block")
     if not entries or block is None or block[0] != "output":
         return h, hsp
-    skip = entries[0].skip_for(block[1], hsp)
-    actors = [entry.actor(entry.skip_for(block[1], hsp), hsp, w, transformer_options)
-              for entry, w in weights_at(entries, transformer_options)]
-    return h, fused.edit(entries[0].plans, (skip,), (hsp,), actors)[0]
+    acting = weights_at(entries, transformer_options)
+    if not acting:
+        return h, hsp
+    # Each entry checks that hsp fits its tuner; all then name the same encoder skip.
+    skips = [entry.skip_for(block[1], hsp) for entry, _ in acting]
+    actors = [entry.actor(s, hsp, w, transformer_options) for (entry, w), s in zip(acting, skips)]
+    return h, fused.edit(entries[0].plans, skips[:1], (hsp,), actors)[0]
 
 
 def entries_of(model) -> list[TunerEntry]:
