@@ -64,6 +64,8 @@ def test_real_size_layouts_on_meta(arch, channels):
     assert layout.channels == channels
     tuner = SCTuner(SCTunerConfig(), layout)
     assert len(tuner.tuners) == len(channels)
+    half = build_unet(arch, dtype=torch.float16)  # the dtype applies on meta too (it was ignored there)
+    assert {p.dtype for p in half.parameters()} == {torch.float16} and half.device.type == "meta"
 
 
 def test_sdxl_gets_nine_tuners_and_runs(tiny_sdxl_unet):

@@ -72,10 +72,8 @@ def build_unet(arch: str, device: str | torch.device = "meta", dtype: torch.dtyp
     from diffusers import UNet2DConditionModel
 
     config = unet_config(arch)
-    if str(device) == "meta":
-        with torch.device("meta"):
-            return UNet2DConditionModel(**config)
-    torch.manual_seed(seed)
+    if str(device) != "meta":
+        torch.manual_seed(seed)
     with torch.device(device):
         unet = UNet2DConditionModel(**config)
     return unet.to(dtype) if dtype is not None else unet
