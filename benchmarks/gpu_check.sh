@@ -26,7 +26,7 @@ python3 -c "import torch, diffusers; print('torch', torch.__version__, 'diffuser
 
 if want tests; then
 stage "tests needing a GPU (lean autograd under fp16 autocast, the stacked sampling edit in fp16)"
-run python3 -m pytest -q -p no:cacheprovider tests/test_lean.py tests/test_tuners.py tests/test_sampling_edit.py
+run python3 -m pytest -q -p no:cacheprovider tests/test_lean.py tests/test_lean_feedforward.py tests/test_tuners.py tests/test_sampling_edit.py
 fi
 
 for t in table1 table2 table5; do

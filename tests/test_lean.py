@@ -10,7 +10,10 @@ import torch
 import torch.nn.functional as F
 from diffusers.models.activations import GEGLU
 
-from scedit_cli.lean import _PATCHED, _GegluProduct, _Norm, lean_autograd, resolve_lean, restore_autograd
+from scedit_cli.lean import lean_autograd, resolve_lean, restore_autograd
+from scedit_cli.lean.common import PATCHED
+from scedit_cli.lean.feedforward import _GegluProduct
+from scedit_cli.lean.norms import _Norm
 from scedit_cli.tuners import SCTuner, SCTunerConfig, SkipLayout, attach
 from tiny_models import make_tiny_unet, randomize_, unet_inputs
 
@@ -68,7 +71,8 @@ def test_lean_autograd_same_values_and_gradients_fewer_bytes(method):
     _, plain_saved, plain_out, plain_eval, plain_grads, _ = _run(False, method)
     counts, lean_saved, lean_out, lean_eval, lean_grads, unet = _run(True, method)
     assert counts["conv"] > 10 and counts["norm_silu"] > 10 and counts["geglu"] > 2 and counts["norm"] > 20
-    assert type(unet.conv_act).__name__ == "_SiLUUnlessFused"  # the output head's norm+SiLU fused too
+    assert counts["frozen_ff"] == counts["geglu"]  # patched for both; used where the linears are frozen (sc)
+    assert type(unet.conv_act).__name__ == "SiLUUnlessFused"  # the output head's norm+SiLU fused too
     assert torch.equal(plain_out, lean_out)
     assert torch.equal(plain_eval, lean_eval)  # no-grad path: the fused SiLU is not applied twice
     for a, b in zip(plain_grads, lean_grads):
@@ -112,7 +116,8 @@ def test_unfrozen_conv_still_trains_its_weight():
 def test_lean_autograd_is_idempotent():
     unet = make_tiny_unet()
     first = lean_autograd(unet)
-    assert lean_autograd(unet) == {"conv": 0, "norm": 0, "norm_silu": 0, "geglu": 0, "feed_forward": 0}
+    assert lean_autograd(unet) == {"conv": 0, "norm": 0, "norm_silu": 0, "geglu": 0, "frozen_ff": 0,
+                                   "feed_forward": 0}
     assert first["conv"] > 0
 
 
@@ -185,7 +190,7 @@ def test_norm_with_a_permuted_gradient():
 @pytest.mark.parametrize("groups,silu", [(2, False), (2, True), (0, False)])
 def test_backward_in_batch_slices_matches_whole(monkeypatch, groups, silu):
     """Slicing the batch in the norms' and GEGLU's backward (to bound temporaries) changes no value."""
-    import scedit_cli.lean as lean
+    import scedit_cli.lean.common as lean
 
     g = torch.Generator().manual_seed(1)
     x = torch.randn(5, 4, 3, 3, generator=g, dtype=torch.float64)
@@ -203,7 +208,7 @@ def test_backward_in_batch_slices_matches_whole(monkeypatch, groups, silu):
 
     whole = grads()
     monkeypatch.setattr(lean, "BACKWARD_SLICE_ELEMENTS", 40)  # 2 samples of x (36 each) -> 1 per slice
-    assert len(lean._batch_slices(x)) == 5 and len(lean._batch_slices(torch.zeros(5, 4, 5))) == 3
+    assert len(lean.batch_slices(x)) == 5 and len(lean.batch_slices(torch.zeros(5, 4, 5))) == 3
     sliced = grads()
     for a, c in zip(whole, sliced):
         torch.testing.assert_close(a, c, rtol=1e-12, atol=1e-12)
@@ -232,7 +237,7 @@ def _prepared_step(lean):
         for p in method.tuner.parameters():
             p.copy_(torch.randn_like(p) * 0.05)
     params, *_ = prepare_training(method, base, "cpu", torch.float32, TrainSection(lean=lean))
-    patched = sum(_PATCHED in m.__dict__ for m in base.unet.modules())
+    patched = sum(PATCHED in m.__dict__ for m in base.unet.modules())
     saved = 0
 
     def pack(t):
@@ -263,4 +268,4 @@ def test_feed_forward_recompute_without_the_exact_savings():
     counts = lean_autograd(unet, recompute_feed_forward=True, exact=False)
     assert counts["feed_forward"] > 0 and counts["conv"] == counts["norm"] == 0
     assert lean_autograd(make_tiny_unet(), exact=False) == {"conv": 0, "norm": 0, "norm_silu": 0, "geglu": 0,
-                                                            "feed_forward": 0}
+                                                            "frozen_ff": 0, "feed_forward": 0}

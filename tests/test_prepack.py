@@ -10,7 +10,8 @@ from torch import nn
 
 from scedit_cli import prepack
 from scedit_cli.errors import SceditError
-from scedit_cli.lean import _PATCHED, lean_autograd, restore_autograd
+from scedit_cli.lean import lean_autograd, restore_autograd
+from scedit_cli.lean.common import PATCHED
 from scedit_cli.metrics.memory import SavedTensorCounter
 from scedit_cli.prepack import _STATE, prepack_convs, reordered_nbytes, resolve_prepack, restore_convs
 from tiny_models import make_tiny_unet, unet_inputs
@@ -129,7 +130,7 @@ def test_wraps_lean_and_restores_in_order(monkeypatch):
     restore_convs(conv)
     assert conv.__dict__["forward"] == lean_forward and _STATE not in conv.__dict__
     restore_autograd(conv)
-    assert "forward" not in conv.__dict__ and _PATCHED not in conv.__dict__
+    assert "forward" not in conv.__dict__ and PATCHED not in conv.__dict__
 
 
 def test_tiny_unet_same_gradients_and_resolve():

@@ -168,7 +168,8 @@ def test_train_gives_the_callers_unet_back_unpatched(tmp_path, monkeypatch):
     from diffusers import DiffusionPipeline
     from torch import nn
 
-    from scedit_cli.lean import _PATCHED, _SiLUUnlessFused
+    from scedit_cli.lean.common import PATCHED
+    from scedit_cli.lean.norms import SiLUUnlessFused
     from scedit_cli.prepack import _STATE
 
     make_tiny_pipeline(tmp_path / "sd15", "sd15")
@@ -181,7 +182,7 @@ def test_train_gives_the_callers_unet_back_unpatched(tmp_path, monkeypatch):
     seen = {}
 
     def spy(module, args, output):  # patched during training: the lean forwards were in place
-        seen["patched"] = sum(_PATCHED in m.__dict__ for m in unet.modules())
+        seen["patched"] = sum(PATCHED in m.__dict__ for m in unet.modules())
         seen["packed"] = sum(_STATE in m.__dict__ for m in unet.modules())
 
     handle = unet.register_forward_hook(spy)
@@ -189,8 +190,8 @@ def test_train_gives_the_callers_unet_back_unpatched(tmp_path, monkeypatch):
     handle.remove()
     assert result.steps == 1 and seen["patched"] > 0 and seen["packed"] > 0
     assert not [n for n, m in unet.named_modules()
-                if "forward" in m.__dict__ or _PATCHED in m.__dict__ or _STATE in m.__dict__]
-    assert not [n for n, m in unet.named_modules() if isinstance(m, _SiLUUnlessFused)]
+                if "forward" in m.__dict__ or PATCHED in m.__dict__ or _STATE in m.__dict__]
+    assert not [n for n, m in unet.named_modules() if isinstance(m, SiLUUnlessFused)]
     assert any(type(m) is nn.SiLU for m in unet.modules())
     assert not unet.is_gradient_checkpointing
 
@@ -202,14 +203,14 @@ def test_train_gives_the_callers_unet_back_unpatched(tmp_path, monkeypatch):
     from scedit_cli.training import run as run_module
 
     def failing(run, batches, step):
-        assert sum(_PATCHED in m.__dict__ for m in unet.modules()) > 0
+        assert sum(PATCHED in m.__dict__ for m in unet.modules()) > 0
         assert sum(_STATE in m.__dict__ for m in unet.modules()) > 0
         raise RuntimeError("a step failed")
 
     monkeypatch.setattr(run_module, "one_step", failing)
     with pytest.raises(RuntimeError, match="a step failed"):
         train(bad, base=pipe)
-    assert not [n for n, m in unet.named_modules() if _PATCHED in m.__dict__ or _STATE in m.__dict__]
+    assert not [n for n, m in unet.named_modules() if PATCHED in m.__dict__ or _STATE in m.__dict__]
 
 
 @pytest.mark.parametrize("name", ["ddp-1node-8gpu", "ddp-2node-8gpu", "fsdp-full-shard", "deepspeed-zero2",

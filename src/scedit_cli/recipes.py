@@ -98,8 +98,8 @@ class TrainSection:
     Loss options (all off by default; the paper uses none): snr_gamma (Min-SNR-gamma weighting),
     noise_offset, input_perturbation; ema_decay: keep an EMA of the trainable weights (saved beside them).
     Memory: gradient_checkpointing recomputes whole resnets and transformers in backward (diffusers);
-    recompute_feed_forward only the transformer feed-forwards (`lean.py`: less memory, a few % time).
-    lean: the exact activation savings of `lean.py` (same values and gradients): true, false, or "auto"
+    recompute_feed_forward only the transformer feed-forwards (`lean/`: less memory, a few % time).
+    lean: the exact activation savings of `lean/` (same values and gradients): true, false, or "auto"
     (`lean.resolve_lean`: on; false rules them out). prepack: on a CPU, frozen convolutions whose weights
     dwarf their outputs run on weights reordered for oneDNN once (`prepack.py`: faster, one more copy of
     those weights): true, false or "auto" (on where PyTorch has oneDNN)."""
