@@ -10,6 +10,7 @@ from scedit_cli.methods import build_method
 from scedit_cli.metrics.memory import (
     ENCODER_REGIONS,
     SavedTensorCounter,
+    TensorPeak,
     measure_step_memory,
     optimizer_state_nbytes,
     unet_regions,
@@ -63,6 +64,12 @@ def test_sc_lora_full_ordering_and_no_encoder_activations():
     assert 8 * n <= sc.optimizer_bytes <= 8 * n + 64 * len(sc_params)
     assert full.trainable_params == sum(p.numel() for p in full_params) == full.params_bytes // 4
     assert full.peak_rss_bytes and full.peak_rss_bytes > full.params_bytes
+    # The tensors' peak: what is at rest, plus at least everything kept for backward at once (the end of the
+    # forward), plus the temporaries; the figure the methods are compared by off CUDA.
+    for r in (full, lora, sc):
+        at_rest = r.params_bytes + r.buffers_bytes + r.optimizer_bytes
+        assert r.tensor_peak_bytes > at_rest + r.saved_bytes and r.peak_bytes == r.tensor_peak_bytes
+    assert sc.tensor_peak_bytes < lora.tensor_peak_bytes < full.tensor_peak_bytes
 
 
 def test_saved_tensor_counter_counts_each_storage_once_and_skips_parameters():
@@ -75,6 +82,19 @@ def test_saved_tensor_counter_counts_each_storage_once_and_skips_parameters():
     assert c.by_region["lin"] == x.numel() * 4
     assert c.by_region["(outside)"] == y.numel() * 4
     assert c.total == (x.numel() + y.numel()) * 4
+
+
+def test_tensor_peak_counts_new_storages_until_freed():
+    before = torch.randn(100, 100)
+    with TensorPeak() as t:
+        a = torch.randn(1000, 1000)  # 4 MB
+        b = a * 2  # 4 MB more: the peak
+        view, same = b.view(-1), b.add_(1)  # a view and an in-place result: nothing new
+        del a
+        parts = torch._foreach_add([before, before], 1.0)  # two new tensors from one list return
+        assert t.live == 4_000_000 + 2 * 40_000 and t.peak == 8_000_000
+        del b, view, same, parts
+        assert t.live == 0 and t.peak == 8_000_000
 
 
 def test_optimizer_state_bytes_after_a_step():

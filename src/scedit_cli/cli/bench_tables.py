@@ -30,7 +30,7 @@ def render(result) -> None:
     s = result.settings
     m = result.machine
     where = m.get("gpu") or f"{m.get('cpu', '?')} ({m.get('cpu_count')} cores)"
-    mem_name = "CUDA peak" if "gpu" in m else "accounted"
+    mem_name = "CUDA peak" if "gpu" in m else "tensor peak"
     ff = " · feed-forward recompute" if s.get("recompute_feed_forward") else ""
     ff += f" · lean {s.get('lean', 'auto')} · prepack {s.get('prepack', 'auto')}"
     t = Table(title=f"{result.title}\n{result.base} · batch {s['batch']} · {s['resolution']} px · "

@@ -9,22 +9,29 @@ Two figures, both from the same step:
   running when they were saved (e.g. the U-Net's `down_blocks`), so "SCEdit
   stores no encoder activations" is a measured fact, not an assumption; on a
   CPU also the reordered copies of frozen conv weights (`prepack`).
-- peak: on CUDA `torch.cuda.max_memory_allocated` over the step; on a CPU the
-  process's peak resident set (Linux `VmHWM`, reset before the step through
-  `/proc/self/clear_refs`; elsewhere `ru_maxrss`, a lifetime peak, flagged so).
+- peak: on CUDA `torch.cuda.max_memory_allocated` over the step; elsewhere the
+  same quantity counted from the tensors themselves (`TensorPeak`: what is at
+  rest before the step plus the most bytes the step's own tensors held at one
+  time, temporaries included); on a CPU also the process's peak resident set
+  (Linux `VmHWM`, reset before the step through `/proc/self/clear_refs`;
+  elsewhere `ru_maxrss`, a lifetime peak, flagged so), which also holds the
+  allocator's and the libraries' own memory.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import gc
 import resource
 import sys
+import weakref
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Iterable, Mapping
 
 import torch
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from ..prepack import reordered_nbytes
 
@@ -112,6 +119,38 @@ class SavedTensorCounter:
             h.remove()
         self._handles = []
         self._stack = []
+
+
+class TensorPeak(TorchDispatchMode):
+    """The bytes of the storages that operators make while active: live now (`live`) and at most (`peak`).
+
+    What a caching allocator's `memory_allocated` would count for them, on any device: an operator's new
+    outputs are counted when made and uncounted when their storage is freed; views and in-place results
+    (outputs that alias an input) are not new. Tensors that existed before are not seen."""
+
+    def __init__(self):
+        super().__init__()
+        self.live = 0
+        self.peak = 0
+
+    def _freed(self, n: int) -> None:
+        self.live -= n
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        outs = out if isinstance(out, (tuple, list)) else (out,)
+        returns = func._schema.returns
+        if len(returns) == 1:  # one return, maybe a list of tensors (`_foreach_*`, `split`)
+            returns = returns * len(outs)
+        for t, ret in zip(outs, returns):
+            if isinstance(t, torch.Tensor) and ret.alias_info is None and t.device.type != "meta":
+                storage = t.untyped_storage()
+                n = storage.nbytes()
+                if n:
+                    self.live += n
+                    self.peak = max(self.peak, self.live)
+                    weakref.finalize(storage, self._freed, n)
+        return out
 
 
 def unet_regions(unet: nn.Module) -> dict[str, nn.Module]:
@@ -204,6 +243,7 @@ class MemoryReport:
     saved_by_region: dict[str, int] = field(default_factory=dict)
     saved_tensors: int = 0
     cuda_peak_bytes: int | None = None  # torch.cuda.max_memory_allocated over the step
+    tensor_peak_bytes: int | None = None  # elsewhere: at rest + the step's tensors at most (`TensorPeak`)
     peak_rss_bytes: int | None = None  # CPU: process peak resident set over the step
     peak_rss_source: str | None = None
 
@@ -214,8 +254,11 @@ class MemoryReport:
 
     @property
     def peak_bytes(self) -> int:
-        """The figure to compare: the CUDA allocator's peak on a GPU, the accounted total on a CPU."""
-        return self.cuda_peak_bytes if self.cuda_peak_bytes is not None else self.accounted_bytes
+        """The figure to compare: the CUDA allocator's peak on a GPU, the tensors' peak elsewhere (the
+        accounted total where neither was measured)."""
+        if self.cuda_peak_bytes is not None:
+            return self.cuda_peak_bytes
+        return self.tensor_peak_bytes if self.tensor_peak_bytes is not None else self.accounted_bytes
 
     def saved_upstream_bytes(self, upstream: Iterable[str] = ENCODER_REGIONS) -> int:
         return sum(self.saved_by_region.get(r, 0) for r in upstream)
@@ -245,7 +288,8 @@ def measure_step_memory(step: Callable[[], object], *, modules: Iterable[nn.Modu
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
     rss_reset = reset_peak_rss() if device.type == "cpu" else False
-    with SavedTensorCounter(regions, exclude=params) as counter:
+    tensors = TensorPeak() if device.type != "cuda" else contextlib.nullcontext()
+    with SavedTensorCounter(regions, exclude=params) as counter, tensors:
         step()
     cuda_peak = None
     if device.type == "cuda":
@@ -256,6 +300,8 @@ def measure_step_memory(step: Callable[[], object], *, modules: Iterable[nn.Modu
         rss, rss_how = peak_rss()
         if not rss_reset:
             rss_how = f"{rss_how}, not reset"
+    at_rest = (tensors_nbytes(params) + tensors_nbytes(buffers) + optimizer_state_nbytes(optimizer)
+               + reordered_nbytes(modules))
     return MemoryReport(
         device=str(device),
         params_bytes=tensors_nbytes(params),
@@ -268,6 +314,7 @@ def measure_step_memory(step: Callable[[], object], *, modules: Iterable[nn.Modu
         saved_by_region=dict(counter.by_region),
         saved_tensors=counter.tensors,
         cuda_peak_bytes=cuda_peak,
+        tensor_peak_bytes=at_rest + tensors.peak if isinstance(tensors, TensorPeak) else None,
         peak_rss_bytes=rss,
         peak_rss_source=rss_how,
     )
@@ -277,5 +324,5 @@ def gib(n: int | None) -> float | None:
     return None if n is None else n / 2**30
 
 
-__all__ = ["ENCODER_REGIONS", "MemoryReport", "SavedTensorCounter", "measure_step_memory", "optimizer_state_nbytes",
-           "peak_rss", "release_memory", "reset_peak_rss", "tensors_nbytes", "unet_regions"]
+__all__ = ["ENCODER_REGIONS", "MemoryReport", "SavedTensorCounter", "TensorPeak", "measure_step_memory",
+           "optimizer_state_nbytes", "peak_rss", "release_memory", "reset_peak_rss", "tensors_nbytes", "unet_regions"]
