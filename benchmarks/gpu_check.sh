@@ -6,7 +6,8 @@
 # /tmp/scedit-qs)
 # Usage (from the repository root, scedit importable): OUT=results bash benchmarks/gpu_check.sh
 # STAGES picks a subset (default: all): tests table1 table2 table5 probe sampling edit quickstart train peers
-#   (probe: probe.json, where SCEdit's and LoRA's memory peaks fall; benchmarks/peak_probe.py)
+#   (probe: probe.json, where SCEdit's and LoRA's memory peaks fall and what is held when the forward
+#   ends; benchmarks/peak_probe.py)
 #   (edit: skip-edit-gpu-512.json, benchmarks/bench_skip_edit.py: the sampling skip edit alone)
 #   (peers: peers-gpu-512.json|png, ours vs ms-swift's SCETuning; needs PEER_PYTHON, the Python of an
 #    environment with ms-swift installed as benchmarks/README.md says)

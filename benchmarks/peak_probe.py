@@ -5,22 +5,32 @@ allocator's counters at every block boundary, forward and backward. Each interva
 boundaries reports the bytes allocated when it began and the peak inside it, so the printout shows
 what is held at the peak (allocated) and what the block adds on top (its transient).
 
+It also takes apart what is held when the U-Net's forward ends (`forward_end`, any device): the bytes of
+the tensors the step's forward made that are still alive (counted as `metrics.memory.TensorPeak` does),
+how many of them autograd saved for backward, and the others by the operator and U-Net block that made
+them; on CUDA beside `memory_allocated`, whose excess over what is at rest and those tensors is memory
+no operator made (library workspaces, the allocator).
+
 Usage (real-size SD 1.5, random weights, on a GPU):
     python benchmarks/peak_probe.py --methods "SCEdit,LoRA r=64" --batch 32 --out probe.json
+On a CPU only the forward-end breakdown runs (`--device cpu`).
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import json
+import weakref
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 from diffusers.models.attention import BasicTransformerBlock, FeedForward
 from diffusers.models.resnet import ResnetBlock2D, Upsample2D
 
 from scedit_cli.bench.runner import BaseFactory, select_methods, setup_method
 from scedit_cli.bench.specs import TABLES, BenchSettings
-from scedit_cli.metrics.memory import release_memory
+from scedit_cli.metrics.memory import release_memory, tensors_nbytes
 
 WATCHED = (ResnetBlock2D, BasicTransformerBlock, FeedForward, Upsample2D)
 GIB = 2**30
@@ -61,6 +71,69 @@ def probe(run, device) -> dict:
             "boundaries": len(events)}
 
 
+class _MadeTensors(TorchDispatchMode):
+    """The storages the operators inside make and that are still alive: id -> (bytes, op, block)."""
+
+    def __init__(self, where: list[str]):
+        super().__init__()
+        self.where = where
+        self.alive: dict[int, tuple[int, str, str]] = {}
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        outs = out if isinstance(out, (tuple, list)) else (out,)
+        returns = func._schema.returns * (len(outs) if len(func._schema.returns) == 1 else 1)
+        for t, ret in zip(outs, returns):
+            if isinstance(t, torch.Tensor) and ret.alias_info is None:
+                storage = t.untyped_storage()
+                self.alive[id(storage)] = (storage.nbytes(), str(func), self.where[-1] if self.where else "-")
+                weakref.finalize(storage, self.alive.pop, id(storage), None)
+        return out
+
+
+def forward_end(run, device) -> dict:
+    """What is held when the U-Net's forward ends, during one training step (see the module docstring)."""
+    where: list[str] = []
+    handles = []
+    for name, m in run.base.unet.named_modules():
+        if name.count(".") <= 1 and name:  # "up_blocks.3" and the like
+            handles.append(m.register_forward_pre_hook(lambda m, a, n=name: where.append(n)))
+            handles.append(m.register_forward_hook(lambda m, a, o: where.pop() and None))  # None: keep the output
+    saved: set[int] = set()
+    found: dict = {}
+    made = _MadeTensors(where)
+
+    def at_end(module, args, output):
+        params = {id(p): p for p in [*run.base.unet.parameters(), *run.params]}
+        at_rest = (tensors_nbytes(list(params.values()))
+                   + tensors_nbytes([t for st in run.optimizer.state.values() for t in st.values()
+                                     if isinstance(t, torch.Tensor)]))
+        alive = dict(made.alive)
+        others = collections.Counter()
+        for key, (n, op, block) in alive.items():
+            if key not in saved:
+                others[f"{op} in {block}"] += n
+        found.update({"made_alive_gib": sum(v[0] for v in alive.values()) / GIB,
+                      "saved_gib": sum(v[0] for k, v in alive.items() if k in saved) / GIB,
+                      "parameters_and_optimizer_gib": at_rest / GIB,
+                      "not_saved_top": {k: v / GIB for k, v in others.most_common(12)}})
+        if device.type == "cuda":
+            found["cuda_allocated_gib"] = torch.cuda.memory_allocated(device) / GIB
+
+    def pack(t):
+        saved.add(id(t.untyped_storage()))
+        return t
+
+    handles.append(run.base.unet.register_forward_hook(at_end))
+    try:
+        with made, torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            run.step()
+    finally:
+        for h in handles:
+            h.remove()
+    return found
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--table", default="table1")
@@ -81,13 +154,15 @@ def main() -> None:
             run = setup_method(spec, factory, s)
             for _ in range(a.warmup):
                 run.step()
-            results[spec.label] = probe(run, torch.device(a.device))
+            device = torch.device(a.device)
+            results[spec.label] = probe(run, device) if device.type == "cuda" else {}
+            results[spec.label]["forward_end"] = forward_end(run, device)
         except Exception as e:  # a diagnostic: report and go on to the next method
             results[spec.label] = {"error": f"{type(e).__name__}: {e}"}
         run = None
         release_memory()
         r = results[spec.label]
-        print(spec.label, json.dumps({k: v for k, v in r.items() if k != "top_intervals"}))
+        print(spec.label, json.dumps({k: v for k, v in r.items() if k != "top_intervals"}, indent=1))
         for row in r.get("top_intervals", [])[:6]:
             print(f"   peak {row['peak_gib']:.2f} GiB held {row['allocated_at_start_gib']:.2f} "
                   f"(+{row['transient_gib']:.2f}) {row['from']} -> {row['to']}")
