@@ -134,6 +134,25 @@ def test_trainable_feed_forward_takes_the_geglu_path():
         torch.testing.assert_close(a.grad, b.grad, rtol=1e-5, atol=1e-6)
 
 
+def test_an_adapter_injected_after_patching_runs_as_itself():
+    """A frozen adapter that replaced a linear after `lean_autograd` (peft injects such layers) is called,
+    not bypassed for the base weight."""
+
+    class Shifted(torch.nn.Linear):
+        def forward(self, x):
+            return super().forward(x) + 1.0
+
+    stock = _feed_forward()
+    lean = copy.deepcopy(stock)
+    lean_autograd(lean)
+    for ff in (stock, lean):
+        shifted = Shifted(DIM, 8 * DIM).requires_grad_(False)
+        shifted.load_state_dict(ff.net[0].proj.state_dict())
+        ff.net[0].proj = shifted
+    x, weight = torch.randn(BATCH, TOKENS, DIM), torch.randn(BATCH, TOKENS, DIM)
+    assert torch.equal(_step(lean, x, weight)[0], _step(stock, x, weight)[0])
+
+
 def test_only_geglu_feed_forwards_with_plain_linears_are_fused():
     assert frozen_geglu_linears(_feed_forward()) is not None
     assert frozen_geglu_linears(FeedForward(DIM, activation_fn="gelu")) is None

@@ -8,9 +8,9 @@ A feed-forward is `W2 · (a * gelu(g)) + b2` with `(a, g) = (W1 · x + b1).chunk
 - A frozen feed-forward (both linears without trainable weights: SC / CSC-Tuners, ControlNet's base,
   every frozen base; not LoRA's, whose linears carry adapters) runs whole in one function
   (`_FrozenFeedForward`): the same `h` kept, but the product and, in backward, the gradients of the
-  product and of `h` exist one batch slice at a time, never for the whole batch. Without it the forward
-  holds `h`, the GELU output and the product at once (16C), the backward the product's and `h`'s
-  gradients (12C); at batch 32 and 64x64 tokens that is the largest transient of an SD step.
+  product and of `h` exist one batch slice at a time, never for the whole batch. The GEGLU alone holds
+  `h` and the product at once in forward (12C), the product's and `h`'s gradients in backward (12C); at
+  batch 32 and 64x64 tokens that was the largest transient of SCEdit's step, on top of its peak.
 
 With `recompute_feed_forward` a feed-forward keeps only its input (C): the frozen form recomputes `h`
 slice by slice in backward (it never exists whole there), others rerun the GEGLU under
@@ -24,7 +24,7 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 from torch import nn
 
-from .common import batch_slices, row_slices, amp_dtype
+from .common import amp_dtype, batch_slices, row_slices
 
 
 def _geglu_backward_into(grad_h: torch.Tensor, grad: torch.Tensor, h: torch.Tensor, approximate: str) -> None:
@@ -129,18 +129,22 @@ def frozen_geglu_linears(ff: nn.Module) -> tuple[nn.Linear, nn.Linear] | None:
     return geglu.proj, out
 
 
-def _is_frozen(*layers: nn.Linear) -> bool:
-    return not any(p.requires_grad for layer in layers for p in layer.parameters())
+def _plain_and_frozen(*layers: nn.Module) -> bool:
+    """Still plain `nn.Linear`s (an adapter injected after patching, e.g. peft's, must run as itself)
+    without trainable parameters."""
+    return all(type(layer) is nn.Linear for layer in layers) and not any(
+        p.requires_grad for layer in layers for p in layer.parameters())
 
 
 def fused_feed_forward(self, hidden_states, *args, recompute: bool = False, **kwargs):
     proj, out = self.net[0].proj, self.net[2]
     if (torch.is_grad_enabled() and hidden_states.requires_grad and hidden_states.device.type != "mps"
-            and _is_frozen(proj, out)):
+            and _plain_and_frozen(proj, out)):
         dtype = amp_dtype(hidden_states.device.type, hidden_states.dtype)
         params = [None if t is None else t.to(dtype) for t in (proj.weight, proj.bias, out.weight, out.bias)]
         return _FrozenFeedForward.apply(hidden_states.to(dtype), *params, recompute)
-    # Trainable linears (full fine-tuning) or no autograd: the stock layers (the GEGLU itself patched).
+    # Trainable or adapted linears (full fine-tuning, LoRA) or no autograd: the stock layers (the GEGLU
+    # itself patched).
     for module in self.net:
         hidden_states = module(hidden_states)
     return hidden_states
