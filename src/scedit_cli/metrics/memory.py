@@ -9,10 +9,10 @@ Two figures, both from the same step:
   running when they were saved (e.g. the U-Net's `down_blocks`), so "SCEdit
   stores no encoder activations" is a measured fact, not an assumption; on a
   CPU also the reordered copies of frozen conv weights (`prepack`).
-- peak: on CUDA `torch.cuda.max_memory_allocated` over the step; elsewhere the
+- peak: on CUDA `torch.cuda.max_memory_allocated` over the step; on a CPU the
   same quantity counted from the tensors themselves (`TensorPeak`: what is at
   rest before the step plus the most bytes the step's own tensors held at one
-  time, temporaries included); on a CPU also the process's peak resident set
+  time, temporaries included), and also the process's peak resident set
   (Linux `VmHWM`, reset before the step through `/proc/self/clear_refs`;
   elsewhere `ru_maxrss`, a lifetime peak, flagged so), which also holds the
   allocator's and the libraries' own memory.
@@ -243,7 +243,7 @@ class MemoryReport:
     saved_by_region: dict[str, int] = field(default_factory=dict)
     saved_tensors: int = 0
     cuda_peak_bytes: int | None = None  # torch.cuda.max_memory_allocated over the step
-    tensor_peak_bytes: int | None = None  # elsewhere: at rest + the step's tensors at most (`TensorPeak`)
+    tensor_peak_bytes: int | None = None  # CPU: at rest + the step's tensors at most (`TensorPeak`)
     peak_rss_bytes: int | None = None  # CPU: process peak resident set over the step
     peak_rss_source: str | None = None
 
@@ -254,7 +254,7 @@ class MemoryReport:
 
     @property
     def peak_bytes(self) -> int:
-        """The figure to compare: the CUDA allocator's peak on a GPU, the tensors' peak elsewhere (the
+        """The figure to compare: the CUDA allocator's peak on a GPU, the tensors' peak on a CPU (the
         accounted total where neither was measured)."""
         if self.cuda_peak_bytes is not None:
             return self.cuda_peak_bytes
@@ -288,7 +288,9 @@ def measure_step_memory(step: Callable[[], object], *, modules: Iterable[nn.Modu
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
     rss_reset = reset_peak_rss() if device.type == "cpu" else False
-    tensors = TensorPeak() if device.type != "cuda" else contextlib.nullcontext()
+    # A CPU's backward runs on this thread, where the (thread-local) mode sees it; other devices' autograd
+    # threads would not be seen.
+    tensors = TensorPeak() if device.type == "cpu" else contextlib.nullcontext()
     with SavedTensorCounter(regions, exclude=params) as counter, tensors:
         step()
     cuda_peak = None
