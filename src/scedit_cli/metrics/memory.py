@@ -126,7 +126,8 @@ class TensorPeak(TorchDispatchMode):
 
     What a caching allocator's `memory_allocated` would count for them, on any device: an operator's new
     outputs are counted when made and uncounted when their storage is freed; views and in-place results
-    (outputs that alias an input) are not new. Tensors that existed before are not seen."""
+    (outputs that alias an input) are not new. Tensors that existed before are not seen, nor operators run
+    on other threads (the mode is thread-local: CUDA's backward runs on autograd's device threads)."""
 
     def __init__(self):
         super().__init__()
