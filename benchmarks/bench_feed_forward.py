@@ -11,7 +11,9 @@ the forward's peak, what is left after it (kept for backward, and the output), a
   stock): what a feed-forward whose linears carry adapters (LoRA's) runs;
 - `fused`: the frozen feed-forward as one function (the same kept projection, the product and the
   gradients one batch slice at a time);
-- `fused-recompute`: the same keeping only the input (`train.recompute_feed_forward`).
+- `fused-recompute`: the same keeping only the input (`train.recompute_feed_forward`);
+- `lora`: LoRA r=64 on both linears (as Table 1's LoRA row: `methods.lora`, peft), then `lean_autograd`:
+  its adapters train, so it takes the lean GEGLU path.
 
 Usage: `PYTHONPATH=src python benchmarks/bench_feed_forward.py --batch 32 --out results/ff-cpu-b32.json`.
 Figures are in the chosen dtype (fp32 on a CPU; fp16 halves every byte figure).
@@ -31,13 +33,19 @@ import scedit_cli.lean as lean
 from scedit_cli.bench.runner import machine_info
 from scedit_cli.metrics.memory import TensorPeak
 
-WAYS = ("stock", "geglu", "fused", "fused-recompute")
+WAYS = ("stock", "geglu", "fused", "fused-recompute", "lora")
 
 
 def run(way: str, batch: int, tokens: int, channels: int, dtype: torch.dtype) -> dict:
     torch.manual_seed(0)
     ff = FeedForward(channels, activation_fn="geglu").to(dtype).requires_grad_(False)
-    if way == "geglu":
+    if way == "lora":
+        from scedit_cli.methods.lora import LoRAConfig, inject_lora
+
+        inject_lora(ff, LoRAConfig(rank=64, targets=["net.0.proj", "net.2"]))
+        ff.to(dtype)
+        lean.lean_autograd(ff)
+    elif way == "geglu":
         with mock.patch.object(lean, "frozen_geglu_linears", lambda module: None):
             lean.lean_autograd(ff)
     elif way != "stock":
