@@ -24,13 +24,12 @@ import json
 import weakref
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 from diffusers.models.attention import BasicTransformerBlock, FeedForward
 from diffusers.models.resnet import ResnetBlock2D, Upsample2D
 
 from scedit_cli.bench.runner import BaseFactory, select_methods, setup_method
 from scedit_cli.bench.specs import TABLES, BenchSettings
-from scedit_cli.metrics.memory import release_memory, tensors_nbytes
+from scedit_cli.metrics.memory import TensorPeak, optimizer_state_nbytes, release_memory, tensors_nbytes
 
 WATCHED = (ResnetBlock2D, BasicTransformerBlock, FeedForward, Upsample2D)
 GIB = 2**30
@@ -71,24 +70,18 @@ def probe(run, device) -> dict:
             "boundaries": len(events)}
 
 
-class _MadeTensors(TorchDispatchMode):
-    """The storages the operators inside make and that are still alive: id -> (bytes, op, block)."""
+class _MadeTensors(TensorPeak):
+    """`TensorPeak` that also keeps, for each storage made and still alive, (bytes, operator, U-Net block)."""
 
     def __init__(self, where: list[str]):
         super().__init__()
         self.where = where
         self.alive: dict[int, tuple[int, str, str]] = {}
 
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        outs = out if isinstance(out, (tuple, list)) else (out,)
-        returns = func._schema.returns * (len(outs) if len(func._schema.returns) == 1 else 1)
-        for t, ret in zip(outs, returns):
-            if isinstance(t, torch.Tensor) and ret.alias_info is None:
-                storage = t.untyped_storage()
-                self.alive[id(storage)] = (storage.nbytes(), str(func), self.where[-1] if self.where else "-")
-                weakref.finalize(storage, self.alive.pop, id(storage), None)
-        return out
+    def made(self, storage, func) -> None:
+        super().made(storage, func)
+        self.alive[id(storage)] = (storage.nbytes(), str(func), self.where[-1] if self.where else "-")
+        weakref.finalize(storage, self.alive.pop, id(storage), None)
 
 
 def forward_end(run, device) -> dict:
@@ -105,9 +98,7 @@ def forward_end(run, device) -> dict:
 
     def at_end(module, args, output):
         params = {id(p): p for p in [*run.base.unet.parameters(), *run.params]}
-        at_rest = (tensors_nbytes(list(params.values()))
-                   + tensors_nbytes([t for st in run.optimizer.state.values() for t in st.values()
-                                     if isinstance(t, torch.Tensor)]))
+        at_rest = tensors_nbytes(list(params.values())) + optimizer_state_nbytes(run.optimizer)
         alive = dict(made.alive)
         others = collections.Counter()
         for key, (n, op, block) in alive.items():

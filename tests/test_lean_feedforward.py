@@ -8,11 +8,11 @@ import copy
 import pytest
 import torch
 from diffusers.models.attention import FeedForward
-from torch.utils._python_dispatch import TorchDispatchMode
 
 import scedit_cli.lean.common as lean_common
 from scedit_cli.lean import lean_autograd, restore_autograd
 from scedit_cli.lean.feedforward import _FrozenFeedForward, frozen_geglu_linears
+from scedit_cli.metrics.memory import TensorPeak
 
 DIM, BATCH, TOKENS = 8, 4, 5
 
@@ -33,19 +33,16 @@ def _step(ff, x, weight):
     return out.detach(), x.grad
 
 
-class _Sizes(TorchDispatchMode):
-    """The element counts of the tensors the operators inside make (views apart)."""
+class _Sizes(TensorPeak):
+    """The bytes of each storage the operators inside make (views and in-place results are not new)."""
 
     def __init__(self):
         super().__init__()
-        self.made: list[int] = []
+        self.made_bytes: list[int] = []
 
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        if not func.is_view:
-            self.made += [t.numel() for t in (out if isinstance(out, (tuple, list)) else [out])
-                          if isinstance(t, torch.Tensor)]
-        return out
+    def made(self, storage, func) -> None:
+        super().made(storage, func)
+        self.made_bytes.append(storage.nbytes())
 
 
 @pytest.mark.parametrize("recompute", [False, True])
@@ -105,14 +102,14 @@ def test_frozen_feed_forward_keeps_the_projection_or_the_input(recompute):
 def test_sliced_frozen_feed_forward_never_makes_the_whole_product(monkeypatch, recompute):
     """The 4C product and its gradient, and the 8C projection's gradient, exist one slice at a time; stock
     autograd makes each for the whole batch (the check fails there)."""
-    product = BATCH * TOKENS * 4 * DIM
+    product = BATCH * TOKENS * 4 * DIM * 4  # bytes in fp32
     monkeypatch.setattr(lean_common, "BACKWARD_SLICE_ELEMENTS", TOKENS * 8 * DIM)
     x, weight = torch.randn(BATCH, TOKENS, DIM), torch.randn(BATCH, TOKENS, DIM)
 
     def whole_batch_tensors(ff):
         with _Sizes() as sizes:
             _step(ff, x, weight)
-        return sum(n >= product for n in sizes.made)
+        return sum(n >= product for n in sizes.made_bytes)
 
     lean = _feed_forward()
     lean_autograd(lean, recompute_feed_forward=recompute)

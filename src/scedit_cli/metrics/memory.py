@@ -137,6 +137,14 @@ class TensorPeak(TorchDispatchMode):
     def _freed(self, n: int) -> None:
         self.live -= n
 
+    def made(self, storage, func) -> None:
+        """Count one new storage `func` made (subclasses may also note where it came from)."""
+        n = storage.nbytes()
+        if n:
+            self.live += n
+            self.peak = max(self.peak, self.live)
+            weakref.finalize(storage, self._freed, n)
+
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
         outs = out if isinstance(out, (tuple, list)) else (out,)
@@ -145,12 +153,7 @@ class TensorPeak(TorchDispatchMode):
             returns = returns * len(outs)
         for t, ret in zip(outs, returns):
             if isinstance(t, torch.Tensor) and ret.alias_info is None and t.device.type != "meta":
-                storage = t.untyped_storage()
-                n = storage.nbytes()
-                if n:
-                    self.live += n
-                    self.peak = max(self.peak, self.live)
-                    weakref.finalize(storage, self._freed, n)
+                self.made(t.untyped_storage(), func)
         return out
 
 
@@ -303,9 +306,7 @@ def measure_step_memory(step: Callable[[], object], *, modules: Iterable[nn.Modu
         rss, rss_how = peak_rss()
         if not rss_reset:
             rss_how = f"{rss_how}, not reset"
-    at_rest = (tensors_nbytes(params) + tensors_nbytes(buffers) + optimizer_state_nbytes(optimizer)
-               + reordered_nbytes(modules))
-    return MemoryReport(
+    report = MemoryReport(
         device=str(device),
         params_bytes=tensors_nbytes(params),
         buffers_bytes=tensors_nbytes(buffers),
@@ -317,10 +318,13 @@ def measure_step_memory(step: Callable[[], object], *, modules: Iterable[nn.Modu
         saved_by_region=dict(counter.by_region),
         saved_tensors=counter.tensors,
         cuda_peak_bytes=cuda_peak,
-        tensor_peak_bytes=at_rest + tensors.peak if isinstance(tensors, TensorPeak) else None,
         peak_rss_bytes=rss,
         peak_rss_source=rss_how,
     )
+    if isinstance(tensors, TensorPeak):  # what was at rest before the step, plus the step's own at most
+        report.tensor_peak_bytes = (report.params_bytes + report.buffers_bytes + report.optimizer_bytes
+                                    + report.reordered_bytes + tensors.peak)
+    return report
 
 
 def gib(n: int | None) -> float | None:
