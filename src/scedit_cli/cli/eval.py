@@ -122,16 +122,14 @@ def _render(result: dict) -> None:
         if "memory" in r:
             m = r["memory"]
             gi = 2 ** 30
+            accounted = (f"params {m['params_bytes'] / gi:.2f} + grads {m['grads_bytes'] / gi:.2f} + optimizer "
+                         f"{m['optimizer_bytes'] / gi:.2f} + autograd-saved {m['saved_bytes'] / gi:.2f} GiB")
             t.add_row("peak training memory", f"{m['peak_bytes'] / gi:.2f} GiB",
                       "CUDA max_memory_allocated" if m.get("cuda_peak_bytes") is not None else
                       "tensors at rest + the step's at most (temporaries included)"
-                      if m.get("tensor_peak_bytes") is not None else
-                      f"params {m['params_bytes'] / gi:.2f} + grads {m['grads_bytes'] / gi:.2f} + optimizer "
-                      f"{m['optimizer_bytes'] / gi:.2f} + autograd-saved {m['saved_bytes'] / gi:.2f} GiB")
+                      if m.get("tensor_peak_bytes") is not None else accounted)
             if m.get("tensor_peak_bytes") is not None:
-                t.add_row("accounted", f"{m['accounted_bytes'] / gi:.2f} GiB",
-                          f"params {m['params_bytes'] / gi:.2f} + grads {m['grads_bytes'] / gi:.2f} + optimizer "
-                          f"{m['optimizer_bytes'] / gi:.2f} + autograd-saved {m['saved_bytes'] / gi:.2f} GiB")
+                t.add_row("accounted", f"{m['accounted_bytes'] / gi:.2f} GiB", accounted)
             if m.get("peak_rss_bytes"):
                 t.add_row("peak RSS", f"{m['peak_rss_bytes'] / gi:.2f} GiB", f"process, {m['peak_rss_source']}")
             t.add_row("encoder activations saved", f"{m['saved_encoder_bytes'] / 2**20:.1f} MiB",
