@@ -12,6 +12,7 @@ SILU_DONE = "_scedit_silu_applied"  # tag on a fused norm's output: the resnet's
 
 _compute_dtypes: dict[tuple, torch.dtype] = {}
 
+
 def _norm_compute_dtype(x: torch.Tensor) -> torch.dtype:
     """The dtype stock group/layer norm computes in for `x` under the current autocast state
     (fp32 under CUDA fp16 autocast; the input's own dtype elsewhere), found once per state."""
