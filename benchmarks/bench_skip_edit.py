@@ -37,12 +37,13 @@ PATHS = ("block", "skip", "training")
 VARIANTS = ("sc", "csc1", "csc2")  # `scedit bench sampling`'s tuner variants
 
 
-def tiny_unet(arch: str):
-    """`arch`'s U-Net on the meta device with the tests' tiny widths: the same skips, ~1/40 of the channels."""
+def tiny_unet(arch: str, device: str = "meta"):
+    """`arch`'s U-Net with the tests' tiny widths (the same blocks, layers and skips, ~1/40 of the channels),
+    on `device` (elsewhere than meta: random weights from the current seed)."""
     from diffusers import UNet2DConditionModel
 
     config = {**unet_config(arch), "block_out_channels": (8, 16, 32, 32), "norm_num_groups": 8}
-    with torch.device("meta"):
+    with torch.device(device):
         return UNet2DConditionModel(**config)
 
 

@@ -3,7 +3,7 @@
 At batch 1 a GPU waits on the host (`results/h200-b32/sampling-run2.json`: 28.8 ms a step, CPU time equal
 to wall time), so what SC- and CSC-Tuners cost there is the host's work they add. Timing that on a shared
 2-core machine spreads by more than the tuners' share; counts do not. This runs SD 1.5's U-Net structure
-(every block, layer and skip) at tiny widths, so the arithmetic is negligible, at CFG batch 2, with the
+(every block, layer and skip) at `bench_skip_edit.py`'s tiny widths, so the arithmetic is negligible, at CFG batch 2, with the
 skip edit stacked as on a GPU, and counts per step the Python function calls (`cProfile`, builtins
 included) and the ATen kernels (`metrics.dispatch.OpCounter`, views apart).
 
@@ -18,17 +18,14 @@ import json
 import pstats
 
 import torch
-from diffusers import UNet2DConditionModel
+from bench_skip_edit import tiny_unet
 
-from scedit_cli.architectures import unet_config
 from scedit_cli.bench.sampling import set_up_variant, variant_tuners
 from scedit_cli.metrics.dispatch import OpCounter
 from scedit_cli.models import BaseModel
 from scedit_cli.tuners import CSCTuner, attach, detach
 
 VARIANTS = ("plain", "sc", "csc1", "csc2")
-TINY = {"block_out_channels": (8, 16, 32, 32), "norm_num_groups": 8, "cross_attention_dim": 32,
-        "attention_head_dim": 4}
 
 
 def count(unet, steps: int) -> tuple[int, int]:
@@ -54,7 +51,7 @@ def main() -> None:
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
     torch.manual_seed(0)
-    unet = UNet2DConditionModel(**{**unet_config(a.arch), **TINY}).eval()
+    unet = tiny_unet(a.arch, device="cpu").eval()
     base = BaseModel.from_unet(unet, is_sdxl=False, vae_scale_factor=8)
     rows = []
     for i, variant in enumerate(VARIANTS):
