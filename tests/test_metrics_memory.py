@@ -3,6 +3,9 @@ and the training loop's own step."""
 
 from __future__ import annotations
 
+import gc
+import weakref
+
 import pytest
 import torch
 
@@ -13,6 +16,8 @@ from scedit_cli.metrics.memory import (
     TensorPeak,
     measure_step_memory,
     optimizer_state_nbytes,
+    release_memory,
+    settled_heap,
     unet_regions,
 )
 from scedit_cli.metrics.timing import time_steps
@@ -49,9 +54,10 @@ def _measure(name, config):
 
 
 def test_sc_lora_full_ordering_and_no_encoder_activations():
-    full, full_params = _measure("full", {})
-    lora, _ = _measure("lora", {"rank": 4})
-    sc, sc_params = _measure("sc", {})
+    with settled_heap():  # as `scedit bench` measures its rows
+        full, full_params = _measure("full", {})
+        lora, _ = _measure("lora", {"rank": 4})
+        sc, sc_params = _measure("sc", {})
     assert sc.accounted_bytes < lora.accounted_bytes < full.accounted_bytes
     # SCEdit: nothing upstream of the skips is kept for backward; LoRA and Full keep the encoder's activations.
     assert sc.saved_upstream_bytes() == 0
@@ -115,3 +121,25 @@ def test_time_steps_median_after_warmup():
 
     with pytest.raises(SceditError, match="--steps"):
         time_steps(lambda: None, steps=0)
+
+
+def test_settled_heap_sets_the_old_heap_aside_and_still_frees_new_cycles():
+    class Node:
+        pass
+
+    def cycle():
+        a, b = Node(), Node()
+        a.other, b.other = b, a
+        return weakref.ref(a)
+
+    assert gc.get_freeze_count() == 0
+    with settled_heap():
+        frozen = gc.get_freeze_count()
+        assert frozen > 0  # what was alive before is out of the collections inside
+        made = cycle()
+        with settled_heap():  # nested: the outer block keeps the freezing
+            assert gc.get_freeze_count() == frozen
+        assert gc.get_freeze_count() == frozen
+        release_memory()
+        assert made() is None  # a cycle made inside the block is still collected
+    assert gc.get_freeze_count() == 0

@@ -29,7 +29,7 @@ from ..devices import resolve_device
 from ..errors import SceditError
 from ..lean import resolve_lean
 from ..prepack import resolve_prepack
-from ..metrics.memory import MemoryReport, measure_step_memory, release_memory, unet_regions
+from ..metrics.memory import MemoryReport, measure_step_memory, release_memory, settled_heap, unet_regions
 from ..metrics.timing import StepTiming, time_steps
 from ..models import vae_scale_factor
 from ..precision import mixed_precision_name, resolve_precision
@@ -320,8 +320,9 @@ def run_table(name: str, s: BenchSettings, on_event: Callable[[str, int], None] 
         on_event("start", len(specs) * (s.steps + s.warmup + 1))
     result = TableResult(table=name, title=table.title, baseline=table.baseline, base=factory.description,
                          machine=machine_info(s.device), settings=asdict(s), note=table.note)
-    for spec in specs:
-        result.rows.append(run_method(spec, factory, s, (lambda: on_event("step", 1)) if on_event else None))
+    with settled_heap():
+        for spec in specs:
+            result.rows.append(run_method(spec, factory, s, (lambda: on_event("step", 1)) if on_event else None))
     compute_ratios(result)
     result.seconds = time.perf_counter() - t0
     return result

@@ -10,6 +10,7 @@ import torch
 
 from ..bench.specs import BenchSettings, MethodSpec
 from ..errors import SceditError
+from .memory import settled_heap
 
 
 @dataclass
@@ -75,7 +76,8 @@ def measure_recipe(recipe: str | Path, s: BenchSettings, *, memory: bool = True,
         s.resolution = r.data.resolution
     factory = BaseFactory(arch or "sd15", s)
     spec = MethodSpec(r.name, r.method_name, method_cfg)
-    res = run_method(spec, factory, s)
+    with settled_heap():
+        res = run_method(spec, factory, s)
     return RecipeMeasurement(str(r.path or recipe), r.method_name, method_cfg, res.trainable_params,
                              factory.description, settings=asdict(s), machine=machine_info(s.device),
                              memory=res.memory if memory else None, timing=res.timing if timing else None)
