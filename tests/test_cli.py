@@ -179,3 +179,24 @@ def test_sample_prints_no_dependency_warnings(tmp_path):
     lines = proc.stderr.splitlines()
     assert len(lines) == 2 and lines[0].startswith("sample: 1 image(s) generated"), proc.stderr
     assert lines[1] == f"contact sheet: {out / 'grid.png'}"
+
+
+def test_quiet_loaders_turns_off_the_data_bars_without_importing_datasets(monkeypatch):
+    import importlib
+    import os
+
+    import datasets
+
+    from scedit_cli.console import quiet_loaders
+
+    bars = importlib.import_module("datasets.utils.tqdm")
+    # already imported: turned off at once
+    monkeypatch.setattr(bars, "_hf_datasets_progress_bars_disabled", False)
+    monkeypatch.delenv("HF_DATASETS_DISABLE_PROGRESS_BARS", raising=False)
+    quiet_loaders()
+    assert datasets.is_progress_bar_enabled() is False
+    # not imported yet (a run that reads no data): left unimported, and off when it is imported
+    monkeypatch.delitem(sys.modules, "datasets")
+    quiet_loaders()
+    assert "datasets" not in sys.modules
+    assert os.environ["HF_DATASETS_DISABLE_PROGRESS_BARS"] == "1"

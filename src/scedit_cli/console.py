@@ -67,10 +67,12 @@ def warn(message: str) -> None:
 def quiet_loaders() -> None:
     """Our own progress bar reports the run; the loaders' bars (diffusers, transformers, datasets)
     would interleave with it."""
-    import datasets
     from diffusers.utils import logging as dlogging
     from transformers.utils import logging as tlogging
 
     dlogging.disable_progress_bar()
     tlogging.disable_progress_bar()
-    datasets.disable_progress_bars()
+    if "datasets" in sys.modules:
+        sys.modules["datasets"].disable_progress_bars()
+    else:  # read when `datasets` is imported: importing it here would add ~1 s to runs that never read data
+        os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
