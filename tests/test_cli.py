@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+import os
 import subprocess
 import sys
 
@@ -95,7 +97,6 @@ def test_every_float_option_refuses_nan_and_inf(capsys):
 
 def _unwritable(folder):
     """A folder this process cannot write in, root included (chattr +i); None where that cannot be made."""
-    import os
     import shutil
 
     folder.mkdir()
@@ -108,8 +109,6 @@ def _unwritable(folder):
 
 
 def _writable_again(folder):
-    import os
-
     if os.geteuid() == 0:
         subprocess.run(["chattr", "-i", str(folder)], capture_output=True)
     folder.chmod(0o755)
@@ -162,8 +161,6 @@ def test_an_os_error_on_the_way_is_one_line_naming_the_file(tmp_path, capsys):
 
 
 def test_sample_prints_no_dependency_warnings(tmp_path):
-    import os
-
     from scedit_cli.cli import _DEPENDENCY_LOG_LEVELS
     from scedit_cli.toy import base_model_path
 
@@ -182,9 +179,6 @@ def test_sample_prints_no_dependency_warnings(tmp_path):
 
 
 def test_quiet_loaders_turns_off_the_data_bars_without_importing_datasets(monkeypatch):
-    import importlib
-    import os
-
     import datasets
 
     from scedit_cli.console import quiet_loaders
