@@ -143,12 +143,10 @@ def fused_feed_forward(self, hidden_states, *args, recompute: bool = False, **kw
         dtype = amp_dtype(hidden_states.device.type, hidden_states.dtype)
         params = [None if t is None else t.to(dtype) for t in (proj.weight, proj.bias, out.weight, out.bias)]
         return _FrozenFeedForward.apply(hidden_states.to(dtype), *params, recompute)
-    # Trainable or adapted linears (full fine-tuning, LoRA) or no autograd: the stock layers (the GEGLU
-    # itself patched).
-    for module in self.net:
-        hidden_states = module(hidden_states)
-    return hidden_states
+    # Trainable or adapted linears (full fine-tuning, LoRA) or no autograd: the module's own forward (its
+    # GEGLU itself patched).
+    return type(self).forward(self, hidden_states, *args, **kwargs)
 
 
 def fused_recomputed_feed_forward(self, hidden_states, *args, **kwargs):
-    return fused_feed_forward(self, hidden_states, recompute=True)
+    return fused_feed_forward(self, hidden_states, *args, recompute=True, **kwargs)
