@@ -8,6 +8,7 @@ from torch import nn
 
 from .common import amp_dtype
 
+
 class _FrozenConv2d(torch.autograd.Function):
     """conv2d whose backward returns only the input gradient (weight and bias frozen)."""
 
