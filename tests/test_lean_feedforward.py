@@ -40,9 +40,9 @@ class _Sizes(TensorPeak):
         super().__init__()
         self.made_bytes: list[int] = []
 
-    def made(self, storage, func) -> None:
-        super().made(storage, func)
-        self.made_bytes.append(storage.nbytes())
+    def made(self, owner, nbytes, func) -> None:
+        super().made(owner, nbytes, func)
+        self.made_bytes.append(nbytes)
 
 
 @pytest.mark.parametrize("recompute", [False, True])

@@ -143,3 +143,15 @@ def test_settled_heap_sets_the_old_heap_aside_and_still_frees_new_cycles():
         release_memory()
         assert made() is None  # a cycle made inside the block is still collected
     assert gc.get_freeze_count() == 0
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="needs oneDNN")
+def test_tensor_peak_counts_opaque_onednn_tensors():
+    """A step that reorders a frozen convolution's weight (`prepack`, first call at a shape) makes a oneDNN
+    tensor, which has no storage: counted by its elements until it is freed."""
+    w = torch.randn(8, 4, 3, 3)
+    with TensorPeak() as t:
+        packed = torch.ops.mkldnn._reorder_convolution_weight(w, [1, 1], [1, 1], [1, 1], 1, [1, 4, 16, 16])
+        assert packed.is_mkldnn and t.live == t.peak == w.numel() * 4
+        del packed
+        assert t.live == 0

@@ -137,13 +137,13 @@ class TensorPeak(TorchDispatchMode):
     def _freed(self, n: int) -> None:
         self.live -= n
 
-    def made(self, storage, func) -> None:
-        """Count one new storage `func` made (subclasses may also note where it came from)."""
-        n = storage.nbytes()
-        if n:
-            self.live += n
+    def made(self, owner, nbytes: int, func) -> None:
+        """Count `nbytes` that `func` made, held by `owner` (a storage, or an opaque tensor, which has none)
+        until it is freed; subclasses may also note where they came from."""
+        if nbytes:
+            self.live += nbytes
             self.peak = max(self.peak, self.live)
-            weakref.finalize(storage, self._freed, n)
+            weakref.finalize(owner, self._freed, nbytes)
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
@@ -153,7 +153,8 @@ class TensorPeak(TorchDispatchMode):
             returns = returns * len(outs)
         for t, ret in zip(outs, returns):
             if isinstance(t, torch.Tensor) and ret.alias_info is None and t.device.type != "meta":
-                self.made(t.untyped_storage(), func)
+                owner = t if t.is_mkldnn else t.untyped_storage()  # oneDNN's opaque tensors have no storage
+                self.made(owner, _storage_nbytes(t), func)
         return out
 
 
