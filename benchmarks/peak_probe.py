@@ -7,13 +7,14 @@ what is held at the peak (allocated) and what the block adds on top (its transie
 
 It also takes apart what is held when the U-Net's forward ends (`forward_end`, any device): the bytes of
 the tensors the step's forward made that are still alive (counted as `metrics.memory.TensorPeak` does),
-how many of them autograd saved for backward, and the others by the operator and U-Net block that made
-them; on CUDA beside `memory_allocated`, whose excess over what is at rest and those tensors is memory
-no operator made (library workspaces, the allocator).
+how many of them autograd saved for backward (by dtype, and by the operator and U-Net block that made
+them: under autocast, what is kept in fp32 shows), and the others by operator and block; on CUDA beside
+`memory_allocated`, whose excess over what is at rest and those tensors is memory no operator made
+(library workspaces, the allocator).
 
 Usage (real-size SD 1.5, random weights, on a GPU):
     python benchmarks/peak_probe.py --methods "SCEdit,LoRA r=64" --batch 32 --out probe.json
-On a CPU only the forward-end breakdown runs (`--device cpu`).
+On a CPU only the forward-end breakdown runs (`--device cpu`; `--precision bf16` for CPU autocast).
 """
 
 from __future__ import annotations
@@ -78,10 +79,10 @@ class _MadeTensors(TensorPeak):
         self.where = where
         self.alive: dict[int, tuple[int, str, str]] = {}
 
-    def made(self, storage, func) -> None:
-        super().made(storage, func)
-        self.alive[id(storage)] = (storage.nbytes(), str(func), self.where[-1] if self.where else "-")
-        weakref.finalize(storage, self.alive.pop, id(storage), None)
+    def made(self, owner, nbytes, func) -> None:
+        super().made(owner, nbytes, func)
+        self.alive[id(owner)] = (nbytes, str(func), self.where[-1] if self.where else "-")
+        weakref.finalize(owner, self.alive.pop, id(owner), None)
 
 
 def forward_end(run, device) -> dict:
@@ -92,7 +93,7 @@ def forward_end(run, device) -> dict:
         if name.count(".") <= 1 and name:  # "up_blocks.3" and the like
             handles.append(m.register_forward_pre_hook(lambda m, a, n=name: where.append(n)))
             handles.append(m.register_forward_hook(lambda m, a, o: where.pop() and None))  # None: keep the output
-    saved: set[int] = set()
+    saved: dict[int, str] = {}  # storage id -> the dtype autograd saved it in
     found: dict = {}
     made = _MadeTensors(where)
 
@@ -100,19 +101,24 @@ def forward_end(run, device) -> dict:
         params = {id(p): p for p in [*run.base.unet.parameters(), *run.params]}
         at_rest = tensors_nbytes(list(params.values())) + optimizer_state_nbytes(run.optimizer)
         alive = dict(made.alive)
-        others = collections.Counter()
+        others, kept, kept_dtype = collections.Counter(), collections.Counter(), collections.Counter()
         for key, (n, op, block) in alive.items():
             if key not in saved:
                 others[f"{op} in {block}"] += n
+            else:
+                kept[f"{op} {saved[key]} in {block}"] += n
+                kept_dtype[saved[key]] += n
         found.update({"made_alive_gib": sum(v[0] for v in alive.values()) / GIB,
                       "saved_gib": sum(v[0] for k, v in alive.items() if k in saved) / GIB,
                       "parameters_and_optimizer_gib": at_rest / GIB,
+                      "saved_by_dtype_gib": {k: v / GIB for k, v in kept_dtype.most_common()},
+                      "saved_top": {k: v / GIB for k, v in kept.most_common(16)},
                       "not_saved_top": {k: v / GIB for k, v in others.most_common(12)}})
         if device.type == "cuda":
             found["cuda_allocated_gib"] = torch.cuda.memory_allocated(device) / GIB
 
     def pack(t):
-        saved.add(id(t.untyped_storage()))
+        saved[id(t if t.is_mkldnn else t.untyped_storage())] = str(t.dtype).removeprefix("torch.")
         return t
 
     handles.append(run.base.unet.register_forward_hook(at_end))
@@ -134,8 +140,10 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--out", required=True)
+    ap.add_argument("--precision", default="auto")
     a = ap.parse_args()
-    s = BenchSettings(device=a.device, batch=a.batch, resolution=a.resolution, steps=1, warmup=a.warmup)
+    s = BenchSettings(device=a.device, batch=a.batch, resolution=a.resolution, steps=1, warmup=a.warmup,
+                      precision=a.precision)
     table = TABLES[a.table]
     factory = BaseFactory(table.arch, s)
     results = {}
