@@ -5,14 +5,17 @@
 # probe.json, sampling.json, quickstart.json, train-fp16.json (train needs quickstart's data:
 # /tmp/scedit-qs)
 # Usage (from the repository root, scedit importable): OUT=results bash benchmarks/gpu_check.sh
-# STAGES picks a subset (default: all): tests table1 table2 table5 probe sampling edit quickstart train peers
+# STAGES picks a subset: tests table1 table2 table5 probe profile sampling edit quickstart train peers
+#   (default: all but table5 and probe)
 #   (probe: probe.json, where SCEdit's and LoRA's memory peaks fall and what is held when the forward
 #   ends; benchmarks/peak_probe.py)
+#   (profile: profile.json|png and profile-nolean.json|png, benchmarks/step_profile.py: where SCEdit's and
+#    LoRA's step time goes, by phase and operator category, train.lean on and off)
 #   (edit: skip-edit-gpu-512.json, benchmarks/bench_skip_edit.py: the sampling skip edit alone)
 #   (peers: peers-gpu-512.json|png, ours vs ms-swift's SCETuning; needs PEER_PYTHON, the Python of an
 #    environment with ms-swift installed as benchmarks/README.md says)
 set -u
-STAGES=" ${STAGES:-tests table1 table2 sampling edit quickstart train peers} "
+STAGES=" ${STAGES:-tests table1 table2 profile sampling edit quickstart train peers} "
 want() { [[ "$STAGES" == *" $1 "* ]]; }
 OUT=${OUT:?set OUT to a folder}
 mkdir -p "$OUT"
@@ -39,6 +42,12 @@ done
 if want probe; then
 stage "probe: where the memory peak falls, SCEdit and LoRA r=64 (batch 32, 512 px)"
 run python3 benchmarks/peak_probe.py --methods "SCEdit,LoRA r=64" --batch 32 --out "$OUT/probe.json"
+fi
+
+if want profile; then
+stage "profile: where SCEdit's and LoRA r=64's step time goes (batch 32, 512 px, AMP fp16), lean on and off"
+run python3 benchmarks/step_profile.py --methods "SCEdit,LoRA r=64" --batch 32 --out "$OUT/profile"
+run python3 benchmarks/step_profile.py --methods "SCEdit,LoRA r=64" --batch 32 --lean false --out "$OUT/profile-nolean"
 fi
 
 if want sampling; then
