@@ -28,9 +28,12 @@ def train_command(
     # Inside the training loop Ctrl-C saves a checkpoint (below); this is for loading and the final save.
     on_interrupt("stopped outside the training loop (loading, or the final save); checkpoints already saved are "
                  "kept: continue with --resume latest")
+    from ..recipes import load_recipe
+
+    r = load_recipe(recipe, list(set_))  # a bad recipe is reported before torch and diffusers load (seconds)
     from ..training import train
 
-    result = train(recipe, overrides=list(set_), resume=resume, dry_run=dry_run, overwrite=overwrite)
+    result = train(r, resume=resume, dry_run=dry_run, overwrite=overwrite)
     if dry_run:
         plan = result.plan
         if json_out:
