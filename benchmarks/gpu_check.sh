@@ -4,7 +4,9 @@
 # printed), tableN/tableN.json|png,
 # probe.json, sampling.json, quickstart.json, train-fp16.json (train needs quickstart's data:
 # /tmp/scedit-qs)
-# Usage (from the repository root, scedit importable): OUT=results bash benchmarks/gpu_check.sh
+# Usage, from the repository root: OUT=results bash benchmarks/gpu_check.sh (scedit from src/ unless
+# installed; on a machine without diffusers, first benchmarks/device_wheels.sh here, then carry .whl and
+# .whl-peers)
 # STAGES picks a subset: tests table1 table2 table5 probe profile sampling edit quickstart train peers
 #   (default: all but table5 and probe)
 #   (probe: probe.json, where SCEdit's and LoRA's memory peaks fall and what is held when the forward
@@ -23,6 +25,18 @@ LOG="$OUT/gpu.log"
 S="python3 -m scedit_cli.cli"
 stage() { echo "=== $(date -u +%T) $*" | tee -a "$LOG"; }
 run() { "$@" >>"$LOG" 2>&1; rc=$?; echo "--- rc=$rc" | tee -a "$LOG"; }
+
+# Wheels the machine's image lacks (benchmarks/device_wheels.sh, carried as .whl and .whl-peers): scedit's
+# into /tmp/site; ms-swift's into /tmp/peers-site, run by a python3 that also sees it (PEER_PYTHON).
+pipi() { python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$@"; }
+if [ -d .whl ]; then
+  pipi /tmp/site .whl/*.whl && export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
+fi
+python3 -c "import scedit_cli" 2>/dev/null || export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
+if [ -d .whl-peers ] && [ -z "${PEER_PYTHON:-}" ] && pipi /tmp/peers-site .whl-peers/*.whl; then
+  printf '#!/bin/sh\nPYTHONPATH="/tmp/peers-site${PYTHONPATH:+:$PYTHONPATH}" exec python3 "$@"\n' >/tmp/peer-python
+  chmod +x /tmp/peer-python && export PEER_PYTHON=/tmp/peer-python
+fi
 
 stage machine
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv >>"$LOG" 2>&1
