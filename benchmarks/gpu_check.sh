@@ -11,8 +11,8 @@
 #   (default: all but table5 and probe)
 #   (probe: probe.json, where SCEdit's and LoRA's memory peaks fall and what is held when the forward
 #   ends; benchmarks/peak_probe.py)
-#   (profile: profile.json|png and profile-nolean.json|png, benchmarks/step_profile.py: where SCEdit's and
-#    LoRA's step time goes, by phase and operator category, train.lean on and off)
+#   (profile: profile[-nolean|-cudnnbench].json|png, benchmarks/step_profile.py: where SCEdit's and LoRA's
+#    step time goes, by phase and operator category; train.lean on, off, and with cuDNN's autotuning)
 #   (edit: skip-edit-gpu-512.json, benchmarks/bench_skip_edit.py: the sampling skip edit alone)
 #   (peers: peers-gpu-512.json|png, ours vs ms-swift's SCETuning; needs PEER_PYTHON, the Python of an
 #    environment with ms-swift installed as benchmarks/README.md says)
@@ -62,6 +62,7 @@ if want profile; then
 stage "profile: where SCEdit's and LoRA r=64's step time goes (batch 32, 512 px, AMP fp16), lean on and off"
 run python3 benchmarks/step_profile.py --methods "SCEdit,LoRA r=64" --batch 32 --out "$OUT/profile"
 run python3 benchmarks/step_profile.py --methods "SCEdit,LoRA r=64" --batch 32 --lean false --out "$OUT/profile-nolean"
+run python3 benchmarks/step_profile.py --methods "SCEdit,LoRA r=64" --batch 32 --cudnn-benchmark --out "$OUT/profile-cudnnbench"
 fi
 
 if want sampling; then

@@ -189,10 +189,13 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--precision", default="auto")
     ap.add_argument("--lean", default="auto", choices=["auto", "true", "false"])
+    ap.add_argument("--cudnn-benchmark", action="store_true",
+                    help="cuDNN times its convolution algorithms for each new shape (torch.backends.cudnn.benchmark)")
     ap.add_argument("--unet-config", default=None, help="a diffusers U-Net config.json instead of the table's")
     ap.add_argument("--out", required=True, help="output path without suffix: OUT.json and OUT.png")
     a = ap.parse_args(argv)
     lean = {"auto": "auto", "true": True, "false": False}[a.lean]
+    torch.backends.cudnn.benchmark = a.cudnn_benchmark  # warm-up steps run the timing
     s = BenchSettings(device=a.device, batch=a.batch, resolution=a.resolution, steps=a.steps, warmup=a.warmup,
                       precision=a.precision, lean=lean, unet_config=a.unet_config)
     table = TABLES[a.table]
