@@ -15,7 +15,14 @@ import typer.main
 
 from ..errors import SceditError
 
-app = typer.Typer(
+def command_group(**kwargs) -> typer.Typer:
+    """A Typer app (the CLI and each command group) whose help texts are shown as written: they name hub ids
+    such as `user/repo[/sub/folder][@revision]`, which rich markup would read as tags (a closing tag with
+    no opening one made `--help` fail)."""
+    return typer.Typer(rich_markup_mode=None, **kwargs)
+
+
+app = command_group(
     name="scedit",
     help="SCEdit: efficient tuning and controllable generation of diffusion models by editing skip connections.",
     no_args_is_help=True,

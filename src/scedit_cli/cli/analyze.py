@@ -9,9 +9,9 @@ import typer
 
 from ..console import info, print_json
 from ..values import finite_float
-from . import app, on_interrupt
+from . import app, command_group, on_interrupt
 
-analyze_app = typer.Typer(help="Analyse a base model: what its skip connections carry (paper Fig. 3).",
+analyze_app = command_group(help="Analyse a base model: what its skip connections carry (paper Fig. 3).",
                           no_args_is_help=True)
 app.add_typer(analyze_app, name="analyze")
 

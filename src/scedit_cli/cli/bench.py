@@ -6,9 +6,9 @@ import typer
 from rich.table import Table
 
 from ..console import out_console, print_json
-from . import app, on_interrupt
+from . import app, command_group, on_interrupt
 
-bench_app = typer.Typer(help="Reproduce the paper's tables (parameters, memory, time, sampling speed).",
+bench_app = command_group(help="Reproduce the paper's tables (parameters, memory, time, sampling speed).",
                         no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
 

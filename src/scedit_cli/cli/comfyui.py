@@ -7,9 +7,9 @@ from pathlib import Path
 import typer
 
 from ..console import info, print_json
-from . import app, on_interrupt
+from . import app, command_group, on_interrupt
 
-comfyui_app = typer.Typer(help="Use scedit tuners in ComfyUI (SCEdit Tuner and SCEdit Control nodes).",
+comfyui_app = command_group(help="Use scedit tuners in ComfyUI (SCEdit Tuner and SCEdit Control nodes).",
                           no_args_is_help=True)
 app.add_typer(comfyui_app, name="comfyui")
 

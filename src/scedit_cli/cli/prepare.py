@@ -14,9 +14,9 @@ import typer
 from ..console import info, print_json
 from ..errors import SceditError
 from ..values import finite_float
-from . import app, on_interrupt
+from . import app, command_group, on_interrupt
 
-prepare_app = typer.Typer(
+prepare_app = command_group(
     name="prepare",
     help="Prepare datasets: condition maps (--condition), `laion` filtering, `style` caption cleaning.",
     invoke_without_command=True,
