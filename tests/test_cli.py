@@ -56,6 +56,15 @@ def test_every_help_renders_every_option_as_written(capsys):
     assert seen >= 5  # the texts this is about are among those checked
 
 
+def test_messages_print_paths_with_brackets_as_written(capsys):
+    """Paths and values in a message are text: `[/x]` would be a closing tag to rich, `[logging]` a style."""
+    from scedit_cli.console import info
+
+    info("wrote runs/[/x] and [logging]/grid.png")
+    info("a note", style="dim")
+    assert capsys.readouterr().err == "wrote runs/[/x] and [logging]/grid.png\na note\n"
+
+
 def test_user_error_is_one_line_without_traceback(tmp_path):
     proc = _scedit("train", str(tmp_path / "missing.toml"))
     assert proc.returncode == 2

@@ -55,8 +55,10 @@ def print_json(data: Any) -> None:
     sys.stdout.flush()
 
 
-def info(message: str) -> None:
-    err_console.print(message, highlight=False)
+def info(message: str, style: str | None = None) -> None:
+    """`message` on stderr as written: paths and values in it may hold brackets, which markup would read
+    as tags (a stray closing tag raises, others vanish); `style` styles the whole line instead."""
+    err_console.print(message, highlight=False, markup=False, style=style)
 
 
 def warn(message: str) -> None:

@@ -46,6 +46,6 @@ def params_command(
             )
         out_console.print(table)
         for i, note in enumerate(notes, 1):
-            out_console.print(f"({i}) {note}", highlight=False)
+            out_console.print(f"({i}) {note}", highlight=False, markup=False)
     if not all(r.ok for r in rows):
         raise typer.Exit(1)

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from ..console import err_console, info, out_console, print_json, progress
+from ..console import info, out_console, print_json, progress
 from . import on_interrupt
 from .bench import bench_app
 
@@ -59,7 +59,7 @@ def render(result) -> None:
                        f"<= x{g['target_max']:.2f}", "[green]met[/]" if g["met"] else "[red]missed[/]")
         out_console.print(tt)
     if result.note:
-        info(f"[dim]{result.note}[/]")
+        info(result.note, style="dim")
 
 
 def _make(name: str):
@@ -116,7 +116,7 @@ def _make(name: str):
             print_json({**result.to_dict(), "outputs": paths})
         else:
             render(result)
-            err_console.print(f"wrote {paths['json']} and {paths['png']}", highlight=False)
+            info(f"wrote {paths['json']} and {paths['png']}")
         if check and not all(g["met"] for g in result.targets):
             raise typer.Exit(1)
 

@@ -139,4 +139,4 @@ def _render(result: dict) -> None:
             t.add_row("step time (median)", f"{tm['median_s']:.3f} s",
                       f"{tm['steps']} steps after {tm['warmup']} warm-up")
     out_console.print(t)
-    info("[dim]FID from pytorch-fid's Inception; memory and time from the training loop's own step.[/]")
+    info("FID from pytorch-fid's Inception; memory and time from the training loop's own step.", style="dim")

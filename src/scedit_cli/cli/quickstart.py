@@ -28,7 +28,7 @@ def quickstart_command(
     json_out: bool = typer.Option(False, "--json", help="Print report.json on stdout."),
 ) -> None:
     on_interrupt(f"the quickstart did not finish; run the same command again (it replaces what it wrote in {output})")
-    from ..console import err_console, print_json
+    from ..console import err_console, info, print_json
     from ..quickstart import QuickstartSettings, run_quickstart, summary_rows
 
     settings = QuickstartSettings(output=output, steps_scale=steps_scale, seed=seed, style=style, n_eval=n_eval,
@@ -47,5 +47,4 @@ def quickstart_command(
         table.add_row(*row)
     err_console.print(table)
     t = result.report["timing"]
-    err_console.print(f"total {t['wall_s']:.0f} s wall, {t['cpu_s']:.0f} s CPU; report: {result.report_md}",
-                      highlight=False)
+    info(f"total {t['wall_s']:.0f} s wall, {t['cpu_s']:.0f} s CPU; report: {result.report_md}")
