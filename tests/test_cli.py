@@ -65,6 +65,29 @@ def test_messages_print_paths_with_brackets_as_written(capsys):
     assert capsys.readouterr().err == "wrote runs/[/x] and [logging]/grid.png\na note\n"
 
 
+def test_progress_and_eval_table_show_folder_names_as_written(monkeypatch):
+    import io
+
+    from rich.console import Console
+
+    import scedit_cli.cli.eval as eval_cli
+    import scedit_cli.console as console
+
+    def terminal():
+        return Console(file=io.StringIO(), force_terminal=True, width=200, color_system=None)
+
+    monkeypatch.setattr(console, "err_console", terminal())
+    with console.progress() as bar:
+        bar.add_task("Inception: photos [/x] [b]", total=1)
+    assert "Inception: photos [/x] [b]" in console.err_console.file.getvalue()
+
+    monkeypatch.setattr(eval_cli, "out_console", terminal())
+    eval_cli._render({"control": {"summary": {}, "not_measured": {"depth": "no weights in [/w]"},
+                                  "report": {"json": "out/[run]/report.json"}}})
+    shown = eval_cli.out_console.file.getvalue()
+    assert "not measured: no weights in [/w]" in shown and "out/[run]/report.json" in shown
+
+
 def test_user_error_is_one_line_without_traceback(tmp_path):
     proc = _scedit("train", str(tmp_path / "missing.toml"))
     assert proc.returncode == 2

@@ -37,7 +37,7 @@ out_console = _console()
 def progress(*extra_columns: Any, transient: bool = False) -> Progress:
     """A rich progress bar that steps aside when stderr is not a terminal."""
     return Progress(
-        TextColumn("[bold]{task.description}"),
+        TextColumn("{task.description}", style="bold", markup=False),  # descriptions may hold folder names
         BarColumn(),
         MofNCompleteColumn(),
         *extra_columns,

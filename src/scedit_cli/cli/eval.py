@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from ..console import info, out_console, print_json, progress
@@ -113,12 +114,13 @@ def _render(result: dict) -> None:
                 detail = "all images together" if k.endswith("_dataset") else f"mean of {m['count']} image(s)"
                 t.add_row(f"{cond}: {k}", "-" if v is None else f"{v:.4f}", detail)
         for cond, why in c["not_measured"].items():
-            t.add_row(f"{cond}", "-", f"not measured: {why}")
+            t.add_row(f"{cond}", "-", escape(f"not measured: {why}"))
         for kind, path in c["report"].items():
-            t.add_row(kind, "", path)
+            t.add_row(kind, "", escape(str(path)))
     if "recipe" in result:
         r = result["recipe"]
-        t.add_row("trainable parameters", f"{r['trainable_params'] / 1e6:.2f}M", f"{r['method']} on {r['base']}")
+        t.add_row("trainable parameters", f"{r['trainable_params'] / 1e6:.2f}M",
+                  escape(f"{r['method']} on {r['base']}"))
         if "memory" in r:
             m = r["memory"]
             gi = 2 ** 30
