@@ -95,7 +95,8 @@ def test_sample_cli_takes_hub_ids_and_warns_about_another_base(world, hf_cache, 
 
 def test_missing_hub_tuner_fails_before_the_base_loads(world, hf_cache, tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
-        main(["sample", "-m", str(tmp_path / "no-model"), "-p", "x", "-t", "nobody/nothing", "-o", str(tmp_path / "o")])
+        # an uncached hub id as the base: loading it first would fail with its own error
+        main(["sample", "-m", "nobody/no-model", "-p", "x", "-t", "nobody/nothing", "-o", str(tmp_path / "o")])
     err = capsys.readouterr().err
     assert e.value.code == 2 and len(err.strip().splitlines()) == 1
     assert "cannot load tuner 'nobody/nothing'" in err, "the tuner is checked before the (missing) model"

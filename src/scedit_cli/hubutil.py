@@ -4,6 +4,7 @@ error for a hub id that cannot be loaded (not cached while offline, no such repo
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from .errors import SceditError
 
@@ -11,6 +12,15 @@ from .errors import SceditError
 def hub_offline() -> bool:
     """HF_HUB_OFFLINE as the user set it for this run (huggingface_hub reads it only at import)."""
     return os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+
+
+def check_model_source(source: str) -> None:
+    """Refuse a base model `source` that names a local file or folder which is not there. A hub id is
+    `user/repo`: never `./x`, `/x`, `~/x` or `x.safetensors`. Needs no torch, so commands call it before
+    their heavy imports (a mistyped path is then reported at once, not after ~15 s)."""
+    path = Path(source).expanduser()
+    if not path.exists() and (path.suffix in (".safetensors", ".ckpt") or source.startswith((".", "/", "~"))):
+        raise SceditError(f"{source}: model file or folder not found")
 
 
 def first_line(e: BaseException, limit: int = 200) -> str:

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from .errors import SceditError
-from .hubutil import first_line, hub_offline, hub_source_error
+from .hubutil import check_model_source, first_line, hub_offline, hub_source_error
 
 DTYPES = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16, "float16": torch.float16,
           "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
@@ -146,6 +146,7 @@ def load_pipeline(source: str, dtype: str | torch.dtype | None = None, config: s
     """A diffusers pipeline from a folder, a single `.safetensors` checkpoint, or a hub id."""
     from diffusers import DiffusionPipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
 
+    check_model_source(source)
     torch_dtype = parse_dtype(dtype)
     kwargs: dict[str, Any] = {}
     if torch_dtype is not None:
@@ -176,8 +177,6 @@ def load_pipeline(source: str, dtype: str | torch.dtype | None = None, config: s
                     "complete original-format Stable Diffusion checkpoint; offline, also set model.single_file_config "
                     "to a diffusers folder (or cached hub id) of the same architecture"
                 ) from None
-        if path.suffix in (".safetensors", ".ckpt") or source.startswith((".", "/", "~")):
-            raise SceditError(f"{source}: model file or folder not found")
         return DiffusionPipeline.from_pretrained(source, local_files_only=offline,
                                                  **_no_safety_checker(source, offline), **kwargs)
     except SceditError:

@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 
 from ..console import info, print_json
+from ..hubutil import check_model_source
 from ..values import finite_float
 from . import app, on_interrupt
 
@@ -129,6 +130,7 @@ def sample_command(
 ) -> None:
     """Generate images with a base model and zero or more tuners (SC and CSC)."""
     _kept_on_interrupt(out)
+    check_model_source(model)
     from ..sampling import prompt_list, sample
 
     specs = prompt_list(prompt, prompts)
@@ -175,6 +177,7 @@ def compose_command(
 ) -> None:
     """Several CSC-Tuners at once with weights alpha (Eq. 7); --sweep interpolates between two conditions."""
     _kept_on_interrupt(out)
+    check_model_source(model)
     from ..sampling import compose, prompt_list
 
     specs = prompt_list(prompt, prompts)
