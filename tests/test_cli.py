@@ -88,6 +88,17 @@ def test_progress_and_eval_table_show_folder_names_as_written(monkeypatch):
     assert "not measured: no weights in [/w]" in shown and "out/[run]/report.json" in shown
 
 
+@pytest.mark.parametrize("command", [["sample"], ["compose", "-t", "t"], ["analyze", "skips"]])
+def test_a_mistyped_model_path_is_reported_before_torch_is_imported(tmp_path, command):
+    """Not after the 10-15 s of importing torch and diffusers' pipelines."""
+    code = ("import atexit, sys; atexit.register(lambda: print('torch' in sys.modules)); "
+            "from scedit_cli.cli import main; main()")
+    args = [*command, "-m", str(tmp_path / "no_model"), "-p", "a cat", "-o", str(tmp_path / "o")]
+    p = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True)
+    assert p.returncode == 2 and "no_model: model file or folder not found" in p.stderr, p.stderr
+    assert p.stdout == "False\n"
+
+
 def test_user_error_is_one_line_without_traceback(tmp_path):
     proc = _scedit("train", str(tmp_path / "missing.toml"))
     assert proc.returncode == 2

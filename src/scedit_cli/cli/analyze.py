@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 
 from ..console import info, print_json
+from ..hubutil import check_model_source
 from ..values import finite_float
 from . import app, command_group, on_interrupt
 
@@ -40,6 +41,8 @@ def skips_command(
     """Remove skips (each alone, all, each half) by zero / spatial mean, trace their statistics along the
     denoising trajectory, and draw their feature maps: skips.json and PNGs in --out."""
     on_interrupt(f"files already written in {out} are complete but the analysis is not; run the command again")
+    if model:
+        check_model_source(model)
     import torch
 
     from ..analysis import SkipAnalysisSettings, analyze_skips
