@@ -99,6 +99,16 @@ def test_a_mistyped_model_path_is_reported_before_torch_is_imported(tmp_path, co
     assert p.stdout == "False\n"
 
 
+@pytest.mark.parametrize("args, message", [(["eval", "r.toml"], "nothing to evaluate"),
+                                           (["eval", "r.toml", "--params"], "r.toml: no such recipe file")])
+def test_an_eval_usage_error_is_reported_before_torch_is_imported(tmp_path, args, message):
+    code = ("import atexit, sys; atexit.register(lambda: print('torch' in sys.modules)); "
+            "from scedit_cli.cli import main; main()")
+    p = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=tmp_path)
+    assert p.returncode == 2 and message in p.stderr, p.stderr
+    assert p.stdout == "False\n"
+
+
 def test_user_error_is_one_line_without_traceback(tmp_path):
     proc = _scedit("train", str(tmp_path / "missing.toml"))
     assert proc.returncode == 2

@@ -58,7 +58,7 @@ def eval_command(
 ) -> None:
     """Measure generated images (FID, controllability) or a training recipe (parameters, memory, time)."""
     on_interrupt("no result was written; run the command again (FID reference statistics already computed are cached)")
-    from ..metrics.evaluate import EvalSettings, evaluate
+    from ..metrics.eval_settings import EvalSettings
 
     settings = EvalSettings(
         recipe=recipe, fid=fid, control=control, params=params, memory=memory, timing=time_, generated=generated,
@@ -67,7 +67,9 @@ def eval_command(
         annotator_weights=annotator_weights, pose_threshold=pose_threshold, detect_resolution=detect_resolution,
         report_dir=report, worst=worst, device=device, steps=steps, warmup=warmup, batch=batch,
         resolution=resolution, overrides=list(set_))
-    settings.validate()  # before --out is checked, as before: the usage error comes first
+    settings.validate()  # before --out is checked, and before torch and the metrics load
+    from ..metrics.evaluate import evaluate
+
     if out is not None:
         check_output_location(out, "--out", folder=False)
     bar = progress()
