@@ -88,13 +88,28 @@ def test_progress_and_eval_table_show_folder_names_as_written(monkeypatch):
     assert "not measured: no weights in [/w]" in shown and "out/[run]/report.json" in shown
 
 
+def _scedit_noting_torch(*args, cwd=None) -> subprocess.CompletedProcess:
+    """`scedit ARGS` in a fresh process whose stdout ends with whether torch was imported by then."""
+    code = ("import atexit, sys; atexit.register(lambda: print('torch' in sys.modules)); "
+            "from scedit_cli.cli import main; main()")
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=cwd)
+
+
+@pytest.mark.parametrize("bad", ["missing", "syntax"])
+def test_an_unreadable_recipe_is_reported_before_torch_is_imported(tmp_path, bad):
+    """A wrong path or a TOML typo costs a fraction of a second, not torch's import first."""
+    r = tmp_path / "r.toml"
+    if bad == "syntax":
+        r.write_text("[model\nsource = 'x'\n")
+    p = _scedit_noting_torch("train", str(r))
+    assert p.returncode == 2 and ("not found" if bad == "missing" else "not valid TOML") in p.stderr, p.stderr
+    assert p.stdout == "False\n"
+
+
 @pytest.mark.parametrize("command", [["sample"], ["compose", "-t", "t"], ["analyze", "skips"]])
 def test_a_mistyped_model_path_is_reported_before_torch_is_imported(tmp_path, command):
     """Not after the 10-15 s of importing torch and diffusers' pipelines."""
-    code = ("import atexit, sys; atexit.register(lambda: print('torch' in sys.modules)); "
-            "from scedit_cli.cli import main; main()")
-    args = [*command, "-m", str(tmp_path / "no_model"), "-p", "a cat", "-o", str(tmp_path / "o")]
-    p = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True)
+    p = _scedit_noting_torch(*command, "-m", str(tmp_path / "no_model"), "-p", "a cat", "-o", str(tmp_path / "o"))
     assert p.returncode == 2 and "no_model: model file or folder not found" in p.stderr, p.stderr
     assert p.stdout == "False\n"
 
@@ -102,9 +117,7 @@ def test_a_mistyped_model_path_is_reported_before_torch_is_imported(tmp_path, co
 @pytest.mark.parametrize("args, message", [(["eval", "r.toml"], "nothing to evaluate"),
                                            (["eval", "r.toml", "--params"], "r.toml: no such recipe file")])
 def test_an_eval_usage_error_is_reported_before_torch_is_imported(tmp_path, args, message):
-    code = ("import atexit, sys; atexit.register(lambda: print('torch' in sys.modules)); "
-            "from scedit_cli.cli import main; main()")
-    p = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=tmp_path)
+    p = _scedit_noting_torch(*args, cwd=tmp_path)
     assert p.returncode == 2 and message in p.stderr, p.stderr
     assert p.stdout == "False\n"
 
