@@ -30,7 +30,8 @@ from diffusers.models.resnet import ResnetBlock2D, Upsample2D
 
 from scedit_cli.bench.runner import BaseFactory, select_methods, setup_method
 from scedit_cli.bench.specs import TABLES, BenchSettings
-from scedit_cli.metrics.memory import TensorPeak, optimizer_state_nbytes, release_memory, tensors_nbytes
+from scedit_cli.metrics.memory import (TensorPeak, optimizer_state_nbytes, release_memory, storage_owner,
+                                       tensors_nbytes)
 
 WATCHED = (ResnetBlock2D, BasicTransformerBlock, FeedForward, Upsample2D)
 GIB = 2**30
@@ -118,7 +119,7 @@ def forward_end(run, device) -> dict:
             found["cuda_allocated_gib"] = torch.cuda.memory_allocated(device) / GIB
 
     def pack(t):
-        saved[id(t if t.is_mkldnn else t.untyped_storage())] = str(t.dtype).removeprefix("torch.")
+        saved[id(storage_owner(t))] = str(t.dtype).removeprefix("torch.")  # the key `_MadeTensors` uses
         return t
 
     handles.append(run.base.unet.register_forward_hook(at_end))

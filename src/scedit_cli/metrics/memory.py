@@ -49,6 +49,12 @@ def _storage_key(t: torch.Tensor) -> tuple[str, int] | None:
     return (str(t.device), ptr)
 
 
+def storage_owner(t: torch.Tensor):
+    """What holds `t`'s bytes and is freed with them: its storage, or itself for oneDNN's opaque tensors,
+    which have none."""
+    return t if t.is_mkldnn else t.untyped_storage()
+
+
 def _storage_nbytes(t: torch.Tensor) -> int:
     try:
         return int(t.untyped_storage().nbytes())
@@ -153,8 +159,7 @@ class TensorPeak(TorchDispatchMode):
             returns = returns * len(outs)
         for t, ret in zip(outs, returns):
             if isinstance(t, torch.Tensor) and ret.alias_info is None and t.device.type != "meta":
-                owner = t if t.is_mkldnn else t.untyped_storage()  # oneDNN's opaque tensors have no storage
-                self.made(owner, _storage_nbytes(t), func)
+                self.made(storage_owner(t), _storage_nbytes(t), func)
         return out
 
 
@@ -353,5 +358,5 @@ def gib(n: int | None) -> float | None:
 
 
 __all__ = ["ENCODER_REGIONS", "MemoryReport", "SavedTensorCounter", "TensorPeak", "measure_step_memory",
-           "optimizer_state_nbytes", "peak_rss", "release_memory", "reset_peak_rss", "settled_heap", "tensors_nbytes",
-           "unet_regions"]
+           "optimizer_state_nbytes", "peak_rss", "release_memory", "reset_peak_rss", "settled_heap", "storage_owner",
+           "tensors_nbytes", "unet_regions"]
