@@ -36,6 +36,7 @@ from scedit_cli.bench.runner import BaseFactory, machine_info, select_methods, s
 from scedit_cli.bench.specs import TABLES, BenchSettings
 from scedit_cli.fsutil import atomic_path, write_json_atomic
 from scedit_cli.metrics.memory import release_memory
+from scedit_cli.metrics.timing import synchronize
 
 # First match wins (searched in the name after its last "::"): optimizer and clipping before norm
 # (linalg_vector_norm); autograd's own nodes (stock `...Backward0`, our functions' `..Backward`, the
@@ -106,8 +107,7 @@ def time_phases(run, steps: int, device: torch.device) -> dict:
             marks["start"] = now()
             run.step()
             marks["end"] = now()
-            if cuda:
-                torch.cuda.synchronize(device)
+            synchronize(device)
             wall = (time.perf_counter() - wall0) * 1e3
             rows.append({"before_forward_ms": elapsed_ms(marks["start"], marks["fwd_start"]),
                          "forward_ms": elapsed_ms(marks["fwd_start"], marks["fwd_end"]),
@@ -126,8 +126,7 @@ def profile_ops(run, steps: int, device: torch.device, top: int = 15) -> dict:
     with profile(activities=activities) as prof:
         for _ in range(steps):
             run.step()
-        if cuda:
-            torch.cuda.synchronize(device)
+        synchronize(device)
     ops, kernels = [], []
     for evt in prof.key_averages():
         # A kernel's row (device time, no CPU time): its time is already in the operator that launched it.
