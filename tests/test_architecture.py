@@ -6,8 +6,9 @@ function-level (lazy) imports alike, relative and absolute. Rules for packages:
 * `pkg/__init__.py` is the node `pkg`. A package importing its own submodules (its facade) is not an
   edge: the parts never need the facade, because of the next rule.
 * `from pkg import name`, where `name` is a submodule, is an edge to that submodule; where `name` is
-  re-exported by `pkg/__init__.py` from one of its submodules, the edge goes to the module that
-  defines it; otherwise (a name defined in the `__init__` itself) to `pkg`.
+  re-exported by `pkg/__init__.py` from one of its submodules (imported there, or named in a lazy
+  facade's `_EXPORTS = {"name": "submodule"}` table), the edge goes to the module that defines it;
+  otherwise (a name defined in the `__init__` itself) to `pkg`.
 * Importing a package as a whole (`import pkg`, `from parent import pkg`) is an edge to `pkg` and to
   every submodule its `__init__` imports (that is what loading it runs).
 """
@@ -67,8 +68,22 @@ def _own(pkg: str, module: str) -> bool:
 
 
 @lru_cache(maxsize=None)
+def _lazy_exports(pkg: str) -> dict[str, str]:
+    """A lazy facade's table (PEP 562 `__getattr__`): exported name -> the submodule defining it."""
+    path, _ = MODULES[pkg]
+    for node in ast.parse(path.read_text(), str(path)).body:
+        if (isinstance(node, ast.Assign) and [getattr(t, "id", None) for t in node.targets] == ["_EXPORTS"]
+                and isinstance(node.value, ast.Dict)):
+            return {k.value: f"{pkg}.{v.value}" for k, v in zip(node.value.keys, node.value.values)}
+    return {}
+
+
+@lru_cache(maxsize=None)
 def _defining_module(pkg: str, name: str) -> str:
     """The module that defines `name` as `pkg` exports it (following re-exports of its __init__)."""
+    lazy = _lazy_exports(pkg).get(name)
+    if lazy is not None:
+        return _defining_module(lazy, name) if MODULES[lazy][1] else lazy
     for target, imported in _raw_imports(pkg):
         if target in MODULES and _own(pkg, target) and imported == name:
             if MODULES[target][1]:  # re-exported from a subpackage: follow it
@@ -157,7 +172,7 @@ def test_graph_sees_lazy_relative_and_reexported_imports():
     # The rules above, checked on modules whose imports are known: a function-level import
     # (cli commands import their library lazily) and a name re-exported by a package facade.
     graph = import_graph()
-    assert "scedit_cli.tuners.csc" in graph["scedit_cli.methods.csc"]  # `from ..tuners import CSCTuner`
+    assert "scedit_cli.tuners.model" in graph["scedit_cli.methods.csc"]  # `from ..tuners import attach` (lazy facade)
     assert "scedit_cli.tuners" not in graph["scedit_cli.methods.csc"]
     assert not any(_own("scedit_cli.tuners", m) for m in graph["scedit_cli.tuners"])
     assert strongly_connected({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [frozenset("abc")]

@@ -95,14 +95,40 @@ def _scedit_noting_torch(*args, cwd=None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=cwd)
 
 
-@pytest.mark.parametrize("bad", ["missing", "syntax"])
-def test_an_unreadable_recipe_is_reported_before_torch_is_imported(tmp_path, bad):
-    """A wrong path or a TOML typo costs a fraction of a second, not torch's import first."""
+_RECIPE = """[model]
+source = "./model"
+[data]
+source = "./data"
+[method]
+name = "csc"
+conditions = ["canny"]
+[train]
+output_dir = "out"
+"""
+
+
+@pytest.mark.parametrize("bad, message", [
+    ("missing", "r.toml: recipe file not found"), ("syntax", "not valid TOML"),
+    ("method setting", "r.toml: method.hint_kernel: must be an odd number"),
+    ("missing data", "data: dataset not found; check data.source"),
+    ("empty data folder", "data: no metadata.jsonl, *.parquet or *.jsonl in this folder"),
+    ("missing model", "model: model file or folder not found"),
+])
+def test_a_bad_recipe_or_source_is_reported_before_torch_is_imported(tmp_path, bad, message):
+    """A wrong path, a TOML typo or a bad setting costs a fraction of a second, not torch's import
+    (and diffusers', accelerate's) first."""
     r = tmp_path / "r.toml"
     if bad == "syntax":
         r.write_text("[model\nsource = 'x'\n")
+    elif bad != "missing":
+        r.write_text(_RECIPE.replace('conditions = ["canny"]', 'conditions = ["canny"]\nhint_kernel = 2')
+                     if bad == "method setting" else _RECIPE)
+        if bad in ("empty data folder", "missing model"):
+            (tmp_path / "data").mkdir()
+        if bad == "missing model":
+            (tmp_path / "data" / "metadata.jsonl").write_text('{"image": "a.png", "text": "x"}\n')
     p = _scedit_noting_torch("train", str(r))
-    assert p.returncode == 2 and ("not found" if bad == "missing" else "not valid TOML") in p.stderr, p.stderr
+    assert p.returncode == 2 and message in p.stderr, p.stderr
     assert p.stdout == "False\n"
 
 

@@ -126,6 +126,10 @@ def test_parse_override_values():
         parse_override("train.max_steps")
 
 
+def _csc(settings: str) -> str:
+    return BASIC.replace('name = "sc"', 'name = "csc"\nconditions = ["canny"]\n' + settings)
+
+
 @pytest.mark.parametrize("body, key, fix", [
     (BASIC + "foo = 1\n", "train.foo", "accepts"),
     (BASIC.replace('name = "sc"', 'name = "sc"\nrank = 4'), "method.rank", "[method] accepts"),
@@ -146,6 +150,17 @@ def test_parse_override_values():
     (BASIC + "lean = 'yes'\n", "train.lean", 'use true, false or "auto"'),
     (BASIC + "lean = 1\n", "train.lean", "boolean (true/false) or string"),
     (BASIC + "prepack = 'on'\n", "train.prepack", 'use true, false or "auto"'),
+    # [method] settings are checked with the recipe (no torch), not when the model is set up.
+    (BASIC.replace('name = "sc"', 'name = "sc"\nop = "mlp"'), "method.op", "choose one of linear"),
+    (BASIC.replace('name = "sc"', 'name = "sc"\nratio = 0'), "method.ratio", "must be > 0"),
+    (BASIC.replace('name = "sc"', 'name = "sc"\nskips = [0, -1]'), "method.skips", "count from 0"),
+    (_csc("hint_kernel = 2"), "method.hint_kernel", "odd number"),
+    (_csc("weights = [0.5, 0.5]"), "method.weights", "one alpha per condition"),
+    (_csc("pre_hint_dim_ratio = 0.01"), "method.pre_hint_dim_ratio", "ratio >= 0.0625"),
+    (BASIC.replace('name = "sc"', 'name = "lora"\nrank = 0'), "method.rank", "must be >= 1"),
+    (BASIC.replace('name = "sc"', 'name = "lora"\ndropout = 1.0'), "method.dropout", "[0, 1)"),
+    (BASIC.replace('name = "sc"', 'name = "controlnet-xs"\nsize_ratio = 1.5'), "method.size_ratio", "(0, 1]"),
+    (BASIC.replace('name = "sc"', 'name = "t2i-adapter"\nnum_res_blocks = 0'), "method.num_res_blocks", ">= 1"),
 ])
 def test_strict_validation_names_file_key_and_fix(tmp_path, body, key, fix):
     path = _write(tmp_path, body)
@@ -166,3 +181,22 @@ def test_overrides_refuse_nan_and_inf(tmp_path):
         with pytest.raises(SceditError) as e:
             load_recipe(path, [f"train.learning_rate={value}"])
         assert str(e.value).startswith(f"{path}: --set train.learning_rate: {float(value)!r} is not a finite number")
+
+
+def test_one_registry_names_each_method_and_its_settings():
+    """`methods.config` (torch-free, read by `load_recipe`) and the implementations agree: each
+    method's class takes its name and settings from the registry, and the tuner OPs a recipe may
+    name are the ones `tuners.ops` builds."""
+    from scedit_cli.methods import METHODS, build_method
+    from scedit_cli.methods.config import METHOD_CONFIGS
+    from scedit_cli.tuners.config import OP_NAMES
+    from scedit_cli.tuners.ops import OPS
+
+    assert list(METHODS) == list(METHOD_CONFIGS)
+    for name, cls in METHODS.items():
+        assert cls.name == name and cls.Config is METHOD_CONFIGS[name]
+    assert set(OPS) == set(OP_NAMES)
+    with pytest.raises(SceditError, match="^method.rank: must be >= 1"):
+        build_method("lora", {"rank": 0})
+    with pytest.raises(SceditError, match="unknown method 'loar'"):
+        build_method("loar")

@@ -66,7 +66,7 @@ def test_bad_tuner_files_are_clear_errors(tmp_path, tiny_unet):
 
 def test_bad_configs_are_clear_errors(tiny_unet):
     layout = SkipLayout.from_unet(tiny_unet)
-    with pytest.raises(SceditError, match="skip index 12 out of range"):
+    with pytest.raises(SceditError, match="skips: index 12 out of range"):
         SCTuner(SCTunerConfig(skips=[12]), layout)
     with pytest.raises(SceditError, match="unknown tuner op"):
         SCTuner(SCTunerConfig(op="mlp"), layout)

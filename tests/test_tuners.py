@@ -119,7 +119,7 @@ def test_pre_hint_downscales_by_vae_factor():
 
 
 def test_sdxl_hint_encoder_official_width_feeds_all_nine_skips(tiny_sdxl_unet):
-    from scedit_cli.tuners.csc import default_pre_hint
+    from scedit_cli.tuners.config import default_pre_hint
 
     layout = SkipLayout.from_unet(tiny_sdxl_unet)
     ratio, out = default_pre_hint(is_sdxl=True)
@@ -130,7 +130,7 @@ def test_sdxl_hint_encoder_official_width_feeds_all_nine_skips(tiny_sdxl_unet):
     assert sorted(hints) == list(range(9))
     for s, c in hints.items():
         assert c.shape == (1, layout.channels[s], 16 // layout.downscale[s], 16 // layout.downscale[s])
-    with pytest.raises(SceditError, match="pre_hint_dim_ratio 0.01"):
+    with pytest.raises(SceditError, match="pre_hint_dim_ratio: 0.01 with"):
         CSCTuner(CSCTunerConfig(pre_hint_dim_ratio=0.01), layout)
 
 

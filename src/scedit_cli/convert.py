@@ -36,7 +36,7 @@ from .errors import SceditError
 from .fsutil import read_torch_weights
 from .tuners import CSCTunerConfig, SCTunerConfig, SkipLayout, SkipTuner, build_tuner, save_tuner
 from .tuners.card import CardFacts, write_model_card
-from .tuners.csc import PRE_HINT_CHANNELS, pre_hint_channels
+from .tuners.config import PRE_HINT_CHANNELS, pre_hint_channels
 from .tuners.io import check_tuner_destination
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")

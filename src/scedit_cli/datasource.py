@@ -66,6 +66,7 @@ def _explain_unreadable(files: list[Path]) -> None:
                 raise SceditError(f"{f}: not UTF-8 text (byte {e.start}); save it as UTF-8") from None
 
 
+_EMPTY_SOURCE = "data.source is empty; set it to a dataset folder, file or hub name"
 _KINDS = {".parquet": "parquet", ".jsonl": "json", ".json": "json", ".csv": "csv"}
 
 
@@ -105,6 +106,18 @@ def local_files(source: str) -> LocalFiles | None:
     return None
 
 
+def check_data_source(source: str) -> None:
+    """Refuse a `source` that names a local dataset which is not there or holds none, reading no
+    data and importing neither torch nor `datasets` (`scedit train` calls it before its heavy
+    imports: a wrong path costs a second, not ten). URLs and hub names are left to `load_source`."""
+    if not source:
+        raise SceditError(_EMPTY_SOURCE)
+    if "://" in source:
+        return
+    if shard_urls(source) is None:
+        local_files(source)
+
+
 def _hub_error(source: str, split: str, e: Exception) -> SceditError:
     first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
     return SceditError(
@@ -121,7 +134,7 @@ def stream_source(source: str, split: str = "train") -> LoadedDataset:
     import datasets
 
     if not source:
-        raise SceditError("data.source is empty; set it to a dataset folder, file or hub name")
+        raise SceditError(_EMPTY_SOURCE)
     if shard_urls(source) is not None:
         raise SceditError(f"data.source {source}: webdataset shards are already read shard by shard from an index; "
                           "set data.streaming = false for them")
@@ -147,7 +160,7 @@ def load_source(source: str, split: str = "train", index_dir: Path | None = None
     import datasets
 
     if not source:
-        raise SceditError("data.source is empty; set it to a dataset folder, file or hub name")
+        raise SceditError(_EMPTY_SOURCE)
     urls = shard_urls(source)
     if urls is not None:
         table = shard_table(urls, index_dir or default_index_dir())

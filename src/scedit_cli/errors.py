@@ -19,6 +19,14 @@ class SceditError(Exception):
             self.exit_code = exit_code
 
 
+class SettingError(SceditError):
+    """A bad value of one setting `key` (a field of a config dataclass). Whoever knows where the
+    setting came from names it there: a recipe as `method.<key>` (`recipes.py`)."""
+
+    def __init__(self, key: str, message: str):
+        super().__init__(f"{key}: {message}")
+        self.key, self.detail = key, message
+
 
 def worker_batches(batches):
     """Iterate a DataLoader's batches; a SceditError raised in one of its worker processes comes back from

@@ -28,7 +28,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-from .errors import SceditError
+from .errors import SceditError, SettingError
 from .recipe_parse import RecipeContext, apply_overrides, build_section, resolve_path, resolve_source, suggest
 from .shards import resolve_shard_source
 
@@ -222,7 +222,7 @@ def _deepcopy(d):
 
 
 def _validate(raw: dict, ctx: RecipeContext, base_dir: Path) -> Recipe:
-    from .methods import METHODS
+    from .methods.config import METHOD_CONFIGS
 
     for key in raw:
         if key not in SECTIONS and key != "method" and key not in TOP_LEVEL:
@@ -236,22 +236,21 @@ def _validate(raw: dict, ctx: RecipeContext, base_dir: Path) -> Recipe:
 
     method_raw = raw.get("method")
     if method_raw is None:
-        raise ctx.error("method", f"missing; add a [method] table with name = one of {', '.join(METHODS)}")
+        raise ctx.error("method", f"missing; add a [method] table with name = one of {', '.join(METHOD_CONFIGS)}")
     if not isinstance(method_raw, dict):
         raise ctx.error("method", "must be a table ([method])")
     method_raw = dict(method_raw)
     name = method_raw.pop("name", None)
     if name is None:
-        raise ctx.error("method.name", f"missing; add name = one of {', '.join(METHODS)}")
-    if not isinstance(name, str) or name not in METHODS:
-        raise ctx.error("method.name", f"unknown method {name!r}; {suggest(str(name), METHODS)}"
-                                       f"choose one of {', '.join(METHODS)}")
-    cls = METHODS[name]
-    method_cfg = build_section(cls.Config, method_raw, "method", ctx, REQUIRED)
+        raise ctx.error("method.name", f"missing; add name = one of {', '.join(METHOD_CONFIGS)}")
+    if not isinstance(name, str) or name not in METHOD_CONFIGS:
+        raise ctx.error("method.name", f"unknown method {name!r}; {suggest(str(name), METHOD_CONFIGS)}"
+                                       f"choose one of {', '.join(METHOD_CONFIGS)}")
+    method_cfg = build_section(METHOD_CONFIGS[name], method_raw, "method", ctx, REQUIRED)
     try:
-        cls(method_cfg).validate()
-    except SceditError as e:
-        raise ctx.error("method", str(e)) from None
+        method_cfg.check()
+    except SettingError as e:
+        raise ctx.error(f"method.{e.key}", e.detail) from None
 
     r = Recipe(ctx.path, sections["model"], sections["data"], name, method_cfg, sections["train"],
                sections["checkpoint"], sections["logging"], sections["validation"], description, raw)

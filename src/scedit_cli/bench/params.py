@@ -16,7 +16,7 @@ import torch
 
 from ..architectures import ARCH_NAMES, meta_base
 from ..methods import build_method
-from ..tuners.csc import default_pre_hint
+from ..tuners.config import default_pre_hint
 
 EXACT, CLOSEST, MISSING, NO_PAPER = "exact", "closest", "not implemented", "no paper figure"
 

@@ -1,54 +1,52 @@
 """Training methods: one registry, one small file per method family.
 
-    from scedit_cli.methods import METHODS, build_method
+    from scedit_cli.methods import build_method
     method = build_method("csc", {"conditions": ["canny"], "hint_kernel": 1})
     method.setup(base); method.trainable_parameters(); method.predict(...)
 
-See `base.Method` for the interface.
+See `base.Method` for the interface. The registry of names and settings is `config.py`, which
+needs no torch (`load_recipe` checks a [method] table with it); a method's implementation is
+imported when it is first built.
 """
 
 from __future__ import annotations
 
-from dataclasses import fields
+import importlib
 
-from ..errors import SceditError
-from .base import Method, MethodConfig
-from .controllora import ControlLoRAMethod
-from .controlnet import ControlNetMethod
-from .controlnet_xs import ControlNetXSMethod
-from .csc import CSCMethod
-from .full import FullMethod
-from .lora import LoRAMethod
-from .sc import SCMethod
-from .t2i_adapter import T2IAdapterMethod
-
-METHODS: dict[str, type[Method]] = {
-    m.name: m
-    for m in (SCMethod, CSCMethod, FullMethod, LoRAMethod, ControlNetMethod, T2IAdapterMethod,
-              ControlNetXSMethod, ControlLoRAMethod)
-}
+from .config import METHOD_CONFIGS, MethodConfig, make_method_config, method_config_class
 
 
-def get_method_class(name: str) -> type[Method]:
-    if name not in METHODS:
-        raise SceditError(f"unknown method {name!r}; choose one of {', '.join(METHODS)}")
-    return METHODS[name]
+def get_method_class(name: str):
+    """Method `name`'s class (a `base.Method`), from the module of the same name."""
+    method_config_class(name)  # an unknown name is refused here, before anything heavy loads
+    from .base import Method
+
+    module = importlib.import_module(f".{name.replace('-', '_')}", __name__)
+    for value in vars(module).values():
+        if isinstance(value, type) and issubclass(value, Method) and value.name == name:
+            return value
+    raise ImportError(f"{module.__name__} defines no Method named {name!r}")
 
 
-def build_method(name: str, config: dict | MethodConfig | None = None) -> Method:
+def build_method(name: str, config: dict | MethodConfig | None = None):
     """A method from its name and settings (a dict is checked: unknown keys are an error)."""
-    cls = get_method_class(name)
-    if config is None:
-        config = cls.Config()
-    elif isinstance(config, dict):
-        known = {f.name for f in fields(cls.Config)}
-        unknown = sorted(set(config) - known)
-        if unknown:
-            raise SceditError(f"method {name!r} has no setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-        config = cls.Config(**config)
-    method = cls(config)
+    if config is None or isinstance(config, dict):
+        config = make_method_config(name, config)
+    method = get_method_class(name)(config)
     method.validate()
     return method
 
 
-__all__ = ["METHODS", "Method", "MethodConfig", "build_method", "get_method_class"]
+def __getattr__(name: str):
+    # `METHODS` (every implementation class by name) and `Method` import torch: only on use.
+    if name == "METHODS":
+        return {n: get_method_class(n) for n in METHOD_CONFIGS}
+    if name == "Method":
+        from .base import Method
+
+        return Method
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = ["METHODS", "METHOD_CONFIGS", "Method", "MethodConfig", "build_method", "get_method_class",
+           "make_method_config", "method_config_class"]

@@ -20,42 +20,28 @@ size of the training image.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
-from ..errors import SceditError
-
-
-
-@dataclass
-class MethodConfig:
-    """Settings shared by every method (none); each method extends it."""
-
-    def to_dict(self) -> dict:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
-
-
-@dataclass
-class ConditionalConfig(MethodConfig):
-    """Settings of a method that takes condition images."""
-
-    conditions: list[str] = field(default_factory=lambda: ["canny"])
+from ..errors import SceditError, SettingError
+from .config import MethodConfig
 
 
 class Method:
     """Base class; see the module docstring for the contract."""
 
+    Config: ClassVar[type] = MethodConfig  # its settings (`config.py`), which also name it
     name: ClassVar[str] = ""
-    Config: ClassVar[type[MethodConfig]] = MethodConfig
     # True when the method trains base U-Net weights (full fine-tuning): the
     # U-Net then stays fp32 whatever the frozen dtype.
     trains_unet: ClassVar[bool] = False
-    # The largest number of conditions the method takes (0: text-to-image only).
-    max_conditions: ClassVar[int] = 0
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        cls.name = cls.Config.method
 
     def __init__(self, config: MethodConfig):
         self.config = config
@@ -68,18 +54,10 @@ class Method:
         return list(getattr(self.config, "conditions", []) or [])
 
     def validate(self) -> None:
-        conds = self.conditions
-        if self.max_conditions == 0 and conds:
-            raise SceditError(f"method {self.name!r} takes no condition images")
-        if self.max_conditions and not conds:
-            raise SceditError(f"method {self.name!r} needs at least one condition in method.conditions")
-        if len(conds) > self.max_conditions:
-            raise SceditError(
-                f"method {self.name!r} takes {self.max_conditions} condition(s), got {len(conds)} ({', '.join(conds)}); "
-                "use method 'csc' for several conditions"
-            )
-        if len(set(conds)) != len(conds):
-            raise SceditError(f"method.conditions lists a condition twice: {conds}")
+        try:
+            self.config.check()
+        except SettingError as e:  # named as a recipe's [method] table names it
+            raise SceditError(f"method.{e.key}: {e.detail}") from None
 
     # --- lifecycle ---------------------------------------------------------
     def setup(self, base) -> None:

@@ -12,7 +12,6 @@ its 21.52M. Output: `controllora/` with the LoRA in diffusers format and
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from safetensors.torch import save_file
@@ -21,8 +20,9 @@ from torch import nn
 from ..fsutil import atomic_path
 from ..tuners.csc import pre_hint_encoder
 from ..conditions import condition_channels
-from .base import ConditionalConfig, Method
-from .lora import DEFAULT_LORA_TARGETS, LoRAConfig, inject_lora, lora_named_parameters, save_lora
+from .base import Method
+from .config import ControlLoRAConfig, LoRAConfig
+from .lora import inject_lora, lora_named_parameters, save_lora
 
 
 class ConditionEncoder(nn.Module):
@@ -38,17 +38,8 @@ class ConditionEncoder(nn.Module):
         return self.proj(self.act(self.pre_hint_blocks(cond.to(self.proj.weight.dtype))))
 
 
-@dataclass
-class ControlLoRAConfig(ConditionalConfig):
-    rank: int = 55
-    alpha: float = 0.0
-    targets: list[str] = field(default_factory=lambda: list(DEFAULT_LORA_TARGETS))
-
-
 class ControlLoRAMethod(Method):
-    name = "controllora"
     Config = ControlLoRAConfig
-    max_conditions = 1
 
     def setup(self, base) -> None:
         super().setup(base)

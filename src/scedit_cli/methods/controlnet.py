@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from pathlib import Path
 
 from ..fsutil import atomic_dir
 from ..conditions import condition_channels
-from .base import ConditionalConfig, Method
+from .base import Method
+from .config import ControlNetConfig
 
 # ControlNet's conditioning embedding: one stride-2 conv per step after the first.
 EMBEDDING_CHANNELS = (16, 32, 96, 256)
@@ -19,15 +19,8 @@ def embedding_channels(vae_scale_factor: int) -> tuple[int, ...]:
     return EMBEDDING_CHANNELS[: int(math.log2(vae_scale_factor)) + 1]
 
 
-@dataclass
-class ControlNetConfig(ConditionalConfig):
-    pass
-
-
 class ControlNetMethod(Method):
-    name = "controlnet"
     Config = ControlNetConfig
-    max_conditions = 1
 
     def setup(self, base) -> None:
         from diffusers import ControlNetModel

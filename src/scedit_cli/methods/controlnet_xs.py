@@ -9,34 +9,22 @@ which `StableDiffusionControlNetXSPipeline` accepts as its `unet`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import SceditError
 from ..fsutil import atomic_dir
 from ..conditions import condition_channels
-from .base import ConditionalConfig, Method
+from .base import Method
+from .config import ControlNetXSConfig
 from .controlnet import embedding_channels
 
 
-@dataclass
-class ControlNetXSConfig(ConditionalConfig):
-    """size_ratio: adapter width relative to the U-Net (the paper does not give it; 0.21 ~ its 55.30M)."""
-
-    size_ratio: float = 0.21
-
-
 class ControlNetXSMethod(Method):
-    name = "controlnet-xs"
     Config = ControlNetXSConfig
-    max_conditions = 1
 
     def setup(self, base) -> None:
         from diffusers import ControlNetXSAdapter, UNetControlNetXSModel
 
         super().setup(base)
-        if not 0 < self.config.size_ratio <= 1:
-            raise SceditError(f"method.size_ratio must be in (0, 1], got {self.config.size_ratio}")
         adapter = ControlNetXSAdapter.from_unet(
             base.unet, size_ratio=self.config.size_ratio,
             conditioning_channels=condition_channels(self.conditions[0]),

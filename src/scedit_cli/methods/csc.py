@@ -6,39 +6,17 @@ and combined with weights alpha (Eq. 7, default equal weights summing to 1).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import SceditError
 from ..tuners import CSCTuner, CSCTunerConfig, SkipLayout, attach, save_tuner
-from ..tuners.csc import CSCSettings
 from ..conditions import condition_channels
-from .base import ConditionalConfig, Method
-
-
-@dataclass
-class CSCConfig(CSCSettings, ConditionalConfig):
-    """The CSC-Tuner's settings (`tuners.csc.CSCSettings`, as its file records them), one tuner per
-    condition; weights: alpha per condition (Eq. 7, sum 1; default equal)."""
-
-    weights: list[float] | None = None
+from .base import Method
+from .config import CSCConfig
 
 
 class CSCMethod(Method):
-    name = "csc"
     Config = CSCConfig
-    max_conditions = 8
-
-    def validate(self) -> None:
-        super().validate()
-        w = self.config.weights
-        if w is not None:
-            if len(w) != len(self.conditions):
-                raise SceditError(
-                    f"method.weights has {len(w)} value(s) for {len(self.conditions)} condition(s); give one alpha per condition"
-                )
-            if abs(sum(w) - 1.0) > 1e-6:
-                raise SceditError(f"method.weights must sum to 1 (paper Eq. 7), got {sum(w)}")
 
     def setup(self, base) -> None:
         super().setup(base)

@@ -2,20 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 from ..fsutil import atomic_dir
-from .base import Method, MethodConfig
-
-
-@dataclass
-class FullConfig(MethodConfig):
-    pass
+from .base import Method
+from .config import FullConfig
 
 
 class FullMethod(Method):
-    name = "full"
     Config = FullConfig
     trains_unet = True
 

@@ -9,26 +9,12 @@ output is diffusers' LoRA format (`pytorch_lora_weights.safetensors`), which
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import SceditError
 from ..fsutil import atomic_dir
-from .base import Method, MethodConfig
-
-
-# DESIGN.md section 4: LoRA on the attention projections and the feed-forward.
-DEFAULT_LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2"]
-
-
-@dataclass
-class LoRAConfig(MethodConfig):
-    """rank r; alpha (0 = rank, i.e. scale 1); targets: module name suffixes."""
-
-    rank: int = 64
-    alpha: float = 0.0
-    targets: list[str] = field(default_factory=lambda: list(DEFAULT_LORA_TARGETS))
-    dropout: float = 0.0
+from .base import Method
+from .config import DEFAULT_LORA_TARGETS, LoRAConfig, check_lora
 
 
 def peft_config(cfg: LoRAConfig):
@@ -43,10 +29,7 @@ def inject_lora(unet, cfg: LoRAConfig):
     """Inject peft LoRA layers into `unet` in place (the caller has frozen it); returns peft's config."""
     from peft import inject_adapter_in_model
 
-    if cfg.rank < 1:
-        raise SceditError(f"method.rank must be >= 1, got {cfg.rank}")
-    if not 0.0 <= cfg.dropout < 1.0:
-        raise SceditError(f"method.dropout must be in [0, 1), got {cfg.dropout}")
+    check_lora(cfg.rank, cfg.dropout)
     lcfg = peft_config(cfg)
     try:
         inject_adapter_in_model(lcfg, unet, adapter_name="default")
@@ -79,7 +62,6 @@ def save_lora(unet, lcfg, path: Path, is_sdxl: bool, extra: dict | None = None) 
 
 
 class LoRAMethod(Method):
-    name = "lora"
     Config = LoRAConfig
 
     def setup(self, base) -> None:

@@ -9,7 +9,6 @@ from .base import Method
 
 
 class SCMethod(Method):
-    name = "sc"
     Config = SCTunerConfig  # the tuner file records the same settings
 
     def setup(self, base) -> None:

@@ -2,26 +2,16 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 from ..fsutil import atomic_dir
 from ..conditions import condition_channels
-from .base import ConditionalConfig, Method
-
-
-@dataclass
-class T2IAdapterConfig(ConditionalConfig):
-    """channels: per-level channels (None = the U-Net's block_out_channels, as the paper)."""
-
-    channels: list[int] | None = None
-    num_res_blocks: int = 2
+from .base import Method
+from .config import T2IAdapterConfig
 
 
 class T2IAdapterMethod(Method):
-    name = "t2i-adapter"
     Config = T2IAdapterConfig
-    max_conditions = 1
 
     def setup(self, base) -> None:
         from diffusers import T2IAdapter

@@ -1,27 +1,43 @@
-"""SC-Tuner and CSC-Tuner, and attaching them to diffusers U-Nets."""
+"""SC-Tuner and CSC-Tuner, and attaching them to diffusers U-Nets.
 
-from .base import SkipTuner, TunerConfig
-from .csc import CSCTuner, CSCTunerConfig
-from .io import load_tuner, save_tuner
-from .layout import SkipLayout
-from .model import SkipEditor, attach, detach, get_editor
-from .registry import TUNER_TYPES, build_tuner
-from .sc import SCTuner, SCTunerConfig
+The names below are imported on first use (PEP 562), so `scedit_cli.tuners.config` (the tuner
+settings a recipe holds) loads without torch.
+"""
 
-__all__ = [
-    "CSCTuner",
-    "CSCTunerConfig",
-    "SCTuner",
-    "SCTunerConfig",
-    "SkipEditor",
-    "SkipLayout",
-    "SkipTuner",
-    "TUNER_TYPES",
-    "TunerConfig",
-    "attach",
-    "build_tuner",
-    "detach",
-    "get_editor",
-    "load_tuner",
-    "save_tuner",
-]
+from __future__ import annotations
+
+import importlib
+
+# name -> the submodule that defines it
+_EXPORTS = {
+    "SkipTuner": "base",
+    "TunerConfig": "config",
+    "SCTunerConfig": "config",
+    "CSCTunerConfig": "config",
+    "CSCTuner": "csc",
+    "load_tuner": "io",
+    "save_tuner": "io",
+    "SkipLayout": "layout",
+    "SkipEditor": "model",
+    "attach": "model",
+    "detach": "model",
+    "get_editor": "model",
+    "TUNER_TYPES": "registry",
+    "build_tuner": "registry",
+    "SCTuner": "sc",
+}
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted([*globals(), *_EXPORTS])
+
+
+__all__ = sorted(_EXPORTS)

@@ -1,59 +1,16 @@
-"""What every skip tuner shares: its config, the layout it was built for, and `delta`."""
+"""What every skip tuner shares: its config (`config.py`), the layout it was built for, and `delta`."""
 
 from __future__ import annotations
 
 import copy as copylib
-from dataclasses import asdict, dataclass, fields
 from typing import ClassVar
 
 import torch
 from torch import nn
 
-from ..errors import SceditError
 from ..lean import amp_dtype
 from .layout import SkipLayout
-from .ops import OPS
-
-
-@dataclass
-class TunerConfig:
-    """Hyperparameters shared by SC- and CSC-Tuners.
-
-    `skips` are paper indices j (the j-th decoder layer, fed by encoder skip
-    N-1-j); None tunes every skip.
-    """
-
-    method: ClassVar[str] = ""
-    ratio: float = 1.0
-    op: str = "linear"
-    skips: list[int] | None = None
-
-    def validate(self, layout: SkipLayout) -> None:
-        if self.ratio <= 0:
-            raise SceditError(f"tuner ratio must be > 0, got {self.ratio}")
-        if self.op not in OPS:
-            raise SceditError(f"unknown tuner op {self.op!r}; choose one of {', '.join(OPS)}")
-        for j in self.skips or []:
-            if not 0 <= j < layout.num_skips:
-                raise SceditError(
-                    f"skip index {j} out of range: this U-Net has {layout.num_skips} skips (0..{layout.num_skips - 1})"
-                )
-
-    def decoder_indices(self, layout: SkipLayout) -> list[int]:
-        return sorted(set(self.skips)) if self.skips is not None else list(range(layout.num_skips))
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "TunerConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise SceditError(
-                f"unknown {cls.method} tuner setting(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(known))}"
-            )
-        return cls(**data)
+from .config import TunerConfig
 
 
 class SkipTuner(nn.Module):

@@ -14,39 +14,20 @@ halves of classifier-free guidance (the official code recomputes them per step).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
 from typing import ClassVar
-
 import torch
 from torch import nn
 
 from ..errors import SceditError
-from .base import SkipTuner, TunerConfig, run_op
+from .base import SkipTuner, run_op
+from .config import PRE_HINT_CHANNELS, CSCTunerConfig, pre_hint_channels
 from .layout import SkipLayout
 from .fused import Part
 from .ops import build_op, linear_params
 
-# ControlNet-style pre-hint encoder: channels after each 3x3 conv. The convs
-# that reduce resolution are the ones that change channel count (16->32,
-# 32->96, 96->256); with a smaller `hint_downscale` the last ones keep stride 1.
-PRE_HINT_CHANNELS = (16, 16, 32, 32, 96, 96, 256)
+# The pre-hint convs that halve the resolution (`config.PRE_HINT_CHANNELS`: those that widen); a
+# smaller VAE factor strides fewer of them.
 _STRIDE_POSITIONS = (2, 4, 6)
-# The official SDXL controllers (scepter `sdxl_1024_sce_ctr_*.yaml`) widen the
-# inner convs (PRE_HINT_DIM_RATIO 2) and end at 320 channels
-# (PRE_HINT_OUT_CHANNELS); the SD 1.5 / 2.1 ones use width 1 and 256.
-SDXL_PRE_HINT = (2.0, 320)
-SD_PRE_HINT = (1.0, PRE_HINT_CHANNELS[-1])
-
-
-def pre_hint_channels(dim_ratio: float = 1.0, out_channels: int = PRE_HINT_CHANNELS[-1]) -> tuple[int, ...]:
-    """Output channels of the 7 pre-hint convs (scepter: int(c * PRE_HINT_DIM_RATIO), last one given)."""
-    return tuple(int(c * dim_ratio) for c in PRE_HINT_CHANNELS[:-1]) + (out_channels,)
-
-
-def default_pre_hint(is_sdxl: bool) -> tuple[float, int]:
-    """(pre_hint_dim_ratio, pre_hint_out_channels) of the official controllers for this kind of base."""
-    return SDXL_PRE_HINT if is_sdxl else SD_PRE_HINT
-
 
 # Init gain of the pre-hint convs. PyTorch's default conv init shrinks the
 # signal ~3x per layer, so after 7 convs the condition-dependent part of the
@@ -56,64 +37,6 @@ def default_pre_hint(is_sdxl: bool) -> tuple[float, int]:
 # Parameter counts are unchanged, and the zero-initialised dense convs keep a
 # fresh tuner the identity.
 PRE_HINT_INIT_GAIN = 1.7
-
-
-@dataclass
-class CSCSettings(TunerConfig):
-    """What a user chooses for a CSC-Tuner (a recipe's [method] and the tuner file share these).
-    `hint_kernel` is the dense-cascade kernel k (paper: 1 or 3). `pre_hint_dim_ratio` /
-    `pre_hint_out_channels`: the pre-hint encoder's width multiplier and output channels (official SD
-    configs 1.0 / 256, SDXL 2.0 / 320; None in a recipe: the base's, `default_pre_hint`)."""
-
-    hint_kernel: int = 3
-    pre_hint_dim_ratio: float | None = None
-    pre_hint_out_channels: int | None = None
-
-    def settings(self) -> dict:
-        return {f.name: getattr(self, f.name) for f in fields(CSCSettings)}
-
-
-@dataclass
-class CSCTunerConfig(CSCSettings):
-    """A CSC-Tuner as built: its settings, resolved for one base model and one condition.
-
-    `hint_downscale` is the VAE's downscale factor (8 for Stable Diffusion): the
-    pre-hint encoder maps the pixel-size condition to the latent size; `in_channels`
-    the condition tensor's channels.
-    """
-
-    method: ClassVar[str] = "csc"
-    hint_downscale: int = 8
-    condition: str = "canny"
-    in_channels: int = 3
-    pre_hint_dim_ratio: float = SD_PRE_HINT[0]
-    pre_hint_out_channels: int = SD_PRE_HINT[1]
-
-    @classmethod
-    def resolve(cls, settings: CSCSettings, *, is_sdxl: bool, hint_downscale: int, condition: str,
-                in_channels: int) -> "CSCTunerConfig":
-        """The tuner `settings` make on a base (SDXL or not, its VAE factor) for `condition`."""
-        chosen = settings.settings()
-        dim_ratio, out_channels = default_pre_hint(is_sdxl)
-        if chosen["pre_hint_dim_ratio"] is None:
-            chosen["pre_hint_dim_ratio"] = dim_ratio
-        if chosen["pre_hint_out_channels"] is None:
-            chosen["pre_hint_out_channels"] = out_channels
-        return cls(**chosen, hint_downscale=hint_downscale, condition=condition, in_channels=in_channels)
-
-    def validate(self, layout: SkipLayout) -> None:
-        super().validate(layout)
-        if self.hint_kernel < 1 or self.hint_kernel % 2 == 0:
-            raise SceditError(f"hint_kernel must be an odd number >= 1, got {self.hint_kernel}")
-        if self.hint_downscale not in (1, 2, 4, 8):
-            raise SceditError(f"hint_downscale must be 1, 2, 4 or 8 (the VAE factor), got {self.hint_downscale}")
-        if self.in_channels < 1:
-            raise SceditError(f"in_channels must be >= 1, got {self.in_channels}")
-        if min(pre_hint_channels(self.pre_hint_dim_ratio, self.pre_hint_out_channels)) < 1:
-            raise SceditError(
-                f"pre_hint_dim_ratio {self.pre_hint_dim_ratio} / pre_hint_out_channels {self.pre_hint_out_channels} "
-                "leave a pre-hint conv without channels; use a ratio >= 0.0625 and >= 1 output channel"
-            )
 
 
 def pre_hint_encoder(in_channels: int, downscale: int, channels: tuple[int, ...] = PRE_HINT_CHANNELS) -> nn.Sequential:

@@ -124,6 +124,7 @@ class ConvOp(nn.Module):
         return self.conv2(self.act(self.conv1(x)))
 
 
+# Keyed by `config.OP_NAMES`, which recipes are checked against without torch (a test keeps them equal).
 OPS = {
     "linear": lambda c, d: LinearOp(c, d),
     "conv1x1": lambda c, d: ConvOp(c, d, kernel=1),

@@ -2,22 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import ClassVar
 
 from torch import nn
 
-from .base import SkipTuner, TunerConfig, run_op
+from .base import SkipTuner, run_op
+from .config import SCTunerConfig
 from .layout import SkipLayout
 from .fused import Part
 from .ops import build_op, linear_params
-
-
-@dataclass
-class SCTunerConfig(TunerConfig):
-    """SC-Tuner settings. Defaults are the paper's: Linear OP, ratio 1, all skips."""
-
-    method: ClassVar[str] = "sc"
 
 
 class SCTuner(SkipTuner):
