@@ -76,6 +76,13 @@ def assert_one_line(code: int, err: str, *words: str) -> str:
 
 
 def toy_recipe(tmp_path: Path) -> Path:
+    """A recipe on the toy base and a one-image dataset (the commands check that both exist before
+    they load torch)."""
+    from PIL import Image
+
+    (tmp_path / "data").mkdir()
+    Image.new("RGB", (32, 32)).save(tmp_path / "data" / "a.png")
+    (tmp_path / "data" / "metadata.jsonl").write_text('{"image": "a.png", "text": "a red circle"}\n')
     recipe = tmp_path / "r.toml"
     recipe.write_text(f'[model]\nsource = "{base_model_path()}"\n[data]\nsource = "{tmp_path / "data"}"\n'
                       f'resolution = 32\n[method]\nname = "sc"\n[train]\noutput_dir = "{tmp_path / "run"}"\n')

@@ -29,9 +29,10 @@ def prepare_cache_cmd(
 ) -> None:
     """Encode every image (VAE posterior; flipped too with data.random_flip) and caption once."""
     on_interrupt("the entries encoded so far are kept in the cache; run the same command again to encode the rest")
-    from ..cache import prepare_cache
+    from ..datasource import check_data_source
+    from ..hubutil import check_model_source
     from ..prepare.runner import parse_shard
-    from ..recipes import dataset_recipe
+    from ..recipes import dataset_recipe, load_recipe
 
     if recipe is None:
         if model is None or input is None:
@@ -41,6 +42,12 @@ def prepare_cache_cmd(
         if model or input or conditions:
             raise SceditError("--recipe takes model, data and conditions from the recipe; use --set to change them")
         target = str(recipe)
+    r = load_recipe(target, list(set_))
+    shard_of = parse_shard(shard)
+    check_data_source(r.data.source)  # a wrong path is reported in a second, before torch and diffusers load
+    check_model_source(r.model.source)
+    from ..cache import prepare_cache
+
     bar = progress()
     task = None
 
@@ -51,8 +58,7 @@ def prepare_cache_cmd(
         bar.update(task, completed=done)
 
     with bar:
-        summary = prepare_cache(target, set_, str(output) if output else None, parse_shard(shard), batch_size,
-                                device, on_progress)
+        summary = prepare_cache(r, None, str(output) if output else None, shard_of, batch_size, device, on_progress)
     if json_out:
         print_json(summary.to_dict())
         return

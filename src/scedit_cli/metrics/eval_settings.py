@@ -52,6 +52,12 @@ class EvalSettings:
             raise SceditError("--fid needs --generated DIR and --reference DIR|DATASET|STATS.npz")
         if self.control and self.generated is None:
             raise SceditError("--control needs --generated FOLDER, the output folder of `scedit sample`")
+        if (self.fid or self.control) and not Path(self.generated).expanduser().is_dir():
+            raise SceditError(f"--generated {self.generated}: no such folder; pass the output folder of `scedit sample` "
+                              "(or any folder of images for --fid)")
+        if self.fid and not Path(self.reference).expanduser().exists():
+            raise SceditError(f"--reference {self.reference}: no such folder or file; pass a folder of images, a "
+                              "dataset folder or a .npz of FID statistics")
         if self.measures_recipe:
             if self.recipe is None:
                 raise SceditError("--params/--memory/--time need a RECIPE (a training recipe TOML) as argument")
