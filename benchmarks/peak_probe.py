@@ -28,7 +28,8 @@ import torch
 from diffusers.models.attention import BasicTransformerBlock, FeedForward
 from diffusers.models.resnet import ResnetBlock2D, Upsample2D
 
-from scedit_cli.bench.runner import BaseFactory, select_methods, setup_method
+from scedit_cli.bench.runner import BaseFactory, setup_method
+from scedit_cli.bench.specs import select_methods
 from scedit_cli.bench.specs import TABLES, BenchSettings
 from scedit_cli.metrics.memory import (TensorPeak, optimizer_state_nbytes, release_memory, storage_owner,
                                        tensors_nbytes)

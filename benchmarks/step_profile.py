@@ -32,7 +32,8 @@ import time
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from scedit_cli.bench.runner import BaseFactory, machine_info, select_methods, setup_method
+from scedit_cli.bench.runner import BaseFactory, machine_info, setup_method
+from scedit_cli.bench.specs import select_methods
 from scedit_cli.bench.specs import TABLES, BenchSettings
 from scedit_cli.fsutil import atomic_path, write_json_atomic
 from scedit_cli.metrics.memory import release_memory

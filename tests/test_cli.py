@@ -142,13 +142,16 @@ def test_a_mistyped_model_path_is_reported_before_torch_is_imported(tmp_path, co
 
 @pytest.mark.parametrize("args, message", [
     (["prepare", "cache", "-m", "./model", "-i", "./missing"], "missing: dataset not found"),
+    (["bench", "table1", "--methods", "LoRA r=64,bogus", "--out", "b"], "--methods 'bogus': table1 has no such row"),
+    (["bench", "table2", "--batch", "0", "--out", "b"], "--batch must be >= 1"),
+    (["quickstart", "--steps-scale", "0", "-o", "q"], "--steps-scale must be a number > 0"),
     (["prepare", "cache", "-m", "./model", "-i", ".", "--shard", "2/2"], "--shard '2/2'"),
     (["eval", "r.toml"], "nothing to evaluate"), (["eval", "r.toml", "--params"], "r.toml: no such recipe file"),
     (["eval", "--fid", "--generated", "gen", "--reference", "."], "--generated gen: no such folder"),
     (["eval", "--control", "--generated", "gen"], "--generated gen: no such folder"),
     (["eval", "--fid", "--generated", ".", "--reference", "ref.npz"], "--reference ref.npz: no such folder or file"),
 ])
-def test_an_eval_or_cache_usage_error_is_reported_before_torch_is_imported(tmp_path, args, message):
+def test_a_usage_error_is_reported_before_torch_is_imported(tmp_path, args, message):
     p = _scedit_noting_torch(*args, cwd=tmp_path)
     assert p.returncode == 2 and message in p.stderr, p.stderr
     assert p.stdout == "False\n"

@@ -33,7 +33,7 @@ from ..metrics.memory import MemoryReport, measure_step_memory, release_memory, 
 from ..metrics.timing import StepTiming, time_steps
 from ..models import vae_scale_factor
 from ..precision import mixed_precision_name, resolve_precision
-from .specs import TABLES, BenchSettings, MethodResult, MethodSpec, TableResult, TableSpec
+from .specs import TABLES, BenchSettings, MethodResult, MethodSpec, TableResult
 
 # --- building the base ------------------------------------------------------------------------
 
@@ -254,22 +254,6 @@ def machine_info(device: str) -> dict:
     return info
 
 
-def select_methods(table: TableSpec, labels: list[str] | None) -> list[MethodSpec]:
-    if not labels:
-        return list(table.methods)
-    by_label = {m.label.lower(): m for m in table.methods}
-    chosen = []
-    for lab in labels:
-        m = by_label.get(lab.strip().lower())
-        if m is None:
-            raise SceditError(f"--methods {lab!r}: {table.name} has no such row; choose from "
-                              f"{', '.join(repr(m.label) for m in table.methods)}")
-        chosen.append(m)
-    if table.baseline.lower() not in {m.label.lower() for m in chosen}:
-        chosen.insert(0, next(m for m in table.methods if m.label == table.baseline))
-    return chosen
-
-
 def compute_ratios(result: TableResult) -> None:
     """Each row's ratio to the baseline measured in this run, and the targets' verdicts."""
     rows = {r.label: r for r in result.rows}
@@ -300,20 +284,13 @@ def run_table(name: str, s: BenchSettings, on_event: Callable[[str, int], None] 
 
     `on_event(kind, n)`: ('start', total_steps) once, then ('step', 1) per step, for a progress bar.
     """
-    if name not in TABLES:
-        raise SceditError(f"unknown table {name!r}; choose one of {', '.join(TABLES)}")
-    if s.batch < 1:
-        raise SceditError(f"--batch must be >= 1, got {s.batch}")
-    if s.resolution < 8:
-        raise SceditError(f"--resolution must be >= 8 pixels, got {s.resolution}")
+    table, specs = s.table_rows(name)
     device = resolve_device(s.device)
     if device.type not in ("cpu", "cuda"):
         raise SceditError(f"--device {s.device}: use cpu or cuda[:N]")
     resolve_precision(s.precision, device)
-    table = TABLES[name]
     if s.arch is not None and s.arch not in ARCH_NAMES:
         raise SceditError(f"--arch {s.arch!r}: choose sd15, sd21 or sdxl")
-    specs = select_methods(table, s.methods)
     factory = BaseFactory(table.arch, s)
     t0 = time.perf_counter()
     if on_event:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+from ..errors import SceditError
+
 GB = 1e9  # the paper's "G" (memory columns); our GiB figures are converted for the side-by-side
 
 
@@ -127,6 +129,34 @@ class BenchSettings:
     recompute_feed_forward: bool = False  # train.recompute_feed_forward, for every method alike
     lean: bool | str = "auto"  # train.lean, for every method alike
     prepack: bool | str = "auto"  # train.prepack (reordered frozen CPU convs), for every method alike
+
+    def table_rows(self, name: str) -> tuple[TableSpec, list[MethodSpec]]:
+        """Table `name` and the rows these settings run; a bad table, --batch, --resolution or --methods
+        label is refused here, without torch (`scedit bench` checks them before the measuring loads)."""
+        if name not in TABLES:
+            raise SceditError(f"unknown table {name!r}; choose one of {', '.join(TABLES)}")
+        if self.batch < 1:
+            raise SceditError(f"--batch must be >= 1, got {self.batch}")
+        if self.resolution < 8:
+            raise SceditError(f"--resolution must be >= 8 pixels, got {self.resolution}")
+        return TABLES[name], select_methods(TABLES[name], self.methods)
+
+
+def select_methods(table: TableSpec, labels: list[str] | None) -> list[MethodSpec]:
+    """The rows named by `labels` (any case), with the table's baseline added; all rows without labels."""
+    if not labels:
+        return list(table.methods)
+    by_label = {m.label.lower(): m for m in table.methods}
+    chosen = []
+    for lab in labels:
+        m = by_label.get(lab.strip().lower())
+        if m is None:
+            raise SceditError(f"--methods {lab!r}: {table.name} has no such row; choose from "
+                              f"{', '.join(repr(m.label) for m in table.methods)}")
+        chosen.append(m)
+    if table.baseline.lower() not in {m.label.lower() for m in chosen}:
+        chosen.insert(0, next(m for m in table.methods if m.label == table.baseline))
+    return chosen
 
 
 @dataclass

@@ -89,8 +89,6 @@ def _make(name: str):
                                      "or off for every method (recipe key train.prepack; default auto: on)."),
     ) -> None:
         on_interrupt(f"nothing was written to {out} (it gets the results at the end); run the command again")
-        from ..bench.chart import write_outputs
-        from ..bench.runner import run_table
         from ..bench.specs import BenchSettings
         from ..fsutil import check_output_location
 
@@ -101,6 +99,10 @@ def _make(name: str):
                           precision=precision, seed=seed, recompute_feed_forward=recompute_ff,
                           lean="auto" if lean is None else lean, prepack="auto" if prepack is None else prepack,
                           methods=[m for m in methods.split(",") if m.strip()] if methods else None)
+        s.table_rows(name)  # a bad --methods label, --batch or --resolution: answered before torch loads
+        from ..bench.chart import write_outputs
+        from ..bench.runner import run_table
+
         with progress() as bar:
             task = {}
 

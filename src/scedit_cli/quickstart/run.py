@@ -62,12 +62,12 @@ class _Stages:
 def run_quickstart(settings: QuickstartSettings | None = None, say: Callable[[str], None] | None = None
                    ) -> QuickstartResult:
     """Run every stage into `settings.output`; see the module docstring."""
+    settings = settings or QuickstartSettings()
+    settings.validate()  # before torch loads: a bad option is answered at once
     import torch
 
     from ..console import info
 
-    settings = settings or QuickstartSettings()
-    settings.validate()
     say = say or info
     out = Path(settings.output).expanduser().resolve()
     prepare_output(out)
