@@ -1,25 +1,42 @@
-"""Generation with trained tuners: `sample`, `compose`, and their pieces."""
+"""Generation with trained tuners: `sample`, `compose`, and their pieces.
 
-from .controls import ControlSpec, parse_control
-from .generate import compose, normalise_weights, sample
-from .inputs import load_model, load_tuners
-from .jobs import SampleResult, SampleSettings
-from .prompts import PromptSpec, prompt_list, read_prompts
-from .schedulers import make_scheduler, resolve_scheduler_class
+The names below are imported on first use (PEP 562): `sample` and `compose` check their options and
+inputs before torch and the base model load (`preflight.py`), so a mistake costs a second.
+"""
 
-__all__ = [
-    "ControlSpec",
-    "PromptSpec",
-    "SampleResult",
-    "SampleSettings",
-    "compose",
-    "load_model",
-    "load_tuners",
-    "make_scheduler",
-    "normalise_weights",
-    "parse_control",
-    "prompt_list",
-    "read_prompts",
-    "resolve_scheduler_class",
-    "sample",
-]
+from __future__ import annotations
+
+import importlib
+
+# name -> the submodule that defines it
+_EXPORTS = {
+    "ControlSpec": "controls",
+    "parse_control": "controls",
+    "compose": "generate",
+    "normalise_weights": "generate",
+    "sample": "generate",
+    "load_model": "inputs",
+    "load_tuners": "inputs",
+    "SampleResult": "jobs",
+    "SampleSettings": "jobs",
+    "PromptSpec": "prompts",
+    "prompt_list": "prompts",
+    "read_prompts": "prompts",
+    "make_scheduler": "schedulers",
+    "resolve_scheduler_class": "schedulers",
+}
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted([*globals(), *_EXPORTS])
+
+
+__all__ = sorted(_EXPORTS)

@@ -16,14 +16,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from PIL import Image, UnidentifiedImageError
 
 from ..errors import SceditError
 from ..fsutil import file_sha256
 from ..images import resize_crop, to_gray8, to_rgb8
+
+if TYPE_CHECKING:  # torch loads with the base model, not with the options
+    import torch
 
 
 @dataclass(frozen=True)

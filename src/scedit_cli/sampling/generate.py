@@ -29,16 +29,32 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..conditions import MASKED_CONDITIONS
 from ..errors import SceditError
-from ..models import BaseModel
-from ..tuners import CSCTuner, SkipTuner
 from .controls import ControlSpec
-from .inputs import bind_controls, check_inputs, load_model, load_tuners
 from .jobs import Job, SampleResult, SampleSettings, as_prompts, prompt_jobs
+from .preflight import check_inputs
 from .prompts import PromptSpec
-from .run import run_jobs
+
+if TYPE_CHECKING:
+    from ..models import BaseModel
+    from ..tuners import SkipTuner
+
+
+def _load(model, tuners, device, dtype) -> tuple[BaseModel, list[SkipTuner]]:
+    """The base model and the tuners on it. torch and diffusers load here, after every check of the
+    options and inputs that needs neither (a mistake there is answered in a second)."""
+    from .inputs import load_model, load_tuners
+
+    base = load_model(model, device, dtype)
+    return base, load_tuners(tuners, base)
+
+
+def _is_csc(tuner) -> bool:
+    """Whether `tuner` is a CSC-Tuner (takes condition images)."""
+    return tuner.method == "csc"
 
 
 def sample(
@@ -56,15 +72,16 @@ def sample(
     settings.validate()
     prompts = as_prompts(prompts)
     tuners = check_inputs(tuners, [*controls, *(c for p in prompts for c in p.controls)], out)
-    base = load_model(model, device, dtype)
-    loaded = load_tuners(tuners, base)
+    base, loaded = _load(model, tuners, device, dtype)
     rc = _run_controls(loaded, controls, prompts)
     jobs = []
     for spec, neg, seed in prompt_jobs(prompts, settings):
         mine = rc.for_prompt(spec.index, rc.shared)
-        weights = tuple(rc.controls[k].scale * settings.control_scale if isinstance(t, CSCTuner) else settings.tuner_scale
+        weights = tuple(rc.controls[k].scale * settings.control_scale if _is_csc(t) else settings.tuner_scale
                         for t, k in zip(loaded, mine))
         jobs.append(Job(spec.index, spec.prompt, neg, seed, weights, mine, filename=f"{spec.index:05d}_s{seed}.png"))
+    from .run import run_jobs
+
     return run_jobs(base, loaded, rc.controls, jobs, settings, out, command="sample")
 
 
@@ -85,9 +102,11 @@ class _RunControls:
 
 def _run_controls(loaded: Sequence[SkipTuner], controls: Sequence[ControlSpec], prompts: Sequence[PromptSpec],
                   allow_repeats: bool = False) -> _RunControls:
+    from .inputs import bind_controls
+
     by_condition: dict[str, int] = {}
     for i, t in enumerate(loaded):
-        if isinstance(t, CSCTuner):
+        if _is_csc(t):
             by_condition.setdefault(t.config.condition, i)  # the tuner `bind_controls` gives a condition's images
     own: dict[int, dict[int, int]] = {}
     theirs: list[ControlSpec] = []
@@ -147,19 +166,18 @@ def compose(
     prompts = as_prompts(prompts)
     if not controls and not any(p.controls for p in prompts):
         raise SceditError("compose needs at least one --control (or --control-map, or maps in the prompts file)")
+    if sweep is not None and sweep < 2:
+        raise SceditError(f"--sweep {sweep}: need at least 2 images to interpolate")
     tuners = check_inputs(tuners, [*controls, *(c for p in prompts for c in p.controls)], out)
-    base = load_model(model, device, dtype)
-    loaded = load_tuners(tuners, base)
+    base, loaded = _load(model, tuners, device, dtype)
     rc = _run_controls(loaded, controls, prompts, allow_repeats=sweep is None)
     binding = rc.binding
-    csc = [i for i, t in enumerate(loaded) if isinstance(t, CSCTuner)]
+    csc = [i for i, t in enumerate(loaded) if _is_csc(t)]
 
     # variants: (weights per tuner, control per tuner)
     variants: list[tuple[tuple[float, ...], tuple[int | None, ...]]] = []
     repeated = None
     if sweep is not None:
-        if sweep < 2:
-            raise SceditError(f"--sweep {sweep}: need at least 2 images to interpolate")
         if len(csc) != 2:
             raise SceditError(f"--sweep interpolates between exactly two conditions; {len(csc)} given")
         a, b = csc
@@ -188,6 +206,8 @@ def compose(
             mine = rc.for_prompt(spec.index, ctrl, keep=repeated)
             jobs.append(Job(spec.index, spec.prompt, neg, seed, w, mine, variant=v,
                             filename=f"{spec.index:05d}_s{seed}_v{v:02d}.png"))
+    from .run import run_jobs
+
     result = run_jobs(base, loaded, rc.controls, jobs, settings, out, grid_cols=len(variants), command="compose")
     result.extra["variants"] = [list(w) for w, _ in variants]
     return result

@@ -1,5 +1,6 @@
-"""The inputs of a sampling run, checked before the images are made: the device, the base model, the
-tuners (refused when built for another U-Net or VAE) and which control image feeds which CSC-Tuner."""
+"""The inputs of a sampling run, loaded and checked before the images are made: the device, the base model,
+the tuners (refused when built for another U-Net or VAE) and which control image feeds which CSC-Tuner
+(what is checked before anything loads is in `preflight.py`)."""
 
 from __future__ import annotations
 
@@ -9,14 +10,12 @@ from pathlib import Path
 from ..console import warn
 from ..devices import resolve_device
 from ..errors import SceditError
-from ..fsutil import check_output_location
 from ..models import BaseModel, load_base, same_base
 from ..precision import inference_dtype
 from ..tuners import CSCTuner, SkipTuner, load_tuner
 from ..tuners.hub import resolve_tuner_source
 from .controls import ControlSpec, file_digest, known_condition_names
 from .manifest import fingerprint
-from .masked import check_masked
 
 
 def load_model(model: str | BaseModel, device: str | None = "auto", dtype: str | None = None) -> BaseModel:
@@ -63,18 +62,6 @@ def load_tuners(paths: Sequence[str | Path | SkipTuner], base: BaseModel) -> lis
             "pass one tuner per condition (so each --control finds its tuner)"
         )
     return tuners
-
-
-def check_inputs(tuners: Sequence, controls: Sequence[ControlSpec], out: str | Path) -> list[Path | SkipTuner]:
-    """Fail on missing tuners and control files, or an output folder we cannot write, before the (slow) base
-    model loads; returns the tuners with Hub ids resolved to their cached folders."""
-    check_output_location(out, "--out")
-    resolved = [t if isinstance(t, SkipTuner) else resolve_tuner_source(t) for t in tuners]
-    for c in controls:
-        if not c.path.is_file():
-            raise SceditError(f"{c.path}: control image not found (--control {c.name}:{c.path})")
-    check_masked(controls)
-    return resolved
 
 
 def tuner_record(t: SkipTuner) -> dict:

@@ -5,10 +5,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import SceditError
-from ..models import BaseModel
 from .prompts import PromptSpec
+
+if TYPE_CHECKING:
+    from ..models import BaseModel
 
 
 @dataclass

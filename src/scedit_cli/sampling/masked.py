@@ -29,7 +29,6 @@ from typing import Sequence
 from PIL import Image
 
 from ..conditions import MASKED_CONDITIONS, compute_condition_maps, get_spec, record_rng
-from ..conditions.tensor import condition_tensor
 from ..errors import SceditError
 from .controls import ControlSpec, LoadedControl, MaskSpec, fit_to, open_image
 
@@ -210,6 +209,8 @@ def load_masked(spec: ControlSpec, width: int, height: int, channels: int, area=
     """The 4-channel condition of an inpaint/outpaint control, with its input and mask for the grid."""
     maps = masked_maps(spec, width, height, area)
     columns = get_spec(spec.name).columns
+    from ..conditions.tensor import condition_tensor  # torch: only once the model runs
+
     tensor = condition_tensor([maps[c] for c in columns]).unsqueeze(0).contiguous()
     if tensor.shape[1] != channels:
         raise SceditError(f"--control {spec.name}:{spec.path}: the {spec.name} condition has {tensor.shape[1]} "

@@ -17,9 +17,8 @@ from pathlib import Path
 
 from ..fsutil import atomic_path, write_text_atomic
 from ..recipes import ARCHES
-from .io import CONFIG_NAME, WEIGHTS_NAME
+from .files import CARD_NAME, CONFIG_NAME, WEIGHTS_NAME
 
-CARD_NAME = "README.md"
 GRID_NAME = "validation.png"
 REPO = "USER/REPO"  # stands for the Hub repo the folder is uploaded to
 

@@ -23,12 +23,11 @@ from pathlib import Path
 from ..errors import SceditError
 from ..fsutil import looks_like_path
 from ..hubutil import hub_offline, hub_source_error
-from .io import CONFIG_NAME, WEIGHTS_NAME
+from .files import CARD_NAME, CONFIG_NAME, WEIGHTS_NAME
 
 # huggingface_hub's repo id rule: letters, digits, `-`, `_`, `.`; no `--` or `..`; no leading/trailing `-`/`.`.
 _NAME = r"[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?"
 _SOURCE = re.compile(rf"^(?P<repo>{_NAME}/{_NAME})(?P<sub>(?:/[^/@]+)*)(?:@(?P<rev>.+))?$")
-CARD_NAME = "README.md"
 
 
 @dataclass(frozen=True)

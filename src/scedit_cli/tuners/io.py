@@ -18,11 +18,10 @@ from .. import __version__
 from ..errors import SceditError
 from ..fsutil import atomic_dir, write_json_atomic
 from .base import SkipTuner
+from .files import CONFIG_NAME, WEIGHTS_NAME
 from .layout import SkipLayout
 from .registry import TUNER_TYPES, build_tuner
 
-WEIGHTS_NAME = "tuner.safetensors"
-CONFIG_NAME = "tuner_config.json"
 FORMAT_VERSION = 1
 
 
