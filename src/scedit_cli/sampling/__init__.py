@@ -6,7 +6,7 @@ inputs before torch and the base model load (`preflight.py`), so a mistake costs
 
 from __future__ import annotations
 
-import importlib
+from ..lazy import lazy_exports
 
 # name -> the submodule that defines it
 _EXPORTS = {
@@ -27,16 +27,6 @@ _EXPORTS = {
 }
 
 
-def __getattr__(name: str):
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return sorted([*globals(), *_EXPORTS])
-
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 __all__ = sorted(_EXPORTS)
