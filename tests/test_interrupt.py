@@ -75,14 +75,16 @@ def assert_one_line(code: int, err: str, *words: str) -> str:
     return lines[0]
 
 
-def toy_recipe(tmp_path: Path) -> Path:
-    """A recipe on the toy base and a one-image dataset (the commands check that both exist before
-    they load torch)."""
+def toy_inputs(tmp_path: Path) -> Path:
+    """A recipe on the toy base with a one-image dataset, a control image and a (stand-in) tuner
+    folder: the commands check that their inputs exist before they load torch, where Ctrl-C lands."""
     from PIL import Image
 
     (tmp_path / "data").mkdir()
     Image.new("RGB", (32, 32)).save(tmp_path / "data" / "a.png")
     (tmp_path / "data" / "metadata.jsonl").write_text('{"image": "a.png", "text": "a red circle"}\n')
+    Image.new("RGB", (32, 32)).save(tmp_path / "c.png")
+    (tmp_path / "canny").mkdir()
     recipe = tmp_path / "r.toml"
     recipe.write_text(f'[model]\nsource = "{base_model_path()}"\n[data]\nsource = "{tmp_path / "data"}"\n'
                       f'resolution = 32\n[method]\nname = "sc"\n[train]\noutput_dir = "{tmp_path / "run"}"\n')
@@ -113,7 +115,7 @@ LOADING = {
 @pytest.mark.parametrize("name", list(LOADING))
 def test_ctrl_c_while_loading(name, tmp_path):
     args, library, words = LOADING[name]
-    toy_recipe(tmp_path)
+    toy_inputs(tmp_path)
     fill = {"{toy}": str(base_model_path()), "{tmp}": str(tmp_path)}
 
     def sub(s: str) -> str:

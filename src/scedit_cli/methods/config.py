@@ -87,13 +87,18 @@ def check_lora(rank: int, dropout: float = 0.0) -> None:
 
 
 @dataclass
-class LoRAConfig(MethodConfig):
-    """rank r; alpha (0 = rank, i.e. scale 1); targets: module name suffixes."""
+class LoRASettings:
+    """The LoRA layers' settings (`lora` and `controllora`): rank r; alpha (0 = rank, i.e. scale 1);
+    targets: module name suffixes."""
 
-    method: ClassVar[str] = "lora"
     rank: int = 64
     alpha: float = 0.0
     targets: list[str] = field(default_factory=lambda: list(DEFAULT_LORA_TARGETS))
+
+
+@dataclass
+class LoRAConfig(LoRASettings, MethodConfig):
+    method: ClassVar[str] = "lora"
     dropout: float = 0.0
 
     def check(self) -> None:
@@ -135,11 +140,9 @@ class ControlNetXSConfig(ConditionalConfig):
 
 
 @dataclass
-class ControlLoRAConfig(ConditionalConfig):
+class ControlLoRAConfig(LoRASettings, ConditionalConfig):
     method: ClassVar[str] = "controllora"
-    rank: int = 55
-    alpha: float = 0.0
-    targets: list[str] = field(default_factory=lambda: list(DEFAULT_LORA_TARGETS))
+    rank: int = 55  # ControlLoRA's size in the paper (21.52M), see methods/controllora.py
 
     def check(self) -> None:
         super().check()
