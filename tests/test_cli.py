@@ -149,6 +149,8 @@ def test_a_mistyped_model_path_is_reported_before_torch_is_imported(tmp_path, co
     (["sample", "-m", ".", "-p", "x", "-o", "o", "-t", "./no-tuner"], "./no-tuner: tuner file not found"),
     (["sample", "-m", ".", "-p", "x", "-o", "o", "-c", "canny:edges.png"], "edges.png: control image not found"),
     (["compose", "-m", ".", "-t", "./t", "-p", "x", "-o", "o"], "compose needs at least one --control"),
+    (["convert", "model.bin", "--arch", "sd15", "-o", "t"], "model.bin: checkpoint not found"),
+    (["convert", "model.bin", "-m", "./base", "-o", "t"], "./base: model file or folder not found"),
     (["prepare", "cache", "-m", "./model", "-i", ".", "--shard", "2/2"], "--shard '2/2'"),
     (["eval", "r.toml"], "nothing to evaluate"), (["eval", "r.toml", "--params"], "r.toml: no such recipe file"),
     (["eval", "--fid", "--generated", "gen", "--reference", "."], "--generated gen: no such folder"),

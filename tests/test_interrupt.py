@@ -76,8 +76,8 @@ def assert_one_line(code: int, err: str, *words: str) -> str:
 
 
 def toy_inputs(tmp_path: Path) -> Path:
-    """A recipe on the toy base with a one-image dataset, a control image and a (stand-in) tuner
-    folder: the commands check that their inputs exist before they load torch, where Ctrl-C lands."""
+    """A recipe on the toy base with a one-image dataset, a control image, a (stand-in) tuner folder
+    and checkpoint: the commands check that their inputs exist before they load torch, where Ctrl-C lands."""
     from PIL import Image
 
     (tmp_path / "data").mkdir()
@@ -85,6 +85,7 @@ def toy_inputs(tmp_path: Path) -> Path:
     (tmp_path / "data" / "metadata.jsonl").write_text('{"image": "a.png", "text": "a red circle"}\n')
     Image.new("RGB", (32, 32)).save(tmp_path / "c.png")
     (tmp_path / "canny").mkdir()
+    (tmp_path / "model.bin").write_bytes(b"")  # convert reads it with torch, after Ctrl-C
     recipe = tmp_path / "r.toml"
     recipe.write_text(f'[model]\nsource = "{base_model_path()}"\n[data]\nsource = "{tmp_path / "data"}"\n'
                       f'resolution = 32\n[method]\nname = "sc"\n[train]\noutput_dir = "{tmp_path / "run"}"\n')

@@ -29,15 +29,19 @@ import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from .errors import SceditError
 from .fsutil import read_torch_weights
-from .tuners import CSCTunerConfig, SCTunerConfig, SkipLayout, SkipTuner, build_tuner, save_tuner
+from .hubutil import check_model_source
 from .tuners.card import CardFacts, write_model_card
-from .tuners.config import PRE_HINT_CHANNELS, pre_hint_channels
-from .tuners.io import check_tuner_destination
+from .tuners.config import PRE_HINT_CHANNELS, CSCTunerConfig, SCTunerConfig, pre_hint_channels
+from .tuners.files import check_tuner_destination
+
+if TYPE_CHECKING:  # torch loads once the arguments and paths have been checked
+    import torch
+
+    from .tuners import SkipLayout, SkipTuner
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
 CANDIDATE_FILES = (
@@ -99,6 +103,8 @@ def _find_weights(path: Path) -> Path:
 def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], Path]:
     """Tensors of a checkpoint file: safetensors, or a pickle loaded with weights_only=True."""
     path = _find_weights(Path(path).expanduser())
+    import torch
+
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
@@ -129,10 +135,19 @@ def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], Path]:
 # --- layout ------------------------------------------------------------------------------------
 
 
-def layout_for(model: str | None = None, arch: str | None = None) -> tuple[SkipLayout, int, str]:
-    """(skip layout, VAE factor, base name) from a base model or a named architecture."""
+def check_layout_source(model: str | None, arch: str | None) -> None:
+    """Exactly one of a base model (whose local path exists) and an architecture name."""
     if (model is None) == (arch is None):
         raise SceditError("give exactly one of --model (a base model) and --arch (sd15, sd21 or sdxl)")
+    if model is not None:
+        check_model_source(model)
+
+
+def layout_for(model: str | None = None, arch: str | None = None) -> tuple[SkipLayout, int, str]:
+    """(skip layout, VAE factor, base name) from a base model or a named architecture."""
+    check_layout_source(model, arch)
+    from .tuners import SkipLayout
+
     if arch is not None:
         from .architectures import build_unet
 
@@ -322,6 +337,8 @@ def tuner_from_state(
         method, config, ours, fmt = _convert_sc(state, layout, src)
         if condition is not None:
             raise SceditError(f"{src}: --condition is for controllable-generation checkpoints; this is an SC-Tuner")
+    from .tuners import build_tuner
+
     tuner = build_tuner(method, config.to_dict(), layout)
     expected = tuner.state_dict()
     missing = sorted(set(expected) - set(ours))
@@ -352,9 +369,12 @@ def convert_checkpoint(
     if out.resolve() in Path(src).expanduser().resolve().parents:
         raise SceditError(f"--out {out}: holds the source checkpoint {src}; choose a new folder")
     check_tuner_destination(out, overwrite, "--out")
+    check_layout_source(model, arch)
     state, path = read_state_dict(src)
     layout, vae_factor, base_name = layout_for(model, arch)
     tuner, fmt = tuner_from_state(state, path, layout, vae_factor, condition)
+    from .tuners import save_tuner
+
     save_tuner(tuner, out, base=base_name, extra={"converted_from": str(path), "source_format": fmt})
     write_model_card(out, CardFacts(base=base_name, converted_from=str(path), source_format=fmt))
     return ConvertResult(out, tuner.method, fmt, tuner.config.to_dict(), tuner.config.decoder_indices(layout),

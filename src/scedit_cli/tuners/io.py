@@ -18,7 +18,7 @@ from .. import __version__
 from ..errors import SceditError
 from ..fsutil import atomic_dir, write_json_atomic
 from .base import SkipTuner
-from .files import CONFIG_NAME, WEIGHTS_NAME
+from .files import CONFIG_NAME, WEIGHTS_NAME, check_tuner_destination
 from .layout import SkipLayout
 from .registry import TUNER_TYPES, build_tuner
 
@@ -37,24 +37,6 @@ def tuner_config_dict(tuner: SkipTuner, base: str | None = None, extra: dict | N
         "trainable_parameters": tuner.trainable_parameters,
         **(extra or {}),
     }
-
-
-def is_tuner_folder(path: Path) -> bool:
-    return (path / WEIGHTS_NAME).is_file() or (path / CONFIG_NAME).is_file()
-
-
-def check_tuner_destination(path: Path, overwrite: bool, option: str) -> None:
-    """Refuse to write a tuner folder at `path` over a tuner unless `overwrite`, and over a file or a
-    folder of other files always (`option` names where the path came from, e.g. '--out')."""
-    if path.exists() and not path.is_dir():
-        raise SceditError(f"{option} {path}: is a file; a tuner is saved as a folder, choose a new folder")
-    if not path.is_dir() or not any(path.iterdir()):
-        return
-    if not is_tuner_folder(path):
-        raise SceditError(f"{option} {path}: a folder of other files, not a tuner folder; choose a new folder")
-    if not overwrite:
-        raise SceditError(f"{option} {path}: already holds a tuner; pass --overwrite to replace it, "
-                          "or choose another folder")
 
 
 def save_tuner(tuner: SkipTuner, path: str | Path, base: str | None = None, extra: dict | None = None) -> Path:
