@@ -137,9 +137,11 @@ def test_settled_heap_sets_the_old_heap_aside_and_still_frees_new_cycles():
         frozen = gc.get_freeze_count()
         assert frozen > 0  # what was alive before is out of the collections inside
         made = cycle()
-        with settled_heap():  # nested: the outer block keeps the freezing
-            assert gc.get_freeze_count() == frozen
-        assert gc.get_freeze_count() == frozen
+        # Nested: the outer block keeps the freezing (no second freeze taking in the new cycle, no thaw).
+        # Frozen objects can still die by reference counting meanwhile, so the count may only fall.
+        with settled_heap():
+            assert 0 < gc.get_freeze_count() <= frozen
+        assert 0 < gc.get_freeze_count() <= frozen
         release_memory()
         assert made() is None  # a cycle made inside the block is still collected
     assert gc.get_freeze_count() == 0
