@@ -81,7 +81,15 @@ def test_condition_method_without_condition_column(tmp_path, capsys, sd15):
     r = write_recipe(tmp_path / "r.toml", sd15, data, {"name": "csc", "conditions": ["depth"]}, tmp_path / "o")
     code, err = run_cli([r], capsys)
     line = one_line_error(err)
-    assert code == 2 and "'depth'" in line and "compute_conditions" in line
+    assert code == 2 and "'depth'" in line and "compute_conditions" in line and "did you mean" not in line
+
+
+def test_a_mistyped_condition_gets_the_known_name_suggested(tmp_path, capsys, sd15):
+    data = make_dataset(tmp_path / "d", n=2, conditions=())
+    r = write_recipe(tmp_path / "r.toml", sd15, data, {"name": "csc", "conditions": ["cany"]}, tmp_path / "o")
+    code, err = run_cli([r], capsys)
+    line = one_line_error(err)
+    assert code == 2 and "no column 'cany' for condition 'cany'" in line and "did you mean 'canny'?" in line
 
 
 def test_unreadable_image_is_skipped_and_counted(tmp_path, sd15):

@@ -19,12 +19,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..conditions import MASKED_CONDITIONS, condition_channels, resize_filter
+from ..conditions import CONDITIONS, MASKED_CONDITIONS, condition_channels, resize_filter
 from ..conditions.tensor import condition_tensor, image_tensor
 from ..cells import BadSample, open_image
 from ..datasource import LoadedDataset, load_source
 from ..errors import SceditError
 from ..images import resize_crop
+from ..recipe_parse import suggest
 
 VALIDATION_OFFSET = 1 << 40  # stream positions for validation samples, apart from training ones
 
@@ -49,8 +50,9 @@ def check_columns(cfg, conditions: list[str], cols: list[str], where: str) -> No
         if cfg.compute_conditions:
             continue
         if col not in cols:
+            typo = "" if cond in CONDITIONS else suggest(cond, CONDITIONS)  # `cany` for `canny`
             raise SceditError(
-                f"{where}: no column {col!r} for condition {cond!r} (columns: {', '.join(cols)}); "
+                f"{where}: no column {col!r} for condition {cond!r} (columns: {', '.join(cols)}); {typo}"
                 f"make the maps with `scedit prepare`, set data.condition_columns.{cond} to the right column, "
                 "or set data.compute_conditions = true to compute them on the fly"
             )
