@@ -158,3 +158,14 @@ def test_bad_metadata_jsonl_names_the_file_and_line(tmp_path, capsys, sd15, cont
     line = one_line_error(err)
     assert code == 2 and f"{data / 'metadata.jsonl'}" in line and says in line
     assert (data / "metadata.jsonl").read_bytes() == before and not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("dry_run", [False, True])
+def test_a_skip_index_this_unet_lacks_names_the_recipe_key(tmp_path, capsys, sd15, dry_run):
+    """Checked against the U-Net at setup (the recipe alone cannot know its skip count), and still
+    reported as a recipe error."""
+    data = make_dataset(tmp_path / "d", n=2, conditions=())
+    r = write_recipe(tmp_path / "r.toml", sd15, data, {"name": "sc", "skips": [0, 99]}, tmp_path / "o")
+    code, err = run_cli([r, *(["--dry-run"] if dry_run else [])], capsys)
+    line = one_line_error(err)
+    assert code == 2 and line.startswith(f"error: {r}: method.skips: index 99 out of range"), line

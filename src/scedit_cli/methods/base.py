@@ -26,8 +26,8 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from ..errors import SceditError, SettingError
-from .config import MethodConfig
+from ..errors import SceditError
+from .config import MethodConfig, as_recipe_keys
 
 
 class Method:
@@ -54,10 +54,8 @@ class Method:
         return list(getattr(self.config, "conditions", []) or [])
 
     def validate(self) -> None:
-        try:
+        with as_recipe_keys():
             self.config.check()
-        except SettingError as e:  # named as a recipe's [method] table names it
-            raise SceditError(f"method.{e.key}: {e.detail}") from None
 
     # --- lifecycle ---------------------------------------------------------
     def setup(self, base) -> None:

@@ -8,7 +8,9 @@ the method is set up.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import ClassVar
 
 from ..errors import SceditError, SettingError
@@ -156,6 +158,16 @@ METHOD_CONFIGS: dict[str, type] = {
     for c in (SCTunerConfig, CSCConfig, FullConfig, LoRAConfig, ControlNetConfig, T2IAdapterConfig,
               ControlNetXSConfig, ControlLoRAConfig)
 }
+
+
+@contextlib.contextmanager
+def as_recipe_keys(where: str | Path | None = None):
+    """A `SettingError` raised inside, named as a recipe names the setting: `where: method.<key>: ...`
+    (where a setting is checked against the model, at `method.setup`, as when the recipe is read)."""
+    try:
+        yield
+    except SettingError as e:
+        raise SceditError(f"{f'{where}: ' if where else ''}method.{e.key}: {e.detail}") from None
 
 
 def method_config_class(name: str) -> type:

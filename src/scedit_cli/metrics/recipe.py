@@ -10,6 +10,7 @@ import torch
 
 from ..bench.specs import BenchSettings, MethodSpec
 from ..errors import SceditError
+from ..methods.config import as_recipe_keys
 from .memory import settled_heap
 
 
@@ -60,7 +61,7 @@ def measure_recipe(recipe: str | Path, s: BenchSettings, *, memory: bool = True,
                               "and model_index.json); set model.arch to count on the published architecture")
         base, _ = built
         method = build_method(r.method_name, method_cfg)
-        with torch.device("meta"):
+        with torch.device("meta"), as_recipe_keys(r.path):
             method.setup(base)
         return RecipeMeasurement(str(r.path or recipe), r.method_name, method_cfg, method.num_trainable(),
                                  s.model or f"{arch} (meta device)")

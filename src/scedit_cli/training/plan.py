@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from ..errors import SceditError
+from ..methods.config import as_recipe_keys
 from ..models import BaseModel
 
 
@@ -75,7 +76,7 @@ def dry_run_plan(r, method) -> DryRunPlan:
     from ..data import load_training_data
 
     base, model_from = meta_base(r)
-    with torch.device("meta"):
+    with torch.device("meta"), as_recipe_keys(r.path):
         method.setup(base)
     trainable = method.num_trainable()
     total_unet = sum(p.numel() for p in method.unet.parameters())

@@ -19,6 +19,7 @@ import torch
 
 from ..errors import SceditError, worker_batches
 from ..fsutil import check_output_location
+from ..methods.config import as_recipe_keys
 from ..precision import autocast_dtype
 from .step import LossOptions, StepBatch, optimizer_step, prepare_training, step_seed
 
@@ -109,7 +110,8 @@ def build_run(run: Run, resume: str | None, overwrite: bool, base=None) -> None:
     from accelerate.utils import set_seed
 
     set_seed(seed)  # the trainable modules' initial weights (e.g. the tuners' down projections)
-    method.setup(base)
+    with as_recipe_keys(r.path):  # settings checked against this U-Net (skip indices) name the recipe key
+        method.setup(base)
     run.parts = parts = prepare_training(method, base, device, resolve_frozen_dtype(r, device), r.train)
     if r.train.ema_decay:
         from .ema import EMA
