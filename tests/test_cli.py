@@ -146,6 +146,7 @@ def test_a_mistyped_model_path_is_reported_before_torch_is_imported(tmp_path, co
     (["bench", "table2", "--batch", "0", "--out", "b"], "--batch must be >= 1"),
     (["quickstart", "--steps-scale", "0", "-o", "q"], "--steps-scale must be a number > 0"),
     (["sample", "-m", ".", "-p", "x", "-o", "o", "--steps", "0"], "--steps must be >= 1"),
+    (["sample", "-m", ".", "-p", "x", "-o", "o", "--size", "30"], "--width 30: must be a positive multiple of 8"),
     (["sample", "-m", ".", "-p", "x", "-o", "o", "-t", "./no-tuner"], "./no-tuner: tuner file not found"),
     (["sample", "-m", ".", "-p", "x", "-o", "o", "-c", "canny:edges.png"], "edges.png: control image not found"),
     (["compose", "-m", ".", "-t", "./t", "-p", "x", "-o", "o"], "compose needs at least one --control"),

@@ -118,6 +118,14 @@ def test_scheduler_by_name_keeps_v_prediction(tmp_path):
         make_scheduler("nope", sched)
 
 
+def test_parse_control_names_a_scale_that_is_not_a_number(tmp_path):
+    (tmp_path / "a.png").write_bytes(b"")
+    with pytest.raises(SceditError, match="scale 'abc' is not a number"):
+        parse_control(f"canny:{tmp_path / 'a.png'}:abc")
+    (tmp_path / "b.png:abc").write_bytes(b"")  # a file whose name has the colon is taken as it is
+    assert parse_control(f"canny:{tmp_path / 'b.png:abc'}").path == tmp_path / "b.png:abc"
+
+
 def test_parse_control():
     c = parse_control("canny:photos/a.jpg:0.6")
     assert (c.name, c.path, c.scale, c.is_map) == ("canny", Path("photos/a.jpg"), 0.6, False)

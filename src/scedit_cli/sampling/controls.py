@@ -80,8 +80,10 @@ def parse_control(text: str, is_map: bool = False, option: str = "--control") ->
         try:
             scale = float(tail)
             rest = head
-        except ValueError:
-            pass  # the colon belongs to the path
+        except ValueError:  # the colon belongs to the path, unless only the path before it is there
+            if not Path(rest).expanduser().exists() and Path(head).expanduser().is_file():
+                raise SceditError(f"{option} {text!r}: scale {tail!r} is not a number; give NAME:IMAGE:SCALE, "
+                                  "e.g. canny:photo.jpg:0.8") from None
     name = name.strip()
     if not name or not rest:
         raise SceditError(f"{option} {text!r}: expected NAME:IMAGE or NAME:IMAGE:SCALE, e.g. canny:photo.jpg:0.8")

@@ -45,6 +45,8 @@ class SampleSettings:
             raise SceditError(f"seeds must be >= 0, got {list(self.seeds)}")
         if self.grid_max < 0:
             raise SceditError(f"--grid-max must be >= 0, got {self.grid_max}")
+        for name in ("width", "height"):  # given ones now; the base's default size is checked in `image_size`
+            check_image_side(name, getattr(self, name))
 
 
 @dataclass
@@ -86,13 +88,17 @@ class SampleResult:
         }
 
 
+def check_image_side(name: str, value: int | None) -> None:
+    if value is not None and (value < 8 or value % 8):
+        raise SceditError(f"--{name} {value}: must be a positive multiple of 8")
+
+
 def image_size(base: BaseModel, settings: SampleSettings) -> tuple[int, int]:
     default = base.unet.config.sample_size * base.vae_scale_factor
     width = settings.width or default
     height = settings.height or default
     for name, v in (("width", width), ("height", height)):
-        if v < 8 or v % 8:
-            raise SceditError(f"--{name} {v}: must be a positive multiple of 8")
+        check_image_side(name, v)
     return width, height
 
 
