@@ -154,11 +154,15 @@ def test_a_mistyped_model_path_is_reported_before_torch_is_imported(tmp_path, co
     (["convert", "model.bin", "-m", "./base", "-o", "t"], "./base: model file or folder not found"),
     (["prepare", "cache", "-m", "./model", "-i", ".", "--shard", "2/2"], "--shard '2/2'"),
     (["eval", "r.toml"], "nothing to evaluate"), (["eval", "r.toml", "--params"], "r.toml: no such recipe file"),
+    (["eval", "good.toml", "--params", "--set", "method.ratio=0"], "--set method.ratio: must be > 0"),
+    (["analyze", "skips", "-p", "x", "-o", "a", "--mode", "bogus"], "--mode bogus: choose zero and/or mean"),
+    (["bench", "sampling", "--resolution", "100"], "--resolution 100: must be a multiple of 64"),
     (["eval", "--fid", "--generated", "gen", "--reference", "."], "--generated gen: no such folder"),
     (["eval", "--control", "--generated", "gen"], "--generated gen: no such folder"),
     (["eval", "--fid", "--generated", ".", "--reference", "ref.npz"], "--reference ref.npz: no such folder or file"),
 ])
 def test_a_usage_error_is_reported_before_torch_is_imported(tmp_path, args, message):
+    (tmp_path / "good.toml").write_text(_RECIPE.replace('name = "csc"\nconditions = ["canny"]', 'name = "sc"'))
     p = _scedit_noting_torch(*args, cwd=tmp_path)
     assert p.returncode == 2 and message in p.stderr, p.stderr
     assert p.stdout == "False\n"

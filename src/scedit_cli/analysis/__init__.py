@@ -1,7 +1,23 @@
-"""Analyses of a base model: what its skip connections carry (`scedit analyze skips`)."""
+"""Analyses of a base model: what its skip connections carry (`scedit analyze skips`).
 
-from .skip_report import SkipAnalysisResult, analyze_skips
-from .skips import MODES, SkipAnalysisSettings, SkipRemoval, Variant, removal_variants
+The names below are imported on first use (`lazy.lazy_exports`): the settings load without torch.
+"""
 
-__all__ = ["MODES", "SkipAnalysisResult", "SkipAnalysisSettings", "SkipRemoval", "Variant", "analyze_skips",
-           "removal_variants"]
+from __future__ import annotations
+
+from ..lazy import lazy_exports
+
+# name -> the submodule that defines it
+_EXPORTS = {
+    "SkipAnalysisResult": "skip_report",
+    "analyze_skips": "skip_report",
+    "MODES": "settings",
+    "SkipAnalysisSettings": "settings",
+    "SkipRemoval": "skips",
+    "Variant": "skips",
+    "removal_variants": "skips",
+}
+
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+
+__all__ = sorted(_EXPORTS)

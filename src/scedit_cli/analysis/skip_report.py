@@ -29,7 +29,8 @@ from ..console import progress
 from ..fsutil import check_output_location, write_json_atomic
 from . import skip_plots
 from ..tuners import SkipLayout
-from .skips import (HIST_RANGE, SkipAnalysisSettings, change_scores, map_step_indices, removal_variants,
+from .settings import SkipAnalysisSettings
+from .skips import (HIST_RANGE, change_scores, map_step_indices, removal_variants,
                     run_skip_analysis, skip_table)
 from .skips import trajectory as trajectory_stats
 

@@ -33,9 +33,9 @@ import numpy as np
 import torch
 
 from ..errors import SceditError
+from .settings import MODES, SkipAnalysisSettings
 from ..tuners import SkipLayout, SkipTuner, TunerConfig, attach, detach, get_editor
 
-MODES = ("zero", "mean")
 HIST_RANGE = 4.0  # U-Net output histogram over [-4, 4] (values beyond land in the end bins)
 HIST_BINS = 80
 
@@ -188,34 +188,6 @@ class Probes:
             return None
 
         return hook
-
-
-@dataclass
-class SkipAnalysisSettings:
-    steps: int = 25
-    scheduler: str = "ddim"
-    guidance_scale: float = 7.5
-    seeds: tuple[int, ...] = (0,)
-    modes: tuple[str, ...] = MODES
-    batch_size: int = 8  # images per pipeline call (variants run side by side)
-    map_steps: int | None = None  # timesteps shown in the feature-map grid (default: 4, at most `steps`)
-    width: int | None = None
-    height: int | None = None
-
-    @property
-    def shown_steps(self) -> int:
-        return self.map_steps if self.map_steps is not None else min(4, self.steps)
-
-    def validate(self) -> None:
-        from ..sampling import SampleSettings  # steps, batch size, guidance and seeds: as `scedit sample` checks them
-
-        SampleSettings(steps=self.steps, guidance_scale=self.guidance_scale, seeds=self.seeds,
-                       batch_size=self.batch_size).validate()
-        if self.map_steps is not None and not 1 <= self.map_steps <= self.steps:
-            raise SceditError(f"--map-steps must be between 1 and --steps ({self.steps}), got {self.map_steps}")
-        bad = [m for m in self.modes if m not in MODES]
-        if bad or not self.modes:
-            raise SceditError(f"--mode {', '.join(bad) or '(none)'}: choose zero and/or mean")
 
 
 def map_step_indices(steps: int, count: int) -> list[int]:

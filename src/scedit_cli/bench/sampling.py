@@ -26,11 +26,12 @@ import statistics
 import time
 from dataclasses import dataclass, field
 
-import torch
+from typing import TYPE_CHECKING
 
 from ..errors import SceditError
-from ..metrics.dispatch import OpCounter
-from ..tuners import CSCTuner, attach, detach
+
+if TYPE_CHECKING:  # torch and diffusers load once the settings are checked
+    import torch
 
 VARIANTS = ("plain", "sc", "csc1", "csc2", "controlnet")
 LABELS = {
@@ -113,6 +114,8 @@ class SamplingBench:
 
 
 def _randomize_(module: torch.nn.Module, seed: int) -> None:
+    import torch
+
     """Non-zero weights everywhere (a fresh tuner's zero layers would not change the timing, but be honest)."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -129,6 +132,7 @@ def set_up_variant(variant: str, base, hint_kernel: int):
     """The training method behind `variant` (`METHODS`), set up on `base`; a tuner method's tuners are
     taken off the U-Net again (attached per run)."""
     from ..methods import build_method
+    from ..tuners import detach
 
     name, config = METHODS[variant]
     method = build_method(name, {**config, "hint_kernel": hint_kernel} if name == "csc" else config)
@@ -156,6 +160,23 @@ def _scheduler():
                          set_alpha_to_one=False, steps_offset=1)
 
 
+def check_sampling_bench(arch: str | None, resolution: int, steps: int, batch: int, repeats: int,
+                         variants: tuple[str, ...] = VARIANTS) -> tuple[str, ...]:
+    """Refuse settings the benchmark cannot run (`arch` None: a U-Net of the caller's); returns the
+    variants with the plain U-Net first. Needs no torch: `scedit bench sampling` answers at once."""
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        raise SceditError(f"unknown benchmark variant(s) {unknown}; choose from {', '.join(VARIANTS)}")
+    for name, v in (("--steps", steps), ("--batch", batch), ("--repeats", repeats)):
+        if v < 1:
+            raise SceditError(f"{name} must be >= 1, got {v}")
+    if resolution < 64 or resolution % 64:
+        raise SceditError(f"--resolution {resolution}: must be a multiple of 64 (>= 64)")
+    if arch is not None and arch not in ("sd15", "sd21"):
+        raise SceditError(f"--arch {arch!r}: the sampling benchmark runs sd15 or sd21 (SD pipelines)")
+    return variants if "plain" in variants else ("plain", *variants)
+
+
 def bench_sampling(
     unet=None,
     arch: str = "sd15",
@@ -171,28 +192,20 @@ def bench_sampling(
     on_run=None,
 ) -> SamplingBench:
     """Seconds per image of each variant; `unet` overrides the real-size `arch` U-Net (e.g. a tiny one)."""
+    variants = check_sampling_bench(arch if unet is None else None, resolution, steps, batch, repeats, variants)
+    import torch
     from diffusers import StableDiffusionControlNetPipeline, StableDiffusionPipeline
 
+    from ..devices import resolve_device
+    from ..metrics.dispatch import OpCounter
     from ..models import BaseModel, parse_dtype
     from ..precision import inference_dtype
-    from ..devices import resolve_device
+    from ..tuners import CSCTuner, attach, detach
 
-    unknown = [v for v in variants if v not in VARIANTS]
-    if unknown:
-        raise SceditError(f"unknown benchmark variant(s) {unknown}; choose from {', '.join(VARIANTS)}")
-    if "plain" not in variants:
-        variants = ("plain", *variants)
-    for name, v in (("--steps", steps), ("--batch", batch), ("--repeats", repeats)):
-        if v < 1:
-            raise SceditError(f"{name} must be >= 1, got {v}")
-    if resolution < 64 or resolution % 64:
-        raise SceditError(f"--resolution {resolution}: must be a multiple of 64 (>= 64)")
     arch_name = arch if unet is None else f"custom ({type(unet).__name__})"
     dev = resolve_device(device)
     torch_dtype = parse_dtype(dtype) or inference_dtype(dev)
     if unet is None:
-        if arch not in ("sd15", "sd21"):
-            raise SceditError(f"--arch {arch!r}: the sampling benchmark runs sd15 or sd21 (SD pipelines)")
         from ..architectures import build_unet
 
         unet = build_unet(arch, device=dev, dtype=torch_dtype)

@@ -43,21 +43,24 @@ def skips_command(
     on_interrupt(f"files already written in {out} are complete but the analysis is not; run the command again")
     if model:
         check_model_source(model)
-    import torch
-
-    from ..analysis import SkipAnalysisSettings, analyze_skips
+    from ..analysis import SkipAnalysisSettings
     from ..errors import SceditError
     from ..sampling import prompt_list
     from ..toy import base_model_path
 
     if threads < 1:
         raise SceditError(f"--threads must be >= 1, got {threads}")
-    torch.set_num_threads(threads)
     settings = SkipAnalysisSettings(steps=steps, scheduler=scheduler, guidance_scale=guidance_scale,
                                     seeds=tuple(seed or [0]), modes=tuple(mode or ("zero", "mean")),
                                     batch_size=batch_size, map_steps=map_steps, width=size, height=size)
-    settings.validate()
-    result = analyze_skips(model or str(base_model_path()), prompt_list(prompt, prompts), out, settings,
+    settings.validate()  # before torch loads
+    specs = prompt_list(prompt, prompts)
+    import torch
+
+    from ..analysis import analyze_skips
+
+    torch.set_num_threads(threads)
+    result = analyze_skips(model or str(base_model_path()), specs, out, settings,
                            device=device, dtype=dtype)
     if json_out:
         print_json(result.to_dict())

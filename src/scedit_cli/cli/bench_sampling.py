@@ -30,14 +30,15 @@ def bench_sampling_command(
 ) -> None:
     """Sampling cost of SCEdit vs the plain U-Net and ControlNet (real SD architecture, random weights)."""
     on_interrupt("nothing was written; run the command again")
-    import torch
-
-    from ..bench.sampling import VARIANTS, bench_sampling
+    from ..bench.sampling import VARIANTS, bench_sampling, check_sampling_bench
     from ..errors import SceditError
 
+    check_sampling_bench(arch, resolution, steps, batch, repeats)  # before torch loads
     if threads is not None:
         if threads < 1:
             raise SceditError(f"--threads must be >= 1, got {threads}")
+        import torch
+
         torch.set_num_threads(threads)
 
     with progress() as bar:

@@ -63,3 +63,6 @@ class EvalSettings:
                 raise SceditError("--params/--memory/--time need a RECIPE (a training recipe TOML) as argument")
             if not Path(self.recipe).is_file():
                 raise SceditError(f"{self.recipe}: no such recipe file")
+            from ..recipes import load_recipe
+
+            load_recipe(self.recipe, self.overrides)  # its mistakes too, before the measuring loads
