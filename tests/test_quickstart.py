@@ -242,10 +242,15 @@ def test_compose_weights_1_0_and_0_1_reproduce_each_single_control(control, base
 def test_quickstart_end_to_end_small(tmp_path, one_thread):
     out = tmp_path / "qs"
     s = QuickstartSettings(output=out, steps_scale=0.01, n_eval=2, n_train=16, sample_steps=4, threads=1)
-    res = run_quickstart(s, say=lambda m: None)
+    said = []
+    res = run_quickstart(s, say=said.append)
     rep = json.loads((out / "report.json").read_text())
     assert rep == json.loads(json.dumps(res.report))
     assert rep["data"]["n_train"] == 16
+    # the stage lines as a terminal shows them (`console.info` prints text, not rich markup)
+    assert [m.split(":")[0] for m in said if m.startswith("[")] == ["[1/4] data", "[2/4] train", "[3/4] control",
+                                                                    "[4/4] report"], said
+    assert not any("[bold]" in m or "[/" in m for m in said), said
     for d in ("style", "control"):
         assert len((out / "data" / d / "metadata.jsonl").read_text().splitlines()) == 16
     md = (out / "report.md").read_text()

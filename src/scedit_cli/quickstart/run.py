@@ -43,7 +43,7 @@ class _Stages:
 
     def run(self, name: str, what: str, fn: Callable):
         k = STAGES.index(name) + 1
-        self.say(f"[bold][{k}/{len(STAGES)}] {name}[/bold]: {what}")
+        self.say(f"[{k}/{len(STAGES)}] {name}: {what}")  # said as written (`console.info`): no markup
         t0, c0 = time.perf_counter(), cpu_seconds()
         try:
             value = fn()
