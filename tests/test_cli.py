@@ -62,7 +62,9 @@ def test_messages_print_paths_with_brackets_as_written(capsys):
 
     info("wrote runs/[/x] and [logging]/grid.png")
     info("a note", style="dim")
-    assert capsys.readouterr().err == "wrote runs/[/x] and [logging]/grid.png\na note\n"
+    long = "cache: not used (" + "x" * 150 + ")"  # one line in a log, however long (off a terminal: 80 columns)
+    info(long)
+    assert capsys.readouterr().err == f"wrote runs/[/x] and [logging]/grid.png\na note\n{long}\n"
 
 
 def test_progress_and_eval_table_show_folder_names_as_written(monkeypatch):

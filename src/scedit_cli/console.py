@@ -57,8 +57,9 @@ def print_json(data: Any) -> None:
 
 def info(message: str, style: str | None = None) -> None:
     """`message` on stderr as written: paths and values in it may hold brackets, which markup would read
-    as tags (a stray closing tag raises, others vanish); `style` styles the whole line instead."""
-    err_console.print(message, highlight=False, markup=False, style=style)
+    as tags (a stray closing tag raises, others vanish); `style` styles the whole line instead. Never
+    wrapped by us (off a terminal rich would break lines at 80 columns, and a log's lines at random)."""
+    err_console.print(message, highlight=False, markup=False, style=style, soft_wrap=True)
 
 
 def warn(message: str) -> None:

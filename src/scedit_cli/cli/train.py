@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from ..console import info, print_json
+from ..console import info, print_json, warn
 from . import app, on_interrupt
 
 
@@ -59,7 +59,7 @@ def train_command(
                  f"({plan.processes} process(es) x accumulation {plan.gradient_accumulation_steps})")
             info(f"output      {plan.output_dir}")
         if plan.dataset_error:
-            info(f"warning: {plan.dataset_error}")
+            warn(plan.dataset_error)
         return
     if not result.is_main_process:  # under `accelerate launch`, rank 0 reports
         return
