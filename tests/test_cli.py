@@ -159,6 +159,7 @@ def test_a_mistyped_model_path_is_reported_before_torch_is_imported(tmp_path, co
     (["eval", "good.toml", "--params", "--set", "method.ratio=0"], "--set method.ratio: must be > 0"),
     (["analyze", "skips", "-p", "x", "-o", "a", "--mode", "bogus"], "--mode bogus: choose zero and/or mean"),
     (["bench", "sampling", "--resolution", "100"], "--resolution 100: must be a multiple of 64"),
+    (["comfyui", "install", "."], "not a ComfyUI checkout"),
     (["eval", "--fid", "--generated", "gen", "--reference", "."], "--generated gen: no such folder"),
     (["eval", "--control", "--generated", "gen"], "--generated gen: no such folder"),
     (["eval", "--fid", "--generated", ".", "--reference", "ref.npz"], "--reference ref.npz: no such folder or file"),

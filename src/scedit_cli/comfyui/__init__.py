@@ -2,15 +2,17 @@
 
 `scedit comfyui install COMFYUI_DIR` writes `custom_nodes/scedit/__init__.py`, which imports this
 package from the Python ComfyUI runs in and re-exports the two mappings below. Example workflows
-(ComfyUI API format) are in `workflows/`.
+(ComfyUI API format) are in `workflows/`. The mappings load the nodes (and torch) on first use
+(`lazy.lazy_exports`), so `scedit comfyui install` checks its folder without them.
 """
 
 from __future__ import annotations
 
-from .loader import folder_paths_module, register_folder
-from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
+from ..lazy import lazy_exports
 
-if (_fp := folder_paths_module()) is not None:
-    register_folder(_fp)
+# name -> the submodule that defines it
+_EXPORTS = {"NODE_CLASS_MAPPINGS": "nodes", "NODE_DISPLAY_NAME_MAPPINGS": "nodes"}
 
-__all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+
+__all__ = sorted(_EXPORTS)

@@ -12,7 +12,7 @@ from ..tuners import CSCTuner, SkipTuner
 from ..tuners.hub import resolve_tuner_source
 from . import model as comfy_model
 from .hints import image_to_condition
-from .loader import load_for_model, resolve_name, tuner_choices
+from .loader import folder_paths_module, load_for_model, register_folder, resolve_name, tuner_choices
 from .patch import ControlEntry, TunerEntry, with_entry
 
 CATEGORY = "scedit"
@@ -118,3 +118,7 @@ class SCEditControl(_Node):
 
 NODE_CLASS_MAPPINGS = {"SCEditTuner": SCEditTuner, "SCEditControl": SCEditControl}
 NODE_DISPLAY_NAME_MAPPINGS = {"SCEditTuner": "SCEdit Tuner", "SCEditControl": "SCEdit Control"}
+
+# Inside ComfyUI, models/scedit is one of its model folders from the moment the nodes load.
+if (_fp := folder_paths_module()) is not None:
+    register_folder(_fp)
