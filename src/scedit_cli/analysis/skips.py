@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from ..errors import SceditError
-from .settings import MODES, SkipAnalysisSettings
+from .settings import SkipAnalysisSettings
 from ..tuners import SkipLayout, SkipTuner, TunerConfig, attach, detach, get_editor
 
 HIST_RANGE = 4.0  # U-Net output histogram over [-4, 4] (values beyond land in the end bins)
@@ -296,5 +296,4 @@ def trajectory(trace: _Trace, n_skips: int) -> list[dict]:
     return out
 
 
-__all__ = ["MODES", "SkipAnalysisSettings", "SkipRemoval", "SkipRun", "Variant", "removal_variants",
-           "run_skip_analysis"]
+__all__ = ["SkipRemoval", "SkipRun", "Variant", "removal_variants", "run_skip_analysis"]

@@ -25,7 +25,6 @@ from __future__ import annotations
 import statistics
 import time
 from dataclasses import dataclass, field
-
 from typing import TYPE_CHECKING
 
 from ..errors import SceditError
@@ -114,9 +113,9 @@ class SamplingBench:
 
 
 def _randomize_(module: torch.nn.Module, seed: int) -> None:
+    """Non-zero weights everywhere (a fresh tuner's zero layers would not change the timing, but be honest)."""
     import torch
 
-    """Non-zero weights everywhere (a fresh tuner's zero layers would not change the timing, but be honest)."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in module.parameters():

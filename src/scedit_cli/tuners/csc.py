@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from typing import ClassVar
+
 import torch
 from torch import nn
 
