@@ -13,7 +13,12 @@ from __future__ import annotations
 
 import importlib
 
+from ..lazy import lazy_exports
 from .config import METHOD_CONFIGS, MethodConfig, make_method_config, method_config_class
+
+# name -> the submodule that defines it (`base.Method` imports torch: only on use)
+_EXPORTS = {"Method": "base"}
+_lazy_getattr, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 
 def get_method_class(name: str):
@@ -38,14 +43,9 @@ def build_method(name: str, config: dict | MethodConfig | None = None):
 
 
 def __getattr__(name: str):
-    # `METHODS` (every implementation class by name) and `Method` import torch: only on use.
-    if name == "METHODS":
+    if name == "METHODS":  # every implementation class by name: imports them all (torch)
         return {n: get_method_class(n) for n in METHOD_CONFIGS}
-    if name == "Method":
-        from .base import Method
-
-        return Method
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return _lazy_getattr(name)
 
 
 __all__ = ["METHODS", "METHOD_CONFIGS", "Method", "MethodConfig", "build_method", "get_method_class",
