@@ -183,6 +183,15 @@ class Recipe:
     def name(self) -> str:
         return self.path.stem if self.path else "recipe"
 
+    def check_sources(self) -> None:
+        """Refuse a local data.source or model.source that is not there, reading nothing and without
+        torch: commands that load both call it before their heavy imports."""
+        from .datasource import check_data_source
+        from .hubutil import check_model_source
+
+        check_data_source(self.data.source)
+        check_model_source(self.model.source)
+
     def to_dict(self) -> dict:
         out = {"description": self.description} if self.description else {}
         for sec in SECTIONS:

@@ -29,8 +29,6 @@ def prepare_cache_cmd(
 ) -> None:
     """Encode every image (VAE posterior; flipped too with data.random_flip) and caption once."""
     on_interrupt("the entries encoded so far are kept in the cache; run the same command again to encode the rest")
-    from ..datasource import check_data_source
-    from ..hubutil import check_model_source
     from ..prepare.runner import parse_shard
     from ..recipes import dataset_recipe, load_recipe
 
@@ -44,8 +42,7 @@ def prepare_cache_cmd(
         target = str(recipe)
     r = load_recipe(target, list(set_))
     shard_of = parse_shard(shard)
-    check_data_source(r.data.source)  # a wrong path is reported in a second, before torch and diffusers load
-    check_model_source(r.model.source)
+    r.check_sources()  # a wrong path is reported in a second, before torch and diffusers load
     from ..cache import prepare_cache
 
     bar = progress()

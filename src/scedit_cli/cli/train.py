@@ -32,13 +32,10 @@ def train_command(
 
     r = load_recipe(recipe, list(set_))  # a bad recipe is reported before torch and diffusers load (seconds)
     if not dry_run:  # the first checks `train` makes, in its order, made before its imports (a dry run plans without them)
-        from ..datasource import check_data_source
         from ..fsutil import check_output_location
-        from ..hubutil import check_model_source
 
         check_output_location(r.train.output_dir, f"{r.path}: train.output_dir")
-        check_data_source(r.data.source)
-        check_model_source(r.model.source)
+        r.check_sources()
     from ..training import train
 
     result = train(r, resume=resume, dry_run=dry_run, overwrite=overwrite)
