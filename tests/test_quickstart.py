@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 from pathlib import Path
 
 import numpy as np
@@ -277,6 +278,22 @@ def test_quickstart_end_to_end_small(tmp_path, one_thread):
     assert rep["parallel"]["second"] == ["style", "color", "sample"] and rep["parallel"]["threads_per_process"] == 1
     assert "step" in (out / "runs" / "second-process.log").read_text()
     assert not list(out.rglob("*.tmp"))
+    # report.md's commands redo the same steps: each writes where the quickstart wrote, and run again (into
+    # another folder) they draw the same pixels
+    from scedit_cli.cli import main
+
+    for name in ("sample_style_after", "sample_canny", "compose_sweep"):
+        argv = shlex.split(rep["commands"][name])
+        assert argv[0] == "scedit" and rep["commands"][name] in md
+        where = Path(argv[argv.index("--out") + 1])
+        assert where.is_absolute() and where.parent.parent == out / "samples", where
+        again = tmp_path / "again" / name
+        argv[argv.index("--out") + 1] = str(again)
+        main([*argv[1:], "--json"])  # returns on success; a failure exits 2
+        made = sorted(p.name for p in where.glob("0*.png"))
+        assert made and made == sorted(p.name for p in again.glob("0*.png")), name
+        for f in made:
+            assert np.array_equal(np.asarray(Image.open(where / f)), np.asarray(Image.open(again / f))), (name, f)
     # a second run starts from a clean folder: the earlier outputs go, the marker stays
     prepare_output(out)
     assert sorted(p.name for p in out.iterdir()) == [".scedit-quickstart"]

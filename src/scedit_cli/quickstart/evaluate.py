@@ -83,7 +83,7 @@ def style_eval(base, scenes, tuner: Path, out: Path, ss, s: QuickstartSettings, 
     commands["sample_style_after"] = (
         f"scedit sample --model {shlex.quote(str(base.source))} --prompts {shlex.quote(str(prompts_file))} "
         f"--tuner {shlex.quote(str(tuner))} --steps {ss.steps} --guidance-scale {ss.guidance_scale} "
-        f"--seed {s.seed} --out {shlex.quote(str(out / 'samples' / 'style' / 'after'))}")
+        f"--seed {s.seed} --batch-size {ss.batch_size} --out {shlex.quote(str(out / 'samples' / 'style' / 'after'))}")
     return res
 
 
@@ -106,12 +106,12 @@ def control_eval(base, scenes, tuners: dict[str, Path], out: Path, ss, s: Quicks
     for v, name in enumerate(("compose_1_0", "compose_mid", "compose_0_1")):
         paths[name] = swept[v::3]
     files = f"--prompts {shlex.quote(str(ev / 'control_prompts.jsonl'))} --steps {ss.steps} " \
-            f"--guidance-scale {ss.guidance_scale} --seed {s.seed}"
-    commands["sample_canny"] = (f"scedit sample --model {shlex.quote(str(base.source))} "
-                                f"--tuner {shlex.quote(str(tuners['canny']))} {files} --out samples/canny")
-    commands["compose_sweep"] = (f"scedit compose --model {shlex.quote(str(base.source))} "
-                                 f"--tuner {shlex.quote(str(tuners['canny']))} --tuner {shlex.quote(str(tuners['color']))} "
-                                 f"--sweep 3 {files} --out samples/compose")
+            f"--guidance-scale {ss.guidance_scale} --seed {s.seed} --batch-size {ss.batch_size}"
+    model, canny, color = (shlex.quote(str(p)) for p in (base.source, tuners["canny"], tuners["color"]))
+    commands["sample_canny"] = (f"scedit sample --model {model} --tuner {canny} {files} "
+                                f"--out {shlex.quote(str(samples / 'canny'))}")
+    commands["compose_sweep"] = (f"scedit compose --model {model} --tuner {canny} --tuner {color} --sweep 3 {files} "
+                                 f"--out {shlex.quote(str(samples / 'compose'))}")
 
     cond_edges = [load_rgb(ev / "canny" / f"{i:02d}.png")[..., 0] > 127 for i in range(len(scenes))]
     cond_colors = [load_rgb(ev / "color" / f"{i:02d}.png") for i in range(len(scenes))]
