@@ -14,7 +14,9 @@ them: under autocast, what is kept in fp32 shows), and the others by operator an
 
 Usage (real-size SD 1.5, random weights, on a GPU):
     python benchmarks/peak_probe.py --methods "SCEdit,LoRA r=64" --batch 32 --out probe.json
-On a CPU only the forward-end breakdown runs (`--device cpu`; `--precision bf16` for CPU autocast).
+On a CPU (`--device cpu`; `--precision bf16` for CPU autocast) the counters are `TensorPeak`'s, which count
+what `memory_allocated` would, plus what is at rest (parameters, gradients, optimizer state) when the step
+starts. A method that fails is reported in the JSON and the exit code is 1.
 """
 
 from __future__ import annotations
@@ -22,15 +24,18 @@ from __future__ import annotations
 import argparse
 import collections
 import json
+import shlex
+import sys
 import weakref
 
 import torch
 from diffusers.models.attention import BasicTransformerBlock, FeedForward
 from diffusers.models.resnet import ResnetBlock2D, Upsample2D
 
-from scedit_cli.bench.runner import BaseFactory, setup_method
+from scedit_cli.bench.runner import BaseFactory, machine_info, setup_method
 from scedit_cli.bench.specs import select_methods
 from scedit_cli.bench.specs import TABLES, BenchSettings
+from scedit_cli.fsutil import write_json_atomic
 from scedit_cli.metrics.memory import (TensorPeak, optimizer_state_nbytes, release_memory, storage_owner,
                                        tensors_nbytes)
 
@@ -38,12 +43,52 @@ WATCHED = (ResnetBlock2D, BasicTransformerBlock, FeedForward, Upsample2D)
 GIB = 2**30
 
 
+class _CudaCounters:
+    """The CUDA caching allocator's own counters."""
+
+    def __init__(self, device):
+        self.device = device
+
+    def __enter__(self):
+        torch.cuda.synchronize(self.device)
+        torch.cuda.reset_peak_memory_stats(self.device)
+        return self
+
+    def __exit__(self, *exc):
+        torch.cuda.synchronize(self.device)
+
+    def read_and_reset_peak(self) -> tuple[int, int]:
+        read = torch.cuda.memory_allocated(self.device), torch.cuda.max_memory_allocated(self.device)
+        torch.cuda.reset_peak_memory_stats(self.device)
+        return read
+
+
+class _TensorCounters(TensorPeak):
+    """The same readings on any device: what was at rest when the step began plus `TensorPeak`'s count."""
+
+    def __init__(self, at_rest: int):
+        super().__init__()
+        self.at_rest = at_rest
+
+    def read_and_reset_peak(self) -> tuple[int, int]:
+        read = self.at_rest + self.live, self.at_rest + self.peak
+        self.peak = self.live
+        return read
+
+
+def _at_rest(run) -> int:
+    params = [*run.base.unet.parameters(), *run.params]
+    grads = [p.grad for p in params if p.grad is not None]
+    return tensors_nbytes([*params, *grads]) + optimizer_state_nbytes(run.optimizer)
+
+
 def probe(run, device) -> dict:
     events: list[tuple[str, int, int]] = []  # (boundary name, allocated at it, peak since the previous one)
+    release_memory()
+    counters = _CudaCounters(device) if device.type == "cuda" else _TensorCounters(_at_rest(run))
 
     def mark(name):
-        events.append((name, torch.cuda.memory_allocated(device), torch.cuda.max_memory_allocated(device)))
-        torch.cuda.reset_peak_memory_stats(device)
+        events.append((name, *counters.read_and_reset_peak()))
 
     handles = []
     for name, m in run.base.unet.named_modules():
@@ -52,15 +97,14 @@ def probe(run, device) -> dict:
             handles.append(m.register_forward_hook(lambda m, a, o, n=name: mark(f"fwd< {n}")))
             handles.append(m.register_full_backward_pre_hook(lambda m, g, n=name: mark(f"bwd> {n}")))
             handles.append(m.register_full_backward_hook(lambda m, gi, go, n=name: mark(f"bwd< {n}")))
-    release_memory()
-    torch.cuda.synchronize(device)
-    torch.cuda.reset_peak_memory_stats(device)
-    mark("step start")
-    run.step()
-    mark("step end")
-    torch.cuda.synchronize(device)
-    for h in handles:
-        h.remove()
+    try:
+        with counters:
+            mark("step start")
+            run.step()
+            mark("step end")
+    finally:
+        for h in handles:
+            h.remove()
     # Interval i runs from boundary i-1 to boundary i; its peak is read at boundary i.
     intervals = [{"from": events[i - 1][0], "to": events[i][0], "allocated_at_start_gib": events[i - 1][1] / GIB,
                   "peak_gib": events[i][2] / GIB, "transient_gib": (events[i][2] - events[i - 1][1]) / GIB}
@@ -69,7 +113,7 @@ def probe(run, device) -> dict:
     fwd_end = max((e for e in events if e[0].startswith("fwd<")), key=lambda e: e[1], default=None)
     return {"peak_gib": max(r["peak_gib"] for r in intervals), "top_intervals": top,
             "max_allocated_at_a_boundary_gib": max(e[1] for e in events) / GIB,
-            "forward_end": fwd_end and {"at": fwd_end[0], "allocated_gib": fwd_end[1] / GIB},
+            "forward_end_boundary": fwd_end and {"at": fwd_end[0], "allocated_gib": fwd_end[1] / GIB},
             "boundaries": len(events)}
 
 
@@ -133,32 +177,34 @@ def forward_end(run, device) -> dict:
     return found
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--table", default="table1")
     ap.add_argument("--methods", default="SCEdit,LoRA r=64")
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--resolution", type=int, default=512)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--device", default="cuda")
-    ap.add_argument("--out", required=True)
     ap.add_argument("--precision", default="auto")
-    a = ap.parse_args()
+    ap.add_argument("--unet-config", default=None, help="a diffusers U-Net config.json instead of the table's")
+    ap.add_argument("--out", required=True, help="the JSON file to write")
+    a = ap.parse_args(argv)
     s = BenchSettings(device=a.device, batch=a.batch, resolution=a.resolution, steps=1, warmup=a.warmup,
-                      precision=a.precision)
+                      precision=a.precision, unet_config=a.unet_config)
     table = TABLES[a.table]
     factory = BaseFactory(table.arch, s)
+    device = torch.device(a.device)
     results = {}
     asked = [m.strip() for m in a.methods.split(",")]
     for spec in [m for m in select_methods(table, asked) if m.label in asked]:
+        run = None
         try:
             run = setup_method(spec, factory, s)
             for _ in range(a.warmup):
                 run.step()
-            device = torch.device(a.device)
-            results[spec.label] = probe(run, device) if device.type == "cuda" else {}
+            results[spec.label] = probe(run, device)
             results[spec.label]["forward_end"] = forward_end(run, device)
-        except Exception as e:  # a diagnostic: report and go on to the next method
+        except Exception as e:  # a diagnostic: report, go on to the next method, exit 1 at the end
             results[spec.label] = {"error": f"{type(e).__name__}: {e}"}
         run = None
         release_memory()
@@ -167,9 +213,12 @@ def main() -> None:
         for row in r.get("top_intervals", [])[:6]:
             print(f"   peak {row['peak_gib']:.2f} GiB held {row['allocated_at_start_gib']:.2f} "
                   f"(+{row['transient_gib']:.2f}) {row['from']} -> {row['to']}")
-    with open(a.out, "w") as f:
-        json.dump(results, f, indent=1)
+    argv = sys.argv[1:] if argv is None else argv
+    out = {"command": shlex.join(["python", "benchmarks/peak_probe.py", *argv]), "settings": vars(a),
+           "machine": machine_info(a.device), "methods": results}
+    write_json_atomic(a.out, out)
+    return out
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(1 if any("error" in r for r in main()["methods"].values()) else 0)

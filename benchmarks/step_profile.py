@@ -16,7 +16,8 @@ adapters' own products).
 
 Usage (real-size SD 1.5, random weights, on a GPU):
     python benchmarks/step_profile.py --methods "SCEdit,LoRA r=64" --batch 32 --out results/profile-gpu
-writes `profile-gpu.json` and `profile-gpu.png` (categories per method, ms per step).
+writes `profile-gpu.json` and `profile-gpu.png` (categories per method, ms per step). A method that fails
+is reported in the JSON and the exit code is 1.
 """
 
 from __future__ import annotations
@@ -211,7 +212,7 @@ def main(argv: list[str] | None = None) -> dict:
                 run.step()
             results[spec.label] = {"phases": time_phases(run, a.steps, device),
                                    "profile": profile_ops(run, a.profile_steps, device)}
-        except Exception as e:  # a diagnostic: report and go on to the next method
+        except Exception as e:  # a diagnostic: report, go on to the next method, exit 1 at the end
             results[spec.label] = {"error": f"{type(e).__name__}: {e}"}
         run = None
         release_memory()
@@ -229,4 +230,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(1 if any("error" in r for r in main()["methods"].values()) else 0)

@@ -51,3 +51,24 @@ def test_profile_of_a_tiny_training_step(tmp_path, step_profile):
     assert sum(c["ms"] for c in cats.values()) == pytest.approx(r["profile"]["total_ms"])
     # what the categories add up to is the profiled step's own time, not a multiple of it
     assert r["profile"]["total_ms"] < 3 * ph["step_ms"]
+
+
+def test_a_method_that_fails_is_reported_and_the_exit_code_is_1(tmp_path, monkeypatch):
+    import runpy
+    import sys
+
+    import scedit_cli.bench.runner as runner
+
+    def broken(spec, factory, settings):
+        raise RuntimeError("no memory left")
+
+    config = tmp_path / "unet.json"
+    config.write_text(json.dumps(tiny_unet_config("sd15")))
+    monkeypatch.setattr(runner, "setup_method", broken)
+    monkeypatch.setattr(sys, "argv", [str(SCRIPT), "--device", "cpu", "--unet-config", str(config),
+                                      "--methods", "SCEdit", "--out", str(tmp_path / "p")])
+    with pytest.raises(SystemExit) as done:
+        runpy.run_path(str(SCRIPT), run_name="__main__")
+    assert done.value.code == 1
+    assert json.loads((tmp_path / "p.json").read_text())["methods"] == {
+        "SCEdit": {"error": "RuntimeError: no memory left"}}
