@@ -17,7 +17,8 @@ step on a CPU (`VmHWM`, reset before it) or the CUDA allocator's peak on a GPU.
 Sides:
   swift      ms-swift's SCETuning as its README shows for diffusers: `SCETuningConfig(dims=[1280]*5 +
              [640]*3 + [320]*4, target_modules=r'^up_blocks\\.\\d+\\.resnets\\.\\d+$')` (tuner_mode
-             'decoder', down_ratio 1.0: hidden width = channels, its defaults) on the bare U-Net.
+             'decoder', down_ratio 1.0: hidden width = channels, its defaults) on the bare U-Net; the dims
+             are the skips' channels in decoder order, read from the U-Net (so `--unet-config` works too).
   ours       `scedit`'s `sc` method (ratio 1: the same widths) prepared by `prepare_training` as
              `scedit train` does, with the recipe's `train.lean` switch off.
   ours-lean  the same with `train.lean = true` (the exact activation savings of `scedit_cli.lean`).
@@ -45,7 +46,6 @@ from pathlib import Path
 
 SIDES = ("swift", "ours", "ours-lean", "ours-lean-stock-conv")
 MARK = "BENCH_PEERS_RESULT "
-SWIFT_DIMS = [1280, 1280, 1280, 1280, 1280, 640, 640, 640, 320, 320, 320, 320]  # SD 1.5's up-block skips
 SWIFT_TARGETS = r"^up_blocks\.\d+\.resnets\.\d+$"
 
 
@@ -65,12 +65,20 @@ def _inputs(unet, a, device):
     return [x.to(device) for x in (noisy, ehs, target)] + [t.to(device)]
 
 
+def swift_dims(unet) -> list[int]:
+    """The channels of the skip each up-block resnet receives, in the order the resnets run."""
+    from scedit_cli.tuners import SkipLayout
+
+    return list(reversed(SkipLayout.from_unet(unet).channels))
+
+
 def _setup_swift(unet, device, frozen_dtype):
     import torch
     from swift.tuners import SCETuningConfig, Swift
 
+    dims = swift_dims(unet)
     unet.to(device=device, dtype=frozen_dtype)
-    model = Swift.prepare_model(unet, SCETuningConfig(dims=SWIFT_DIMS, target_modules=SWIFT_TARGETS))
+    model = Swift.prepare_model(unet, SCETuningConfig(dims=dims, target_modules=SWIFT_TARGETS))
     model.to(device)
     params = [p for p in model.parameters() if p.requires_grad]
     for p in params:  # trainable weights in fp32, as ours (they were made after the cast, so they are)
@@ -107,7 +115,13 @@ def worker(a) -> dict:
     autocast = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(a.precision)
     frozen = autocast or torch.float32
     t0 = time.perf_counter()
-    unet = build_unet("sd15", "cuda" if device.type == "cuda" else "cpu", seed=a.seed)
+    if a.unet_config:
+        from diffusers import UNet2DConditionModel
+
+        torch.manual_seed(a.seed)
+        unet = UNet2DConditionModel.from_config(json.loads(Path(a.unet_config).read_text()))
+    else:
+        unet = build_unet("sd15", "cuda" if device.type == "cuda" else "cpu", seed=a.seed)
     unet.requires_grad_(False)
     if a.worker == "swift":
         model, modules, params, optimizer = _setup_swift(unet, device, frozen)
@@ -141,7 +155,8 @@ def worker(a) -> dict:
 def _run_side(side: str, python: str, a, env) -> dict:
     cmd = [python, str(Path(__file__).resolve()), "--worker", side, "--device", a.device, "--resolution",
            str(a.resolution), "--batch", str(a.batch), "--threads", str(a.threads), "--steps", str(a.steps),
-           "--warmup", str(a.warmup), "--seed", str(a.seed), "--precision", a.precision]
+           "--warmup", str(a.warmup), "--seed", str(a.seed), "--precision", a.precision,
+           *(["--unet-config", a.unet_config] if a.unet_config else [])]
     load_before = os.getloadavg()
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
@@ -197,7 +212,8 @@ def chart(result: dict, path: Path) -> None:
         ax.set_title(title, fontsize=9)
     st = result["settings"]
     where = result["machine"].get("gpu") or result["machine"].get("cpu", "")
-    fig.suptitle(f"SC-Tuner vs ms-swift SCETuning: SD 1.5 U-Net (random weights), {st['resolution']} px, batch "
+    unet = f"U-Net of {Path(st['unet_config']).name}" if st.get("unet_config") else "SD 1.5 U-Net"
+    fig.suptitle(f"SC-Tuner vs ms-swift SCETuning: {unet} (random weights), {st['resolution']} px, batch "
                  f"{st['batch']}, {st['precision']}, {st['threads']} threads\n{where}", fontsize=9)
     fig.tight_layout()
     tmp = path.with_name(path.name + ".tmp")
@@ -263,6 +279,7 @@ def main(argv=None) -> None:
     p.add_argument("--steps", type=int, default=2, help="timed steps per side and round")
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--unet-config", help="a diffusers U-Net config.json instead of SD 1.5's (random weights)")
     p.add_argument("--out", help="write OUT.json and OUT.png")
     p.add_argument("--worker", choices=SIDES, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
