@@ -20,7 +20,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import shlex
 import statistics
+import sys
 import time
 from unittest import mock
 
@@ -29,6 +31,7 @@ import torch
 from scedit_cli.architectures import build_unet, unet_config
 from scedit_cli.metrics.dispatch import OpCounter
 from scedit_cli.bench.sampling import set_up_variant, variant_tuners
+from scedit_cli.fsutil import write_json_atomic
 from scedit_cli.models import BaseModel
 from scedit_cli.tuners import CSCTuner, SkipLayout, attach, detach, fused
 
@@ -83,7 +86,7 @@ def path(name: str):
         yield
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--arch", default="sd15")
     ap.add_argument("--resolution", type=int, default=512)
@@ -93,7 +96,7 @@ def main() -> None:
     ap.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"])
     ap.add_argument("--tiny", action="store_true", help="channels 8/16/32/32: host time only (see above)")
     ap.add_argument("--out", default=None, help="JSON file to write")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[args.dtype]
     unet = build_unet(args.arch, device="meta") if not args.tiny else tiny_unet(args.arch)
     layout = SkipLayout.from_unet(unet)
@@ -126,12 +129,15 @@ def main() -> None:
         detach(unet)
         rows.append(row)
         print(json.dumps(row), flush=True)
-    result = {"arch": args.arch + (" (tiny widths)" if args.tiny else ""), "resolution": args.resolution, "batch": args.batch, "dtype": args.dtype,
+    argv = sys.argv[1:] if argv is None else argv
+    result = {"command": shlex.join(["python", "benchmarks/bench_skip_edit.py", *argv]),
+              "arch": args.arch + (" (tiny widths)" if args.tiny else ""), "resolution": args.resolution,
+              "batch": args.batch, "dtype": args.dtype,
               "device": args.device if not args.device.startswith("cuda") else torch.cuda.get_device_name(),
               "torch_threads": torch.get_num_threads(), "repeats": args.repeats, "rows": rows}
     if args.out:
-        with open(args.out, "w") as f:
-            json.dump(result, f, indent=2)
+        write_json_atomic(args.out, result)
+    return result
 
 
 if __name__ == "__main__":
