@@ -7,25 +7,19 @@ configuration ms-swift's README gives for SD 1.5.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
-from pathlib import Path
 
 import pytest
+from bench_scripts import load_script
 from tiny_models import tiny_unet_config
 
 from scedit_cli.architectures import build_unet
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_peers.py"
-
 
 @pytest.fixture(scope="module")
 def bench_peers():
-    spec = importlib.util.spec_from_file_location("bench_peers", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("bench_peers")
 
 
 def test_swift_is_given_sd15s_skip_channels_in_decoder_order(bench_peers):

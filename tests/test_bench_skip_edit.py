@@ -2,21 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
-
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_skip_edit.py"
+from bench_scripts import load_script
 
 
 @pytest.fixture(scope="module")
 def bench_skip_edit():
-    spec = importlib.util.spec_from_file_location("bench_skip_edit", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("bench_skip_edit")
 
 
 @pytest.mark.parametrize("dtype", ["fp32", "fp16"])  # fp16: what gpu_check.sh's `edit` stage runs

@@ -2,24 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import runpy
-import sys
-from pathlib import Path
 
 import pytest
+from bench_scripts import exit_code_as_main, load_script
 from tiny_models import tiny_unet_config
-
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "peak_probe.py"
 
 
 @pytest.fixture(scope="module")
 def peak_probe():
-    spec = importlib.util.spec_from_file_location("peak_probe", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("peak_probe")
 
 
 @pytest.fixture
@@ -57,10 +49,8 @@ def test_a_method_that_fails_is_reported_and_the_exit_code_is_1(tmp_path, monkey
         raise RuntimeError("no memory left")
 
     monkeypatch.setattr(runner, "setup_method", broken)
-    monkeypatch.setattr(sys, "argv", [str(SCRIPT), "--device", "cpu", "--unet-config", str(tiny_config),
-                                      "--methods", "SCEdit", "--out", str(tmp_path / "probe.json")])
-    with pytest.raises(SystemExit) as done:
-        runpy.run_path(str(SCRIPT), run_name="__main__")
-    assert done.value.code == 1
+    argv = ["--device", "cpu", "--unet-config", str(tiny_config), "--methods", "SCEdit",
+            "--out", str(tmp_path / "probe.json")]
+    assert exit_code_as_main("peak_probe", argv, monkeypatch) == 1
     assert json.loads((tmp_path / "probe.json").read_text())["methods"] == {
         "SCEdit": {"error": "RuntimeError: no memory left"}}

@@ -2,22 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
+from bench_scripts import exit_code_as_main, load_script
 from tiny_models import tiny_unet_config
-
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "step_profile.py"
 
 
 @pytest.fixture(scope="module")
 def step_profile():
-    spec = importlib.util.spec_from_file_location("step_profile", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("step_profile")
 
 
 @pytest.mark.parametrize("op, expected", [
@@ -54,9 +48,6 @@ def test_profile_of_a_tiny_training_step(tmp_path, step_profile):
 
 
 def test_a_method_that_fails_is_reported_and_the_exit_code_is_1(tmp_path, monkeypatch):
-    import runpy
-    import sys
-
     import scedit_cli.bench.runner as runner
 
     def broken(spec, factory, settings):
@@ -65,10 +56,7 @@ def test_a_method_that_fails_is_reported_and_the_exit_code_is_1(tmp_path, monkey
     config = tmp_path / "unet.json"
     config.write_text(json.dumps(tiny_unet_config("sd15")))
     monkeypatch.setattr(runner, "setup_method", broken)
-    monkeypatch.setattr(sys, "argv", [str(SCRIPT), "--device", "cpu", "--unet-config", str(config),
-                                      "--methods", "SCEdit", "--out", str(tmp_path / "p")])
-    with pytest.raises(SystemExit) as done:
-        runpy.run_path(str(SCRIPT), run_name="__main__")
-    assert done.value.code == 1
+    argv = ["--device", "cpu", "--unet-config", str(config), "--methods", "SCEdit", "--out", str(tmp_path / "p")]
+    assert exit_code_as_main("step_profile", argv, monkeypatch) == 1
     assert json.loads((tmp_path / "p.json").read_text())["methods"] == {
         "SCEdit": {"error": "RuntimeError: no memory left"}}
