@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import importlib
+import json
 import os
 import subprocess
 import sys
 
 import pytest
+from PIL import Image
 
 
 def _scedit(*args, timeout=300):
@@ -163,9 +165,27 @@ def test_a_mistyped_model_path_is_reported_before_torch_is_imported(tmp_path, co
     (["eval", "--fid", "--generated", "gen", "--reference", "."], "--generated gen: no such folder"),
     (["eval", "--control", "--generated", "gen"], "--generated gen: no such folder"),
     (["eval", "--fid", "--generated", ".", "--reference", "ref.npz"], "--reference ref.npz: no such folder or file"),
+    # which tuner reads which image, from the tuners' config files
+    (["sample", "-m", ".", "-p", "x", "-o", "o", "-t", "csc"], "CSC-Tuner csc needs a 'canny' condition image"),
+    (["sample", "-m", ".", "-p", "x", "-o", "o", "-t", "sc", "-c", "canny:e.png"],
+     "--control canny:e.png: no loaded CSC-Tuner was trained for 'canny' (loaded: none)"),
+    (["sample", "-m", ".", "-p", "x", "-o", "o", "-t", "csc", "-t", "csc2", "-c", "canny:e.png"],
+     "several CSC-Tuners are trained for the same condition 'canny'"),
+    (["compose", "-m", ".", "-p", "x", "-o", "o", "-t", "csc", "-t", "sc", "-c", "canny:e.png", "--sweep", "3"],
+     "--sweep interpolates between exactly two conditions; 1 given"),
+    (["sample", "-m", ".", "-p", "x", "-o", "o", "-t", "bad.png"], "bad.png: not a readable safetensors file"),
+    (["sample", "-m", ".", "-p", "x", "-o", "o", "-t", "csc", "-c", "canny:bad.png"],
+     "bad.png: cannot read control image (cannot identify image file"),
 ])
 def test_a_usage_error_is_reported_before_torch_is_imported(tmp_path, args, message):
     (tmp_path / "good.toml").write_text(_RECIPE.replace('name = "csc"\nconditions = ["canny"]', 'name = "sc"'))
+    for name, method, condition in (("csc", "csc", "canny"), ("csc2", "csc", "canny"), ("sc", "sc", None)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "tuner.safetensors").write_bytes(b"")  # only the config is read before torch loads
+        config = {"format": "scedit-tuner", "method": method, "config": {"condition": condition}}
+        (tmp_path / name / "tuner_config.json").write_text(json.dumps(config))
+    Image.new("RGB", (8, 8)).save(tmp_path / "e.png")
+    (tmp_path / "bad.png").write_bytes(b"not an image")
     p = _scedit_noting_torch(*args, cwd=tmp_path)
     assert p.returncode == 2 and message in p.stderr, p.stderr
     assert p.stdout == "False\n"

@@ -107,7 +107,20 @@ def open_image(path: Path, what: str = "control image") -> Image.Image:
             im.load()
             return to_rgb8(im).copy()
     except (UnidentifiedImageError, OSError, ValueError) as e:
-        raise SceditError(f"{path}: cannot read {what} ({e}); give a PNG or JPEG file") from None
+        raise _unreadable(path, what, e) from None
+
+
+def check_image_header(path: Path, what: str = "control image") -> None:
+    """Refuse a file PIL does not take for an image, from its header alone (what `open_image` reads later)."""
+    try:
+        with Image.open(path):
+            pass
+    except (UnidentifiedImageError, OSError, ValueError) as e:
+        raise _unreadable(path, what, e) from None
+
+
+def _unreadable(path: Path, what: str, e: Exception) -> SceditError:
+    return SceditError(f"{path}: cannot read {what} ({e}); give a PNG or JPEG file")
 
 
 def fit_to(image: Image.Image, width: int, height: int, resample=Image.BICUBIC) -> Image.Image:

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING
 
 from ..conditions import MASKED_CONDITIONS
 from ..errors import SceditError
+from .binding import bind_controls, tuner_facts
 from .controls import ControlSpec
 from .jobs import Job, SampleResult, SampleSettings, as_prompts, prompt_jobs
 from .preflight import check_inputs
@@ -72,6 +73,7 @@ def sample(
     settings.validate()
     prompts = as_prompts(prompts)
     tuners = check_inputs(tuners, [*controls, *(c for p in prompts for c in p.controls)], out)
+    _run_controls(tuner_facts(tuners), controls, prompts)  # its mistakes before anything loads
     base, loaded = _load(model, tuners, device, dtype)
     rc = _run_controls(loaded, controls, prompts)
     jobs = []
@@ -100,10 +102,9 @@ class _RunControls:
         return tuple(k if i == keep else self.own[index].get(i, k) for i, k in enumerate(ctrl))
 
 
-def _run_controls(loaded: Sequence[SkipTuner], controls: Sequence[ControlSpec], prompts: Sequence[PromptSpec],
+def _run_controls(loaded: Sequence, controls: Sequence[ControlSpec], prompts: Sequence[PromptSpec],
                   allow_repeats: bool = False) -> _RunControls:
-    from .inputs import bind_controls
-
+    """The run's condition images bound to the tuners (`loaded`: loaded tuners, or their `TunerFacts`)."""
     by_condition: dict[str, int] = {}
     for i, t in enumerate(loaded):
         if _is_csc(t):
@@ -169,17 +170,19 @@ def compose(
     if sweep is not None and sweep < 2:
         raise SceditError(f"--sweep {sweep}: need at least 2 images to interpolate")
     tuners = check_inputs(tuners, [*controls, *(c for p in prompts for c in p.controls)], out)
+    facts = tuner_facts(tuners)  # its mistakes before anything loads
+    csc = [i for i, t in enumerate(facts) if _is_csc(t)]
+    if sweep is not None and len(csc) != 2:
+        raise SceditError(f"--sweep interpolates between exactly two conditions; {len(csc)} given")
+    _run_controls(facts, controls, prompts, allow_repeats=sweep is None)
     base, loaded = _load(model, tuners, device, dtype)
     rc = _run_controls(loaded, controls, prompts, allow_repeats=sweep is None)
     binding = rc.binding
-    csc = [i for i, t in enumerate(loaded) if _is_csc(t)]
 
     # variants: (weights per tuner, control per tuner)
     variants: list[tuple[tuple[float, ...], tuple[int | None, ...]]] = []
     repeated = None
     if sweep is not None:
-        if len(csc) != 2:
-            raise SceditError(f"--sweep interpolates between exactly two conditions; {len(csc)} given")
         a, b = csc
         for k in range(sweep):
             t = k / (sweep - 1)

@@ -1,6 +1,6 @@
 """The inputs of a sampling run, loaded and checked before the images are made: the device, the base model,
-the tuners (refused when built for another U-Net or VAE) and which control image feeds which CSC-Tuner
-(what is checked before anything loads is in `preflight.py`)."""
+the tuners (refused when built for another U-Net or VAE); which control image feeds which CSC-Tuner is
+`binding.py`'s, and what is checked before anything loads is in `preflight.py`."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ from ..models import BaseModel, load_base, same_base
 from ..precision import inference_dtype
 from ..tuners import CSCTuner, SkipTuner, load_tuner
 from ..tuners.hub import resolve_tuner_source
-from .controls import ControlSpec, file_digest, known_condition_names
+from .binding import check_one_tuner_per_condition
+from .controls import file_digest
 from .manifest import fingerprint
 
 
@@ -54,13 +55,7 @@ def load_tuners(paths: Sequence[str | Path | SkipTuner], base: BaseModel) -> lis
         if not isinstance(p, SkipTuner):
             tuner.source_path = str(p)
         tuners.append(tuner)
-    conds = [t.config.condition for t in tuners if isinstance(t, CSCTuner)]
-    dup = sorted({c for c in conds if conds.count(c) > 1})
-    if dup:
-        raise SceditError(
-            f"several CSC-Tuners are trained for the same condition {dup[0]!r}; "
-            "pass one tuner per condition (so each --control finds its tuner)"
-        )
+    check_one_tuner_per_condition(tuners)
     return tuners
 
 
@@ -78,48 +73,3 @@ def tuner_record(t: SkipTuner) -> dict:
             {k: float(v.double().sum()) for k, v in t.state_dict().items()}
         )
     return rec
-
-
-def bind_controls(tuners: list[SkipTuner], controls: Sequence[ControlSpec], allow_repeats: bool = False,
-                  provided: set[int] = frozenset()) -> dict[int, list[int]]:
-    """For each CSC-Tuner (by position), the indices of the controls that feed it; those in `provided` (every
-    prompt has its own image) may have none."""
-    csc = {i: t.config.condition for i, t in enumerate(tuners) if isinstance(t, CSCTuner)}
-    loaded = sorted(set(csc.values()))
-    binding: dict[int, list[int]] = {i: [] for i in csc}
-    for k, spec in enumerate(controls):
-        match = [i for i, c in csc.items() if c == spec.name]
-        if not match and spec.name == "outpaint":  # an inpainting tuner outpaints too (paper Fig. 10)
-            match = [i for i, c in csc.items() if c == "inpaint"]
-        if not match:
-            known = known_condition_names()
-            if spec.name not in known and spec.name not in loaded:
-                raise SceditError(
-                    f"--control {spec.name}:...: unknown condition {spec.name!r}; known conditions: "
-                    f"{', '.join(known)}"
-                )
-            raise SceditError(
-                f"--control {spec.name}:{spec.path}: no loaded CSC-Tuner was trained for {spec.name!r} "
-                f"(loaded: {', '.join(loaded) or 'none'}); add its tuner with --tuner"
-            )
-        binding[match[0]].append(k)
-    for i, ks in binding.items():
-        name = csc[i]
-        if not ks and i not in provided:
-            raise SceditError(
-                f"CSC-Tuner {tuners[i].source_path or i} needs a {name!r} condition image: "
-                f"pass --control {name}:IMAGE (or --control-map {name}:MAP), or give every prompt its own "
-                f"(`control_map` in a .jsonl prompts file)"
-            )
-        if len(ks) > 1 and not allow_repeats:
-            raise SceditError(
-                f"{len(ks)} condition images given for {name!r}; `scedit sample` takes one per condition "
-                "(use `scedit compose` for several maps of one condition)"
-            )
-    repeated = [i for i, ks in binding.items() if len(ks) > 1]
-    if len(repeated) > 1:
-        raise SceditError(
-            "only one condition may be given several images (one image per variant, Fig. 9a); got several for "
-            + ", ".join(repr(csc[i]) for i in repeated)
-        )
-    return binding

@@ -1,6 +1,6 @@
 """What a sampling run checks before anything loads (the base model takes seconds to minutes, torch
 itself seconds): the output folder, that each tuner is there (a Hub id is fetched or found in the
-cache), the control images and the mask options. Needs no torch."""
+cache), that the control images are there and are images, and the mask options. Needs no torch."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 from ..errors import SceditError
 from ..fsutil import check_output_location
 from ..tuners.hub import resolve_tuner_source
-from .controls import ControlSpec
+from .controls import ControlSpec, check_image_header
 from .masked import check_masked
 
 
@@ -23,5 +23,6 @@ def check_inputs(tuners: Sequence, controls: Sequence[ControlSpec], out: str | P
     for c in controls:
         if not c.path.is_file():
             raise SceditError(f"{c.path}: control image not found (--control {c.name}:{c.path})")
+        check_image_header(c.path)
     check_masked(controls)
     return resolved

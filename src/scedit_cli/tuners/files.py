@@ -4,6 +4,7 @@ finding a tuner (`hub.py`) or checking where one goes needs these before anythin
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from ..errors import SceditError
@@ -11,6 +12,7 @@ from ..errors import SceditError
 WEIGHTS_NAME = "tuner.safetensors"
 CONFIG_NAME = "tuner_config.json"
 CARD_NAME = "README.md"
+TUNER_METHODS = ("sc", "csc")  # the methods a tuner config may record (`registry.TUNER_TYPES` builds them)
 
 
 def is_tuner_folder(path: Path) -> bool:
@@ -29,3 +31,44 @@ def check_tuner_destination(path: Path, overwrite: bool, option: str) -> None:
     if not overwrite:
         raise SceditError(f"{option} {path}: already holds a tuner; pass --overwrite to replace it, "
                           "or choose another folder")
+
+
+def read_tuner_meta(path: Path) -> tuple[dict, Path]:
+    """A tuner's config (its folder's `tuner_config.json`, or the metadata of a lone `.safetensors`) and its
+    weights file; refuses what is not a scedit tuner of a known method."""
+    path = Path(path)
+    if path.is_dir():
+        weights = path / WEIGHTS_NAME
+        cfg = path / CONFIG_NAME
+        if not weights.is_file():
+            raise SceditError(f"{path}: no {WEIGHTS_NAME} in this folder; is it a scedit tuner folder?")
+        if cfg.is_file():
+            try:
+                return _known(json.loads(cfg.read_text()), cfg), weights
+            except json.JSONDecodeError as e:
+                raise SceditError(f"{cfg}: not valid JSON ({e.msg} at line {e.lineno}); re-save the tuner") from None
+        path = weights
+    if not path.is_file():
+        raise SceditError(f"{path}: tuner file not found; pass a tuner folder or its {WEIGHTS_NAME}")
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), "np") as f:  # the header only; "np" needs no torch
+            raw = (f.metadata() or {}).get("scedit")
+    except Exception as e:  # safetensors raises several exception types
+        raise SceditError(f"{path}: not a readable safetensors file ({e}); tuners are saved with `scedit train`") from None
+    if raw is None:
+        raise SceditError(
+            f"{path}: safetensors file without scedit metadata; official SCEdit checkpoints must be converted "
+            "first with `scedit convert`"
+        )
+    return _known(json.loads(raw), path), path
+
+
+def _known(meta: dict, path: Path) -> dict:
+    if meta.get("format") != "scedit-tuner":
+        raise SceditError(f"{path}: not a scedit tuner config (missing format: scedit-tuner)")
+    if meta.get("method") not in TUNER_METHODS:
+        raise SceditError(f"{path}: unknown tuner method {meta.get('method')!r}; this scedit knows "
+                          f"{', '.join(TUNER_METHODS)}")
+    return meta

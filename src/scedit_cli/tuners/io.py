@@ -18,9 +18,9 @@ from .. import __version__
 from ..errors import SceditError
 from ..fsutil import atomic_dir, write_json_atomic
 from .base import SkipTuner
-from .files import CONFIG_NAME, WEIGHTS_NAME, check_tuner_destination
+from .files import CONFIG_NAME, WEIGHTS_NAME, check_tuner_destination, read_tuner_meta
 from .layout import SkipLayout
-from .registry import TUNER_TYPES, build_tuner
+from .registry import build_tuner
 
 FORMAT_VERSION = 1
 
@@ -53,33 +53,6 @@ def save_tuner(tuner: SkipTuner, path: str | Path, base: str | None = None, extr
     return path
 
 
-def _read_meta(path: Path) -> tuple[dict, Path]:
-    if path.is_dir():
-        weights = path / WEIGHTS_NAME
-        cfg = path / CONFIG_NAME
-        if not weights.is_file():
-            raise SceditError(f"{path}: no {WEIGHTS_NAME} in this folder; is it a scedit tuner folder?")
-        if cfg.is_file():
-            try:
-                return json.loads(cfg.read_text()), weights
-            except json.JSONDecodeError as e:
-                raise SceditError(f"{cfg}: not valid JSON ({e.msg} at line {e.lineno}); re-save the tuner") from None
-        path = weights
-    if not path.is_file():
-        raise SceditError(f"{path}: tuner file not found; pass a tuner folder or its {WEIGHTS_NAME}")
-    try:
-        with safe_open(str(path), "pt") as f:
-            raw = (f.metadata() or {}).get("scedit")
-    except Exception as e:  # safetensors raises several exception types
-        raise SceditError(f"{path}: not a readable safetensors file ({e}); tuners are saved with `scedit train`") from None
-    if raw is None:
-        raise SceditError(
-            f"{path}: safetensors file without scedit metadata; official SCEdit checkpoints must be converted "
-            "first with `scedit convert`"
-        )
-    return json.loads(raw), path
-
-
 def is_tuner_file(path: str | Path) -> bool:
     """Whether `path` is a scedit tuner (a folder with tuner.safetensors, or a .safetensors with scedit
     metadata), as opposed to an official checkpoint that `scedit convert` reads."""
@@ -100,12 +73,8 @@ def load_tuner(path: str | Path, unet: torch.nn.Module | None = None, device="cp
     """Load a tuner file; with `unet` (or `model_layout`, the skip layout of the model it is for),
     refuse it unless its skip layout matches."""
     path = Path(path)
-    meta, weights = _read_meta(path)
-    if meta.get("format") != "scedit-tuner":
-        raise SceditError(f"{path}: not a scedit tuner config (missing format: scedit-tuner)")
-    method = meta.get("method")
-    if method not in TUNER_TYPES:
-        raise SceditError(f"{path}: unknown tuner method {method!r}; this scedit knows {', '.join(TUNER_TYPES)}")
+    meta, weights = read_tuner_meta(path)
+    method = meta["method"]
     try:
         layout = SkipLayout.from_dict(meta["layout"])
     except (KeyError, TypeError) as e:
