@@ -221,6 +221,28 @@ def test_cli_prepare_json_and_errors(tmp_path, capsys):
     assert (mask[:, : mask.shape[1] // 2] == 255).all() and (mask[:, mask.shape[1] // 2 + 1 :] == 0).all()
 
 
+def test_cli_a_dataset_with_no_row_is_an_error_after_its_report(tmp_path, capsys):
+    # every input unreadable: the summary and report are written, then one error line and exit 2 (a script
+    # that goes on to `scedit train` would fail there, later and less clearly)
+    src = tmp_path / "in"
+    src.mkdir()
+    (src / "a.png").write_bytes(b"not a png")
+    (src / "b.jpg").write_bytes(b"nor a jpeg")
+    out = tmp_path / "o"
+    with pytest.raises(SystemExit) as e:
+        main(["prepare", "-c", "canny", "-i", str(src), "-o", str(out), "--json"])
+    captured = capsys.readouterr()
+    assert e.value.code == 2
+    assert json.loads(captured.out)["rows_out"] == 0 and json.loads(captured.out)["skipped"] == 2
+    assert captured.err.strip() == (f"error: {out}: the dataset has no rows, all 2 input records were skipped "
+                                    f"(unsupported: 2); {out / 'prepare-report.json'} gives each one's reason")
+    assert json.loads((out / "prepare-report.json").read_text())["skipped"] == 2
+    # one good image is a dataset (the others still skipped and listed): exit 0
+    make_images(src, 1)
+    main(["prepare", "-c", "canny", "-i", str(src), "-o", str(tmp_path / "o2")])
+    assert "1 rows ready, 2 skipped" in capsys.readouterr().err
+
+
 def test_pool_choice():
     assert choose_pool("auto", 1, 10**6) == "inline" and choose_pool("processes", 1, 10) == "inline"
     assert choose_pool("auto", 2, 10**6) == "threads"  # two threads keep two cores busy, no start-up

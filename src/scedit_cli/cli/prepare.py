@@ -82,7 +82,15 @@ def prepare_conditions(
     summary = prepare_to(cfg, output_format, shard_size)
     if json_out:
         print_json(summary.to_dict())
-        return
+    else:
+        _say_summary(summary, condition, workers, output, shard)
+    if summary.rows_out == 0 and summary.skipped and (summary.metadata or summary.webdataset):
+        reasons = ", ".join(f"{k}: {v}" for k, v in summary.skipped_by_reason.items())
+        raise SceditError(f"{output}: the dataset has no rows, all {summary.skipped} input records were skipped "
+                          f"({reasons}); {output / 'prepare-report.json'} gives each one's reason")
+
+
+def _say_summary(summary, condition: str, workers: int, output: Path, shard: str) -> None:
     info(
         f"{condition}: {summary.rows_out} rows ready, {summary.skipped} skipped "
         f"({', '.join(f'{k}: {v}' for k, v in summary.skipped_by_reason.items()) or 'none'}); "
