@@ -252,6 +252,11 @@ def test_bad_checkpoints_are_refused_clearly(tiny, tmp_path):
     torch.save({"0." + k: v for k, v in _official_csc(sdxl_layout, 3).state_dict().items()}, tmp_path / "xl.bin")
     with pytest.raises(SceditError, match="base it was trained on"):
         convert_checkpoint(tmp_path / "xl.bin", tmp_path / "o", model=model, condition="canny")
+    # a scedit tuner (folder, or its lone safetensors with our metadata) needs no conversion
+    convert_checkpoint(tmp_path / "ctr.bin", tmp_path / "ours", model=model, condition="canny")
+    for ours in (tmp_path / "ours", tmp_path / "ours" / "tuner.safetensors"):
+        with pytest.raises(SceditError, match=f"^{ours}: already a scedit tuner; use it as it is"):
+            convert_checkpoint(ours, tmp_path / "o", model=model)
     assert not (tmp_path / "o").exists()
 
 

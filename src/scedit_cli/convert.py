@@ -36,7 +36,7 @@ from .fsutil import read_torch_weights
 from .hubutil import check_model_source
 from .tuners.card import CardFacts, write_model_card
 from .tuners.config import PRE_HINT_CHANNELS, CSCTunerConfig, SCTunerConfig, pre_hint_channels
-from .tuners.files import check_tuner_destination
+from .tuners.files import check_tuner_destination, is_tuner_file
 
 if TYPE_CHECKING:  # torch loads once the arguments and paths have been checked
     import torch
@@ -366,6 +366,8 @@ def convert_checkpoint(
     """Convert an official SCEdit checkpoint to a scedit tuner folder at `out` (a tuner already
     there is replaced only with `overwrite`)."""
     out = Path(out).expanduser()
+    if is_tuner_file(Path(src).expanduser()):
+        raise SceditError(f"{src}: already a scedit tuner; use it as it is (--tuner {src}), there is nothing to convert")
     if out.resolve() in Path(src).expanduser().resolve().parents:
         raise SceditError(f"--out {out}: holds the source checkpoint {src}; choose a new folder")
     check_tuner_destination(out, overwrite, "--out")

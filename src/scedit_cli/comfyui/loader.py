@@ -16,7 +16,8 @@ from ..convert import PICKLE_SUFFIXES, is_control_checkpoint, read_state_dict, t
 from ..errors import SceditError
 from ..tuners import SkipLayout, SkipTuner
 from ..tuners.hub import resolve_tuner_source
-from ..tuners.io import is_tuner_file, load_tuner
+from ..tuners.files import is_tuner_file
+from ..tuners.io import load_tuner
 
 FOLDER = "scedit"
 EXTENSIONS = {".safetensors", *PICKLE_SUFFIXES}

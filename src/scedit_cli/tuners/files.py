@@ -72,3 +72,20 @@ def _known(meta: dict, path: Path) -> dict:
         raise SceditError(f"{path}: unknown tuner method {meta.get('method')!r}; this scedit knows "
                           f"{', '.join(TUNER_METHODS)}")
     return meta
+
+
+def is_tuner_file(path: str | Path) -> bool:
+    """Whether `path` is a scedit tuner (a folder with tuner.safetensors, or a .safetensors with scedit
+    metadata), as opposed to an official checkpoint that `scedit convert` reads."""
+    path = Path(path)
+    if path.is_dir():
+        return (path / WEIGHTS_NAME).is_file()
+    if path.suffix != ".safetensors" or not path.is_file():
+        return False
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), "np") as f:
+            return "scedit" in (f.metadata() or {})
+    except Exception:  # not readable as safetensors: let the loader that handles it report why
+        return False

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
-from safetensors import safe_open
 
 from .. import __version__
 from ..errors import SceditError
@@ -51,21 +50,6 @@ def save_tuner(tuner: SkipTuner, path: str | Path, base: str | None = None, extr
         save_file(state, str(tmp / WEIGHTS_NAME), metadata={"scedit": json.dumps(meta)})
         write_json_atomic(tmp / CONFIG_NAME, meta)
     return path
-
-
-def is_tuner_file(path: str | Path) -> bool:
-    """Whether `path` is a scedit tuner (a folder with tuner.safetensors, or a .safetensors with scedit
-    metadata), as opposed to an official checkpoint that `scedit convert` reads."""
-    path = Path(path)
-    if path.is_dir():
-        return (path / WEIGHTS_NAME).is_file()
-    if path.suffix != ".safetensors" or not path.is_file():
-        return False
-    try:
-        with safe_open(str(path), "pt") as f:
-            return "scedit" in (f.metadata() or {})
-    except Exception:  # not readable as safetensors: let the loader that handles it report why
-        return False
 
 
 def load_tuner(path: str | Path, unet: torch.nn.Module | None = None, device="cpu",
