@@ -117,6 +117,7 @@ output_dir = "out"
     ("missing data", "data: dataset not found; check data.source"),
     ("empty data folder", "data: no metadata.jsonl, *.parquet or *.jsonl in this folder"),
     ("missing model", "model: model file or folder not found"),
+    ("another run", "out: holds another run's checkpoints (up to step 10); continue that run with --resume latest"),
 ])
 def test_a_bad_recipe_or_source_is_reported_before_torch_is_imported(tmp_path, bad, message):
     """A wrong path, a TOML typo or a bad setting costs a fraction of a second, not torch's import
@@ -131,6 +132,9 @@ def test_a_bad_recipe_or_source_is_reported_before_torch_is_imported(tmp_path, b
             (tmp_path / "data").mkdir()
         if bad == "missing model":
             (tmp_path / "data" / "metadata.jsonl").write_text('{"image": "a.png", "text": "x"}\n')
+        if bad == "another run":
+            (tmp_path / "out" / "checkpoints" / "step-00000010").mkdir(parents=True)
+            (tmp_path / "out" / "checkpoints" / "step-00000010" / "state.json").write_text("{}")
     p = _scedit_noting_torch("train", str(r))
     assert p.returncode == 2 and message in p.stderr, p.stderr
     assert p.stdout == "False\n"

@@ -35,6 +35,10 @@ def train_command(
         from ..fsutil import check_output_location
 
         check_output_location(r.train.output_dir, f"{r.path}: train.output_dir")
+        if resume is None:
+            from ..training.rundir import check_fresh_run
+
+            check_fresh_run(Path(r.train.output_dir), overwrite)
         r.check_sources()
     from ..training import train
 

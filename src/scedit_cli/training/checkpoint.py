@@ -16,7 +16,6 @@ files are all that resuming needs.
 from __future__ import annotations
 
 import json
-import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,26 +26,9 @@ from safetensors.torch import load_file, save_file
 
 from ..errors import SceditError
 from ..fsutil import atomic_dir
+from .checkpoint_files import checkpoint_root, list_checkpoints
 
-CHECKPOINTS = "checkpoints"
 SHARDED = "accelerate"  # a sharded run's optimizer (and model) state, in accelerate's save_state layout
-_NAME = re.compile(r"^step-(\d+)$")
-
-
-def checkpoint_root(output_dir: str | Path) -> Path:
-    return Path(output_dir) / CHECKPOINTS
-
-
-def list_checkpoints(output_dir: str | Path) -> list[tuple[int, Path]]:
-    root = checkpoint_root(output_dir)
-    if not root.is_dir():
-        return []
-    out = []
-    for p in root.iterdir():
-        m = _NAME.match(p.name)
-        if m and p.is_dir() and (p / "state.json").is_file():
-            out.append((int(m.group(1)), p))
-    return sorted(out)
 
 
 def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict, list]:

@@ -266,7 +266,8 @@ def checkpoint(run: Run, step: int) -> None:
     """The main process writes the checkpoint of `step` (once); every process waits for it. Under
     FSDP / DeepSpeed every process first saves its optimizer shard (accelerate's `save_state`) and
     the weights are gathered whole for our own file."""
-    from .checkpoint import checkpoint_root, save_checkpoint
+    from .checkpoint import save_checkpoint
+    from .checkpoint_files import checkpoint_root
     from .distributed import gathered_weights, is_sharded, whole_weights
 
     r, acc = run.r, run.acc

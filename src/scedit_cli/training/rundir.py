@@ -17,7 +17,7 @@ from pathlib import Path
 from ..errors import SceditError
 from ..fsutil import remove_paths
 from ..recipes import SECTIONS
-from .checkpoint import CHECKPOINTS, list_checkpoints
+from .checkpoint_files import CHECKPOINTS, list_checkpoints
 
 # What the loop itself writes into the output folder (the method writes its weights beside them).
 RUN_FILES = (CHECKPOINTS, "samples", "ema", "loss.png", "tensorboard")
