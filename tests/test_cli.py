@@ -118,6 +118,8 @@ output_dir = "out"
     ("empty data folder", "data: no metadata.jsonl, *.parquet or *.jsonl in this folder"),
     ("missing model", "model: model file or folder not found"),
     ("another run", "out: holds another run's checkpoints (up to step 10); continue that run with --resume latest"),
+    ("resume nothing", "--resume latest: no checkpoint under"),
+    ("resume changed", "step-00000010: the recipe differs from the one this checkpoint was trained with"),
 ])
 def test_a_bad_recipe_or_source_is_reported_before_torch_is_imported(tmp_path, bad, message):
     """A wrong path, a TOML typo or a bad setting costs a fraction of a second, not torch's import
@@ -132,10 +134,11 @@ def test_a_bad_recipe_or_source_is_reported_before_torch_is_imported(tmp_path, b
             (tmp_path / "data").mkdir()
         if bad == "missing model":
             (tmp_path / "data" / "metadata.jsonl").write_text('{"image": "a.png", "text": "x"}\n')
-        if bad == "another run":
+        if bad in ("another run", "resume changed"):
             (tmp_path / "out" / "checkpoints" / "step-00000010").mkdir(parents=True)
-            (tmp_path / "out" / "checkpoints" / "step-00000010" / "state.json").write_text("{}")
-    p = _scedit_noting_torch("train", str(r))
+            state = {"step": 10, "recipe": {"method": {"name": "sc"}}} if bad == "resume changed" else {}
+            (tmp_path / "out" / "checkpoints" / "step-00000010" / "state.json").write_text(json.dumps(state))
+    p = _scedit_noting_torch("train", str(r), *(["--resume", "latest"] if bad.startswith("resume") else []))
     assert p.returncode == 2 and message in p.stderr, p.stderr
     assert p.stdout == "False\n"
 

@@ -35,10 +35,12 @@ def train_command(
         from ..fsutil import check_output_location
 
         check_output_location(r.train.output_dir, f"{r.path}: train.output_dir")
-        if resume is None:
-            from ..training.rundir import check_fresh_run
+        from ..training.rundir import check_fresh_run, check_resume_before_loading
 
+        if resume is None:
             check_fresh_run(Path(r.train.output_dir), overwrite)
+        else:
+            check_resume_before_loading(Path(r.train.output_dir), resume, r)
         r.check_sources()
     from ..training import train
 

@@ -26,7 +26,7 @@ from safetensors.torch import load_file, save_file
 
 from ..errors import SceditError
 from ..fsutil import atomic_dir
-from .checkpoint_files import checkpoint_root, list_checkpoints
+from .checkpoint_files import checkpoint_root, find_checkpoint, list_checkpoints
 
 SHARDED = "accelerate"  # a sharded run's optimizer (and model) state, in accelerate's save_state layout
 
@@ -79,22 +79,6 @@ def save_checkpoint(output_dir, step: int, method, optimizer, lr_scheduler, scal
         (tmp / "state.json").write_text(json.dumps(full) + "\n")
     for _, old in list_checkpoints(output_dir)[:-keep_last]:
         shutil.rmtree(old, ignore_errors=True)
-    return path
-
-
-def find_checkpoint(output_dir, resume: str) -> Path:
-    """`latest` -> the newest checkpoint under OUTPUT/checkpoints; otherwise a checkpoint folder path."""
-    if resume == "latest":
-        found = list_checkpoints(output_dir)
-        if not found:
-            raise SceditError(
-                f"--resume latest: no checkpoint under {checkpoint_root(output_dir)}; start without --resume"
-            )
-        return found[-1][1]
-    path = Path(resume).expanduser()
-    if not (path / "state.json").is_file():
-        raise SceditError(f"--resume {resume}: not a checkpoint folder (no state.json); pass 'latest' or "
-                          f"a folder such as {checkpoint_root(output_dir)}/step-00001000")
     return path
 
 

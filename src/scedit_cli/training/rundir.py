@@ -17,7 +17,7 @@ from pathlib import Path
 from ..errors import SceditError
 from ..fsutil import remove_paths
 from ..recipes import SECTIONS
-from .checkpoint_files import CHECKPOINTS, list_checkpoints
+from .checkpoint_files import CHECKPOINTS, find_checkpoint, list_checkpoints
 
 # What the loop itself writes into the output folder (the method writes its weights beside them).
 RUN_FILES = (CHECKPOINTS, "samples", "ema", "loss.png", "tensorboard")
@@ -59,6 +59,19 @@ def check_fresh_run(out: Path, overwrite: bool) -> None:
         f"train.output_dir {out}: holds {what}; continue that run with --resume latest, train into another "
         "train.output_dir, or pass --overwrite to start afresh (removes its checkpoints)"
     )
+
+
+def check_resume_before_loading(out: Path, resume: str, recipe) -> None:
+    """What `--resume` can be refused for from the named checkpoint's `state.json` alone: no checkpoint, or a
+    recipe that differs in what is trained. The loop checks again on the checkpoint it reads; a state.json
+    that cannot be read is left to it (it names the file and, with 'latest', resumes the one before)."""
+    path = find_checkpoint(out, resume)
+    try:
+        old = json.loads((path / "state.json").read_text())["recipe"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return
+    if isinstance(old, dict):
+        check_resume_recipe(path, old, recipe.to_dict(), recipe_defaults(recipe))
 
 
 def clear_previous_run(out: Path) -> None:
