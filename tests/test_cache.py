@@ -167,6 +167,30 @@ def test_prepare_cache_cli_then_train_uses_it(tmp_path, sd15):
     assert res.cache.startswith("cache: using")
 
 
+def test_prepare_cache_shows_no_loader_progress_bars(tmp_path, sd15, capfd):
+    """Only our own summary: diffusers' / transformers' / datasets' bars are off as in `scedit train`
+    (switched on first here: another test in this process may have switched them off)."""
+    import datasets
+    from diffusers.utils import logging as dlogging
+    from transformers.utils import logging as tlogging
+
+    from scedit_cli.cli import main
+
+    dlogging.enable_progress_bar()
+    tlogging.enable_progress_bar()
+    datasets.enable_progress_bars()
+    try:
+        data = _dataset(tmp_path / "data")
+        main(["prepare", "cache", "--recipe", str(_recipe(tmp_path, sd15, data, {"name": "sc"}, "bars", "auto"))])
+        err = capfd.readouterr().err
+    finally:
+        dlogging.disable_progress_bar()
+        tlogging.disable_progress_bar()
+        datasets.disable_progress_bars()
+    assert "cache " in err and "images/s on cpu" in err
+    assert "Loading pipeline components" not in err and "it/s]" not in err and "examples/s]" not in err, err
+
+
 def test_prepare_cache_cli_without_a_recipe_caches_for_the_default_run(tmp_path, sd15):
     """--model/--input/--conditions: the recipe `recipes.dataset_recipe` makes, cached where that run reads."""
     from typer.testing import CliRunner

@@ -172,11 +172,13 @@ def prepare_cache(recipe, overrides: list[str] | dict | None = None, output: str
                   on_progress: Callable[[int, int], None] | None = None) -> CacheSummary:
     """`scedit prepare cache`: encode a recipe's data (a recipe path or dict) for its base model.
     The frozen dtype and the data settings are the recipe's, so `scedit train` finds the same keys."""
+    from ..console import quiet_loaders
     from ..data import load_training_data
     from ..methods import build_method
     from ..models import load_base
     from ..recipes import Recipe, load_recipe
 
+    quiet_loaders()  # the summary (and `on_progress`) report the build, as `scedit train` reports its run
     r = recipe if isinstance(recipe, Recipe) else load_recipe(recipe, overrides)
     method = build_method(r.method_name, r.method)
     why = check_cacheable(r.data, method.conditions)
