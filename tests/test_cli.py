@@ -199,6 +199,17 @@ def test_a_usage_error_is_reported_before_torch_is_imported(tmp_path, args, mess
     assert p.stdout == "False\n"
 
 
+def test_version_is_the_installed_packages_and_needs_no_torch():
+    import importlib.metadata
+
+    import scedit_cli
+
+    p = _scedit_noting_torch("--version")
+    assert p.returncode == 0, p.stderr
+    assert p.stdout == f"scedit {scedit_cli.__version__}\nFalse\n"
+    assert importlib.metadata.version("scedit") == scedit_cli.__version__  # pyproject reads it from there
+
+
 def test_user_error_is_one_line_without_traceback(tmp_path):
     proc = _scedit("train", str(tmp_path / "missing.toml"))
     assert proc.returncode == 2

@@ -56,9 +56,19 @@ def _quiet_dependencies() -> None:
         warnings.simplefilter("ignore")
 
 
+def _print_version(asked: bool) -> None:
+    if asked:
+        from .. import __version__
+
+        typer.echo(f"scedit {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
 def _root(
     debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors, and dependencies' warnings."),
+    version: bool = typer.Option(False, "--version", is_eager=True, callback=_print_version,
+                                 help="Print scedit's version and exit."),
 ) -> None:
     _state["debug"] = debug or bool(os.environ.get("SCEDIT_DEBUG"))
     if not _state["debug"]:
