@@ -84,7 +84,10 @@ def toy_inputs(tmp_path: Path) -> Path:
     Image.new("RGB", (32, 32)).save(tmp_path / "data" / "a.png")
     (tmp_path / "data" / "metadata.jsonl").write_text('{"image": "a.png", "text": "a red circle"}\n')
     Image.new("RGB", (32, 32)).save(tmp_path / "c.png")
-    (tmp_path / "canny").mkdir()
+    (tmp_path / "canny").mkdir()  # its config says what binding reads before torch; the weights come later
+    (tmp_path / "canny" / "tuner.safetensors").write_bytes(b"")
+    (tmp_path / "canny" / "tuner_config.json").write_text(
+        '{"format": "scedit-tuner", "method": "csc", "config": {"condition": "canny"}}')
     (tmp_path / "model.bin").write_bytes(b"")  # convert reads it with torch, after Ctrl-C
     recipe = tmp_path / "r.toml"
     recipe.write_text(f'[model]\nsource = "{base_model_path()}"\n[data]\nsource = "{tmp_path / "data"}"\n'

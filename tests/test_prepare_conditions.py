@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 import skimage.data

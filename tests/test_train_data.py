@@ -3,14 +3,10 @@ on-the-fly condition maps, and the deterministic data stream."""
 
 from __future__ import annotations
 
-import io
 import json
-from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from train_helpers import make_dataset
 from scedit_cli.data import collate, load_training_data
