@@ -83,6 +83,10 @@ def test_eval_recipe_params_memory_time(tmp_path):
     assert rec["method"] == "sc" and rec["trainable_params"] > 0
     assert rec["memory"]["saved_encoder_bytes"] == 0 and rec["memory"]["peak_bytes"] > 0
     assert rec["timing"]["steps"] == 1 and rec["timing"]["median_s"] > 0
+    # the table's footnote names only the sources of what was measured
+    r = CliRunner().invoke(app, ["eval", "--params", str(recipe)])
+    assert r.exit_code == 0 and "trainable parameters" in r.output, r.output
+    assert "pytorch-fid" not in r.output and "training loop's own step" not in r.output, r.output
 
 
 def test_evaluate_from_python(tmp_path):

@@ -143,4 +143,8 @@ def _render(result: dict) -> None:
             t.add_row("step time (median)", f"{tm['median_s']:.3f} s",
                       f"{tm['steps']} steps after {tm['warmup']} warm-up")
     out_console.print(t)
-    info("FID from pytorch-fid's Inception; memory and time from the training loop's own step.", style="dim")
+    sources = (["FID from pytorch-fid's Inception"] if "fid" in result else []) + (
+        ["memory and time from the training loop's own step"]
+        if any(k in result.get("recipe", {}) for k in ("memory", "timing")) else [])
+    if sources:
+        info("; ".join(sources) + ".", style="dim")
