@@ -180,6 +180,7 @@ def test_a_mistyped_model_path_is_reported_before_torch_is_imported(tmp_path, co
      "several CSC-Tuners are trained for the same condition 'canny'"),
     (["compose", "-m", ".", "-p", "x", "-o", "o", "-t", "csc", "-t", "sc", "-c", "canny:e.png", "--sweep", "3"],
      "--sweep interpolates between exactly two conditions; 1 given"),
+    (["compose", "-m", ".", "-p", "x", "-o", "o", "-t", "csc", "-c", "canny:e.png:0"], "compose weights sum to 0"),
     (["sample", "-m", ".", "-p", "x", "-o", "o", "-t", "bad.png"], "bad.png: not a readable safetensors file"),
     (["convert", "csc", "--arch", "sd15", "-o", "t"], "csc: already a scedit tuner; use it as it is (--tuner csc)"),
     (["sample", "-m", ".", "-p", "x", "-o", "o", "-t", "csc", "-c", "canny:bad.png"],

@@ -1,6 +1,5 @@
 """Which condition image feeds which CSC-Tuner, and the checks that go with it. Needs no torch: a sampling
-run makes them on the tuners' config files (`TunerFacts`) before anything loads, and again on the loaded
-tuners."""
+run plans its images from the tuners' config files (`TunerFacts`) before anything loads."""
 
 from __future__ import annotations
 
@@ -54,7 +53,7 @@ def check_one_tuner_per_condition(tuners: Sequence) -> None:
 def bind_controls(tuners: Sequence, controls: Sequence[ControlSpec], allow_repeats: bool = False,
                   provided: set[int] = frozenset()) -> dict[int, list[int]]:
     """For each CSC-Tuner (by position), the indices of the controls that feed it; those in `provided` (every
-    prompt has its own image) may have none. `tuners`: loaded tuners or their `TunerFacts`."""
+    prompt has its own image) may have none. `tuners`: tuner objects or their `TunerFacts`."""
     csc = {i: t.config.condition for i, t in enumerate(tuners) if t.method == "csc"}
     loaded = sorted(set(csc.values()))
     binding: dict[int, list[int]] = {i: [] for i in csc}

@@ -73,15 +73,16 @@ def sample(
     settings.validate()
     prompts = as_prompts(prompts)
     tuners = check_inputs(tuners, [*controls, *(c for p in prompts for c in p.controls)], out)
-    _run_controls(tuner_facts(tuners), controls, prompts)  # its mistakes before anything loads
-    base, loaded = _load(model, tuners, device, dtype)
-    rc = _run_controls(loaded, controls, prompts)
+    # The jobs are planned from the tuners' configs (`TunerFacts`), so their mistakes come before anything loads.
+    facts = tuner_facts(tuners)
+    rc = _run_controls(facts, controls, prompts)
     jobs = []
     for spec, neg, seed in prompt_jobs(prompts, settings):
         mine = rc.for_prompt(spec.index, rc.shared)
         weights = tuple(rc.controls[k].scale * settings.control_scale if _is_csc(t) else settings.tuner_scale
-                        for t, k in zip(loaded, mine))
+                        for t, k in zip(facts, mine))
         jobs.append(Job(spec.index, spec.prompt, neg, seed, weights, mine, filename=f"{spec.index:05d}_s{seed}.png"))
+    base, loaded = _load(model, tuners, device, dtype)
     from .run import run_jobs
 
     return run_jobs(base, loaded, rc.controls, jobs, settings, out, command="sample")
@@ -102,11 +103,11 @@ class _RunControls:
         return tuple(k if i == keep else self.own[index].get(i, k) for i, k in enumerate(ctrl))
 
 
-def _run_controls(loaded: Sequence, controls: Sequence[ControlSpec], prompts: Sequence[PromptSpec],
+def _run_controls(tuners: Sequence, controls: Sequence[ControlSpec], prompts: Sequence[PromptSpec],
                   allow_repeats: bool = False) -> _RunControls:
-    """The run's condition images bound to the tuners (`loaded`: loaded tuners, or their `TunerFacts`)."""
+    """The run's condition images bound to the tuners (`tuners`: tuner objects, or their `TunerFacts`)."""
     by_condition: dict[str, int] = {}
-    for i, t in enumerate(loaded):
+    for i, t in enumerate(tuners):
         if _is_csc(t):
             by_condition.setdefault(t.config.condition, i)  # the tuner `bind_controls` gives a condition's images
     own: dict[int, dict[int, int]] = {}
@@ -124,10 +125,10 @@ def _run_controls(loaded: Sequence, controls: Sequence[ControlSpec], prompts: Se
             theirs.append(c)
     # a tuner every prompt feeds needs no image from the command
     provided = {i for i in by_condition.values() if all(i in own[p.index] for p in prompts)}
-    binding = bind_controls(loaded, controls, allow_repeats=allow_repeats, provided=provided)
+    binding = bind_controls(tuners, controls, allow_repeats=allow_repeats, provided=provided)
     scale = {i: controls[ks[0]].scale for i, ks in binding.items() if ks}
     run = [*controls, *(replace(c, scale=scale.get(by_condition[c.name], 1.0)) for c in theirs)]
-    shared = tuple(binding[i][0] if binding.get(i) else None for i in range(len(loaded)))
+    shared = tuple(binding[i][0] if binding.get(i) else None for i in range(len(tuners)))
     return _RunControls(run, binding, own, shared)
 
 
@@ -170,13 +171,12 @@ def compose(
     if sweep is not None and sweep < 2:
         raise SceditError(f"--sweep {sweep}: need at least 2 images to interpolate")
     tuners = check_inputs(tuners, [*controls, *(c for p in prompts for c in p.controls)], out)
-    facts = tuner_facts(tuners)  # its mistakes before anything loads
+    # The jobs are planned from the tuners' configs (`TunerFacts`), so their mistakes come before anything loads.
+    facts = tuner_facts(tuners)
     csc = [i for i, t in enumerate(facts) if _is_csc(t)]
     if sweep is not None and len(csc) != 2:
         raise SceditError(f"--sweep interpolates between exactly two conditions; {len(csc)} given")
-    _run_controls(facts, controls, prompts, allow_repeats=sweep is None)
-    base, loaded = _load(model, tuners, device, dtype)
-    rc = _run_controls(loaded, controls, prompts, allow_repeats=sweep is None)
+    rc = _run_controls(facts, controls, prompts, allow_repeats=sweep is None)
     binding = rc.binding
 
     # variants: (weights per tuner, control per tuner)
@@ -186,7 +186,7 @@ def compose(
         a, b = csc
         for k in range(sweep):
             t = k / (sweep - 1)
-            w = [settings.tuner_scale] * len(loaded)
+            w = [settings.tuner_scale] * len(facts)
             w[a] = (1 - t) * settings.control_scale
             w[b] = t * settings.control_scale
             variants.append((tuple(w), rc.shared))
@@ -198,8 +198,8 @@ def compose(
             if repeated is not None:
                 ctrl[repeated] = choice
             alphas = normalise_weights([1.0 if ctrl[i] is None else controls[ctrl[i]].scale for i in csc],
-                                       [loaded[i].config.condition for i in csc])
-            w = [settings.tuner_scale] * len(loaded)
+                                       [facts[i].config.condition for i in csc])
+            w = [settings.tuner_scale] * len(facts)
             for i, a in zip(csc, alphas):
                 w[i] = a * settings.control_scale
             variants.append((tuple(w), tuple(ctrl)))
@@ -209,6 +209,7 @@ def compose(
             mine = rc.for_prompt(spec.index, ctrl, keep=repeated)
             jobs.append(Job(spec.index, spec.prompt, neg, seed, w, mine, variant=v,
                             filename=f"{spec.index:05d}_s{seed}_v{v:02d}.png"))
+    base, loaded = _load(model, tuners, device, dtype)
     from .run import run_jobs
 
     result = run_jobs(base, loaded, rc.controls, jobs, settings, out, grid_cols=len(variants), command="compose")
