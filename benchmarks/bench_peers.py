@@ -105,7 +105,8 @@ def worker(a) -> dict:
     import torch
     import torch.nn.functional as F
 
-    from scedit_cli.architectures import build_unet
+    from scedit_cli.bench.runner import BaseFactory
+    from scedit_cli.bench.specs import BenchSettings
     from scedit_cli.metrics.memory import measure_step_memory, unet_regions
     from scedit_cli.metrics.timing import time_steps
     from scedit_cli.training.loop import optimizer_step
@@ -115,13 +116,8 @@ def worker(a) -> dict:
     autocast = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(a.precision)
     frozen = autocast or torch.float32
     t0 = time.perf_counter()
-    if a.unet_config:
-        from diffusers import UNet2DConditionModel
-
-        torch.manual_seed(a.seed)
-        unet = UNet2DConditionModel.from_config(json.loads(Path(a.unet_config).read_text()))
-    else:
-        unet = build_unet("sd15", "cuda" if device.type == "cuda" else "cpu", seed=a.seed)
+    # SD 1.5 or --unet-config, random weights from --seed, as `scedit bench` builds its bases
+    unet = BaseFactory("sd15", BenchSettings(device=a.device, seed=a.seed, unet_config=a.unet_config)).build().unet
     unet.requires_grad_(False)
     if a.worker == "swift":
         model, modules, params, optimizer = _setup_swift(unet, device, frozen)
