@@ -77,6 +77,7 @@ class _TensorCounters(TensorPeak):
 
 
 def _at_rest(run) -> int:
+    """Bytes of the parameters, their gradients (if any) and the optimizer state."""
     params = [*run.base.unet.parameters(), *run.params]
     grads = [p.grad for p in params if p.grad is not None]
     return tensors_nbytes([*params, *grads]) + optimizer_state_nbytes(run.optimizer)
@@ -144,8 +145,7 @@ def forward_end(run, device) -> dict:
     made = _MadeTensors(where)
 
     def at_end(module, args, output):
-        params = {id(p): p for p in [*run.base.unet.parameters(), *run.params]}
-        at_rest = tensors_nbytes(list(params.values())) + optimizer_state_nbytes(run.optimizer)
+        at_rest = _at_rest(run)  # no gradients at the forward's end: the last step set them to None
         alive = dict(made.alive)
         others, kept, kept_dtype = collections.Counter(), collections.Counter(), collections.Counter()
         for key, (n, op, block) in alive.items():
