@@ -384,3 +384,11 @@ def test_linear_op_matches_per_pixel_linears_and_keeps_only_its_input():
     with torch.no_grad():
         torch.testing.assert_close(op(x), ref)
         torch.testing.assert_close(op(x[:1]), ref[:1])  # batch 1: the fold is a view
+
+
+def test_the_torch_free_method_list_is_the_registrys():
+    """`tuners.files` checks a config's method without importing the tuner classes; both lists must agree."""
+    from scedit_cli.tuners.files import TUNER_METHODS
+    from scedit_cli.tuners.registry import TUNER_TYPES
+
+    assert set(TUNER_METHODS) == set(TUNER_TYPES)

@@ -50,11 +50,8 @@ def read_tuner_meta(path: Path) -> tuple[dict, Path]:
         path = weights
     if not path.is_file():
         raise SceditError(f"{path}: tuner file not found; pass a tuner folder or its {WEIGHTS_NAME}")
-    from safetensors import safe_open
-
     try:
-        with safe_open(str(path), "np") as f:  # the header only; "np" needs no torch
-            raw = (f.metadata() or {}).get("scedit")
+        raw = _safetensors_metadata(path).get("scedit")
     except Exception as e:  # safetensors raises several exception types
         raise SceditError(f"{path}: not a readable safetensors file ({e}); tuners are saved with `scedit train`") from None
     if raw is None:
@@ -82,10 +79,15 @@ def is_tuner_file(path: str | Path) -> bool:
         return (path / WEIGHTS_NAME).is_file()
     if path.suffix != ".safetensors" or not path.is_file():
         return False
-    from safetensors import safe_open
-
     try:
-        with safe_open(str(path), "np") as f:
-            return "scedit" in (f.metadata() or {})
+        return "scedit" in _safetensors_metadata(path)
     except Exception:  # not readable as safetensors: let the loader that handles it report why
         return False
+
+
+def _safetensors_metadata(path: Path) -> dict:
+    """The metadata of a safetensors file, from its header only ("np": no torch)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), "np") as f:
+        return f.metadata() or {}
