@@ -32,6 +32,11 @@ class TunerFacts:
         return cls(meta["method"], TunerCondition((meta.get("config") or {}).get("condition")), str(source))
 
 
+def is_csc(tuner) -> bool:
+    """Whether `tuner` (a tuner object or its `TunerFacts`) is a CSC-Tuner, which takes condition images."""
+    return tuner.method == "csc"
+
+
 def tuner_facts(tuners: Sequence) -> list:
     """`TunerFacts` for tuner folders and files (resolved paths), tuner objects as they are; refuses what
     `load_tuners` would refuse for its config alone (not a tuner, two tuners for one condition)."""
@@ -41,7 +46,7 @@ def tuner_facts(tuners: Sequence) -> list:
 
 
 def check_one_tuner_per_condition(tuners: Sequence) -> None:
-    conds = [t.config.condition for t in tuners if t.method == "csc"]
+    conds = [t.config.condition for t in tuners if is_csc(t)]
     dup = sorted({c for c in conds if conds.count(c) > 1})
     if dup:
         raise SceditError(
@@ -54,7 +59,7 @@ def bind_controls(tuners: Sequence, controls: Sequence[ControlSpec], allow_repea
                   provided: set[int] = frozenset()) -> dict[int, list[int]]:
     """For each CSC-Tuner (by position), the indices of the controls that feed it; those in `provided` (every
     prompt has its own image) may have none. `tuners`: tuner objects or their `TunerFacts`."""
-    csc = {i: t.config.condition for i, t in enumerate(tuners) if t.method == "csc"}
+    csc = {i: t.config.condition for i, t in enumerate(tuners) if is_csc(t)}
     loaded = sorted(set(csc.values()))
     binding: dict[int, list[int]] = {i: [] for i in csc}
     for k, spec in enumerate(controls):

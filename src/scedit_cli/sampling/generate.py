@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING
 
 from ..conditions import MASKED_CONDITIONS
 from ..errors import SceditError
-from .binding import bind_controls, tuner_facts
+from .binding import bind_controls, is_csc, tuner_facts
 from .controls import ControlSpec
 from .jobs import Job, SampleResult, SampleSettings, as_prompts, prompt_jobs
 from .preflight import check_inputs
@@ -51,11 +51,6 @@ def _load(model, tuners, device, dtype) -> tuple[BaseModel, list[SkipTuner]]:
 
     base = load_model(model, device, dtype)
     return base, load_tuners(tuners, base)
-
-
-def _is_csc(tuner) -> bool:
-    """Whether `tuner` is a CSC-Tuner (takes condition images)."""
-    return tuner.method == "csc"
 
 
 def sample(
@@ -79,7 +74,7 @@ def sample(
     jobs = []
     for spec, neg, seed in prompt_jobs(prompts, settings):
         mine = rc.for_prompt(spec.index, rc.shared)
-        weights = tuple(rc.controls[k].scale * settings.control_scale if _is_csc(t) else settings.tuner_scale
+        weights = tuple(rc.controls[k].scale * settings.control_scale if is_csc(t) else settings.tuner_scale
                         for t, k in zip(facts, mine))
         jobs.append(Job(spec.index, spec.prompt, neg, seed, weights, mine, filename=f"{spec.index:05d}_s{seed}.png"))
     base, loaded = _load(model, tuners, device, dtype)
@@ -108,7 +103,7 @@ def _run_controls(tuners: Sequence, controls: Sequence[ControlSpec], prompts: Se
     """The run's condition images bound to the tuners (`tuners`: tuner objects, or their `TunerFacts`)."""
     by_condition: dict[str, int] = {}
     for i, t in enumerate(tuners):
-        if _is_csc(t):
+        if is_csc(t):
             by_condition.setdefault(t.config.condition, i)  # the tuner `bind_controls` gives a condition's images
     own: dict[int, dict[int, int]] = {}
     theirs: list[ControlSpec] = []
@@ -173,7 +168,7 @@ def compose(
     tuners = check_inputs(tuners, [*controls, *(c for p in prompts for c in p.controls)], out)
     # The jobs are planned from the tuners' configs (`TunerFacts`), so their mistakes come before anything loads.
     facts = tuner_facts(tuners)
-    csc = [i for i, t in enumerate(facts) if _is_csc(t)]
+    csc = [i for i, t in enumerate(facts) if is_csc(t)]
     if sweep is not None and len(csc) != 2:
         raise SceditError(f"--sweep interpolates between exactly two conditions; {len(csc)} given")
     rc = _run_controls(facts, controls, prompts, allow_repeats=sweep is None)
