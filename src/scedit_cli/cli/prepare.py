@@ -85,15 +85,19 @@ def prepare_conditions(
     else:
         _say_summary(summary, condition, workers, output, shard)
     if summary.rows_out == 0 and summary.skipped and (summary.metadata or summary.webdataset):
-        reasons = ", ".join(f"{k}: {v}" for k, v in summary.skipped_by_reason.items())
         raise SceditError(f"{output}: the dataset has no rows, all {summary.skipped} input records were skipped "
-                          f"({reasons}); {output / 'prepare-report.json'} gives each one's reason")
+                          f"({_reasons(summary)}); {output / 'prepare-report.json'} gives each one's reason")
+
+
+def _reasons(summary) -> str:
+    """`reason: count, ...` of the skipped records."""
+    return ", ".join(f"{k}: {v}" for k, v in summary.skipped_by_reason.items())
 
 
 def _say_summary(summary, condition: str, workers: int, output: Path, shard: str) -> None:
     info(
         f"{condition}: {summary.rows_out} rows ready, {summary.skipped} skipped "
-        f"({', '.join(f'{k}: {v}' for k, v in summary.skipped_by_reason.items()) or 'none'}); "
+        f"({_reasons(summary) or 'none'}); "
         f"{summary.written_this_run} written this run, {summary.resumed} resumed, "
         f"{summary.images_per_second} images/s with {workers} worker(s) ({summary.pool})"
     )
