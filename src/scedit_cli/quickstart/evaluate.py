@@ -82,9 +82,15 @@ def style_eval(base, scenes, tuner: Path, out: Path, ss, s: QuickstartSettings, 
     prompts_file = out / "eval" / "style_prompts.jsonl"
     commands["sample_style_after"] = (
         f"scedit sample --model {shlex.quote(str(base.source))} --prompts {shlex.quote(str(prompts_file))} "
-        f"--tuner {shlex.quote(str(tuner))} --steps {ss.steps} --guidance-scale {ss.guidance_scale} "
-        f"--seed {s.seed} --batch-size {ss.batch_size} --out {shlex.quote(str(out / 'samples' / 'style' / 'after'))}")
+        f"--tuner {shlex.quote(str(tuner))} {_sampling_options(ss, s)} "
+        f"--out {shlex.quote(str(out / 'samples' / 'style' / 'after'))}")
     return res
+
+
+def _sampling_options(ss, s: QuickstartSettings) -> str:
+    """The options of the quickstart's sampling settings as the recorded `scedit sample` / `compose` commands
+    give them, so that those commands make the same images."""
+    return f"--steps {ss.steps} --guidance-scale {ss.guidance_scale} --seed {s.seed} --batch-size {ss.batch_size}"
 
 
 def control_eval(base, scenes, tuners: dict[str, Path], out: Path, ss, s: QuickstartSettings,
@@ -105,8 +111,7 @@ def control_eval(base, scenes, tuners: dict[str, Path], out: Path, ss, s: Quicks
                     settings=ss, sweep=3).images  # prompt by prompt: weights (1, 0), (.5, .5), (0, 1)
     for v, name in enumerate(("compose_1_0", "compose_mid", "compose_0_1")):
         paths[name] = swept[v::3]
-    files = f"--prompts {shlex.quote(str(ev / 'control_prompts.jsonl'))} --steps {ss.steps} " \
-            f"--guidance-scale {ss.guidance_scale} --seed {s.seed} --batch-size {ss.batch_size}"
+    files = f"--prompts {shlex.quote(str(ev / 'control_prompts.jsonl'))} {_sampling_options(ss, s)}"
     model, canny, color = (shlex.quote(str(p)) for p in (base.source, tuners["canny"], tuners["color"]))
     commands["sample_canny"] = (f"scedit sample --model {model} --tuner {canny} {files} "
                                 f"--out {shlex.quote(str(samples / 'canny'))}")
